@@ -1,0 +1,239 @@
+"""``hwsched agent``: the node agent, a jupyter_server application.
+
+jupyter_server already serves the Kernel Gateway API (``/api/kernels``, the channels
+websocket, interrupt, restart) over any kernel provisioner, so the agent is a server extension
+whose kernels the container provisioner launches. Around that it keeps the node's part of the
+protocol with the scheduler: registration with the GPU inventory, heartbeats that carry the
+live sessions and bring back the ones to end, and the start and end of each session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from tornado.ioloop import PeriodicCallback
+from traitlets import Float, List, Type, Unicode, default
+
+from ..client.api import SchedulerAPI
+from ..errors import ConflictError, HwschedError, NotFoundError, UnavailableError
+from .gpus import GpuInventory, discover
+from .handlers import handlers
+from .kernelspecs import CONTAINER_KERNEL
+from .mount import DEFAULT_OPTIONS, mounts_under, unmount
+from .runner import DockerRunner
+from .sessions import NodeSession, SessionSpec
+
+
+class AgentApp(ExtensionApp):  # type: ignore[misc]
+    name = "hwsched_agent"
+    description = "Serve this node's GPUs to the hwsched scheduler."
+    load_other_extensions = False
+    serverapp_config = {  # noqa: RUF012 - jupyter_server's own class attribute
+        "open_browser": False,
+        "allow_root": True,  # mounting, containers and signals need root on a GPU node
+        "kernel_spec_manager_class": "jupyter_hwsched.agent.kernelspecs.NodeKernelSpecManager",
+    }
+
+    node_name = Unicode(config=True, help="Name of this node in the pool (default: hostname).")
+    scheduler_url = Unicode(config=True, help="The scheduler's URL (env HWSCHED_URL).")
+    scheduler_token = Unicode(config=True, help="The scheduler's token (env HWSCHED_TOKEN).")
+    public_url = Unicode(config=True, help="URL at which clients reach this agent.")
+    simulate_gpus = Unicode(
+        "",
+        config=True,
+        help="Serve simulated GPUs, e.g. 2xA100-80GB, on a machine where NVML finds none.",
+    )
+    simulate_if_no_gpu = Unicode(
+        "", config=True, help="Simulated GPUs to serve only if NVML finds no GPU ('hwsched up')."
+    )
+    state_dir = Unicode(config=True, help="Directory for mounts and per-session files.")
+    heartbeat_interval = Float(2.0, config=True, help="Seconds between heartbeats.")
+    runner_class = Type(DockerRunner, klass=DockerRunner, config=True, help="Container runner.")
+    sshfs_options = List(Unicode(), DEFAULT_OPTIONS, config=True, help="Extra sshfs -o options.")
+
+    aliases = {
+        "node-name": "AgentApp.node_name",
+        "scheduler-url": "AgentApp.scheduler_url",
+        "public-url": "AgentApp.public_url",
+        "simulate-gpus": "AgentApp.simulate_gpus",
+        "state-dir": "AgentApp.state_dir",
+    }
+
+    @classmethod
+    def get_extension_package(cls) -> str:
+        return "jupyter_hwsched.agent"
+
+    @default("node_name")
+    def _node_name_default(self) -> str:
+        return socket.gethostname()
+
+    @default("scheduler_url")
+    def _url_default(self) -> str:
+        return os.environ.get("HWSCHED_URL", "http://127.0.0.1:8765")
+
+    @default("scheduler_token")
+    def _token_default(self) -> str:
+        return os.environ.get("HWSCHED_TOKEN", "")
+
+    @default("state_dir")
+    def _state_default(self) -> str:
+        if os.geteuid() == 0:
+            return "/var/lib/hwsched/agent"
+        return str(Path.home() / ".local" / "state" / "hwsched" / "agent")
+
+    def initialize_settings(self) -> None:
+        self.sessions: dict[str, NodeSession] = {}
+        self.inventory: GpuInventory = discover(
+            self.simulate_gpus, self.node_name, self.simulate_if_no_gpu
+        )
+        self.gpus = {g.index: g for g in self.inventory.gpus()}
+        self.runner = self.runner_class(parent=self)
+        self.scheduler = SchedulerAPI(self.scheduler_url, self.scheduler_token)
+        self.settings["hwsched_agent"] = self
+        self._remove_leftovers()
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers())
+
+    def _remove_leftovers(self) -> None:
+        """At start no session is live: remove every container and mount of ours."""
+        for session_id, container_id in self.runner.containers(self.node_name).items():
+            self.log.warning("removing leftover container of session %s", session_id)
+            self.runner.remove(container_id)
+        state = Path(self.state_dir)
+        for point in mounts_under(state / "mnt"):
+            self.log.warning("unmounting leftover share %s", point)
+            unmount(point)
+        shutil.rmtree(state / "sessions", ignore_errors=True)
+        shutil.rmtree(state / "mnt", ignore_errors=True)
+        (state / "mnt").mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state / "sessions").mkdir(parents=True, exist_ok=True, mode=0o711)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        if not self.public_url:
+            host = serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else socket.gethostname()
+            self.public_url = f"http://{host}:{serverapp.port}"
+        await self.register(wait=True)
+        self._heartbeat = PeriodicCallback(self.heartbeat, self.heartbeat_interval * 1000)
+        self._heartbeat.start()
+        kind = "simulated" if self.inventory.simulated else "NVML"
+        print(
+            f"HWSCHED_AGENT_READY {self.public_url} node={self.node_name} "
+            f"gpus={len(self.gpus)} ({kind})",
+            flush=True,
+        )
+
+    async def register(self, wait: bool = False) -> None:
+        gpus = [g.to_json() for g in self.gpus.values()]
+        while True:
+            try:
+                await self.scheduler.request(
+                    "PUT", f"/api/nodes/{self.node_name}", {"url": self.public_url, "gpus": gpus}
+                )
+                return
+            except UnavailableError as exc:
+                if not wait:
+                    raise
+                self.log.warning("%s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def heartbeat(self) -> None:
+        for session_id, session in list(self.sessions.items()):
+            if session.mount is not None and not session.mount.alive():
+                await self.end_session(session_id, "the connection to the developer's share was lost")
+        body = {
+            "sessions": list(self.sessions),
+            "stats": {"utilization": {str(k): v for k, v in self.inventory.utilization().items()}},
+        }
+        try:
+            reply = await self.scheduler.request("POST", f"/api/nodes/{self.node_name}/heartbeat", body)
+        except NotFoundError:
+            await self.register()
+            return
+        except HwschedError as exc:
+            self.log.warning("heartbeat failed: %s", exc)
+            return
+        for session_id in reply.get("end", []):
+            await self.end_session(session_id, "ended by the scheduler", tell_scheduler=False)
+
+    async def start_session(self, session_id: str, spec: SessionSpec) -> NodeSession:
+        if session_id in self.sessions:
+            raise ConflictError(f"session {session_id} is already running on this node")
+        placed = await self.scheduler.session(session_id)
+        if placed["state"] != "placed" or placed["node"] != self.node_name:
+            raise ConflictError(
+                f"session {session_id} is {placed['state']} on {placed['node'] or 'no node'}, "
+                f"not placed on {self.node_name}"
+            )
+        session = NodeSession(
+            id=session_id,
+            node=self.node_name,
+            spec=spec,
+            gpus=[self.gpus[i] for i in placed["gpu_ids"]],
+            state_dir=Path(self.state_dir),
+            runner=self.runner,
+            sshfs_options=list(self.sshfs_options),
+        )
+        self.sessions[session_id] = session
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, session.prepare)
+            if spec.kind == "kernel":
+                session.kernel_id = await self.serverapp.kernel_manager.start_kernel(
+                    kernel_name=CONTAINER_KERNEL, hwsched_session=session
+                )
+            await self.scheduler.request(
+                "POST", f"/api/sessions/{session_id}/running", {"node": self.node_name}
+            )
+        except BaseException as exc:
+            reason = f"the node could not start the session: {exc}"
+            await self.end_session(session_id, reason)
+            if isinstance(exc, HwschedError):
+                raise
+            raise UnavailableError(reason) from exc
+        self.log.info("session %s running (%s) for uid %d", session_id, spec.kind, spec.uid)
+        return session
+
+    async def end_session(self, session_id: str, reason: str, tell_scheduler: bool = True) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        if session.kernel_id:
+            try:
+                await self.serverapp.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
+            except Exception as exc:  # the container goes anyway
+                self.log.warning("kernel of session %s: %s", session_id, exc)
+        if session.command is not None and session.command.exit_code is None:
+            try:
+                os.kill(session.command.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await asyncio.get_running_loop().run_in_executor(None, session.close)
+        self.log.info("session %s ended: %s", session_id, reason)
+        if tell_scheduler:
+            try:
+                await self.scheduler.end(session_id, reason)
+            except HwschedError as exc:
+                self.log.warning("could not report the end of %s: %s", session_id, exc)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "node": self.node_name,
+            "simulated": self.inventory.simulated,
+            "gpus": [g.to_json() for g in self.gpus.values()],
+            "sessions": [s.describe() for s in self.sessions.values()],
+        }
+
+    async def stop_extension(self) -> None:
+        if hasattr(self, "_heartbeat"):
+            self._heartbeat.stop()
+        for session_id in list(self.sessions):
+            await self.end_session(session_id, "the node agent stopped")
+        self.inventory.close()

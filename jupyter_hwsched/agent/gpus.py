@@ -1,0 +1,194 @@
+"""The GPU inventory of a node, from NVML, or simulated where NVML finds no GPU.
+
+Simulated GPUs are the one fake in the product: they exist because development and CI
+machines have no GPU. They are marked ``simulated`` in every description that leaves the
+agent, and every place that shows a GPU to a person says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import RequestError, UnavailableError
+
+_SIM_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*([A-Za-z0-9][A-Za-z0-9_.]*)-(\d+)GB\s*$")
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    uuid: str
+    model: str  # short model, e.g. "A100-80GB"; what --gpu-type matches
+    name: str  # the full name NVML reports, e.g. "NVIDIA A100-SXM4-80GB"
+    memory: int  # bytes
+    simulated: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class GpuInventory:
+    """What a node has. Subclasses read NVML or make simulated GPUs."""
+
+    simulated = False
+
+    def gpus(self) -> list[GpuInfo]:
+        raise NotImplementedError
+
+    def utilization(self) -> dict[int, float]:
+        """Percent busy per GPU index, as NVML last sampled it."""
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def short_model(name: str, memory: int) -> str:
+    """``NVIDIA H100 80GB HBM3`` with 80 GiB -> ``H100-80GB``."""
+    words = [w for w in name.replace("NVIDIA", "").replace("Tesla", "").split() if w]
+    base = words[0] if words else "GPU"
+    base = base.split("-")[0]
+    return f"{base}-{round(memory / 1024**3)}GB"
+
+
+class NvmlInventory(GpuInventory):
+    """Real GPUs through NVML (``nvidia-ml-py``, imported as ``pynvml``)."""
+
+    def __init__(self) -> None:
+        try:
+            import pynvml
+        except ImportError as exc:  # pragma: no cover - a dependency
+            raise UnavailableError(f"nvidia-ml-py is not installed: {exc}") from None
+        self.nvml = pynvml
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise UnavailableError(f"NVML found no GPU here ({exc})") from None
+        self._gpus = self._read()
+        if not self._gpus:
+            self.close()
+            raise UnavailableError("NVML found no GPU here (device count 0)")
+
+    def _read(self) -> list[GpuInfo]:
+        nvml = self.nvml
+        out = []
+        for i in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            name = nvml.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            uuid = nvml.nvmlDeviceGetUUID(handle)
+            uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+            memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
+            out.append(GpuInfo(i, uuid, short_model(name, memory), name, memory, False))
+        return out
+
+    def gpus(self) -> list[GpuInfo]:
+        return list(self._gpus)
+
+    def utilization(self) -> dict[int, float]:
+        out = {}
+        for gpu in self._gpus:
+            try:
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(gpu.index)
+                out[gpu.index] = float(self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            except self.nvml.NVMLError:
+                continue
+        return out
+
+    def close(self) -> None:
+        try:
+            self.nvml.nvmlShutdown()
+        except self.nvml.NVMLError:
+            pass
+
+
+class SimulatedInventory(GpuInventory):
+    """GPUs that do not exist, described by a spec like ``2xA100-80GB,1xT4-16GB``."""
+
+    simulated = True
+
+    def __init__(self, spec: str, node: str) -> None:
+        self._gpus = parse_simulated(spec, node)
+
+    def gpus(self) -> list[GpuInfo]:
+        return list(self._gpus)
+
+
+def parse_simulated(spec: str, node: str) -> list[GpuInfo]:
+    gpus: list[GpuInfo] = []
+    for part in spec.split(","):
+        match = _SIM_RE.match(part)
+        if not match:
+            raise RequestError(
+                f"--simulate-gpus {spec!r}: write COUNTxMODEL-MEMGB, comma-separated, "
+                "e.g. 2xA100-80GB or 2xA100-80GB,1xT4-16GB"
+            )
+        count, base, mem_gb = int(match.group(1)), match.group(2), int(match.group(3))
+        if count < 1:
+            raise RequestError(f"--simulate-gpus {part.strip()!r}: the count must be at least 1")
+        for _ in range(count):
+            i = len(gpus)
+            model = f"{base}-{mem_gb}GB"
+            gpus.append(
+                GpuInfo(
+                    index=i,
+                    uuid=f"SIMULATED-{node}-{i}",
+                    model=model,
+                    name=f"{model} (simulated)",
+                    memory=mem_gb * 1024**3,
+                    simulated=True,
+                )
+            )
+    return gpus
+
+
+def discover(simulate: str, node: str, fallback: str = "") -> GpuInventory:
+    """Real GPUs if NVML finds any; else the simulated ones asked for, or a clear error."""
+    if simulate:
+        return SimulatedInventory(simulate, node)
+    try:
+        return NvmlInventory()
+    except UnavailableError as exc:
+        if fallback:
+            return SimulatedInventory(fallback, node)
+        raise UnavailableError(
+            f"{exc}: on a machine without GPUs, pass --simulate-gpus 2xA100-80GB "
+            "to serve simulated GPUs"
+        ) from None
+
+
+DRIVER_LIBRARY_PREFIXES = (
+    "libcuda.so",
+    "libnvidia-ml.so",
+    "libnvidia-ptxjitcompiler.so",
+    "libnvidia-nvvm.so",
+    "libcudadebugger.so",
+    "libnvidia-gpucomp.so",
+)
+
+
+def driver_libraries() -> list[str]:
+    """The node's NVIDIA driver libraries (user-space half of the driver), from ldconfig.
+
+    They belong to the node, not to the developer's machine, so the container gets them
+    bound read-only in a directory of its own instead of finding them on the share.
+    """
+    import subprocess
+
+    try:
+        listing = subprocess.run(
+            ["ldconfig", "-p"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    found: dict[str, str] = {}
+    for line in listing.splitlines():
+        name, _, path = line.strip().partition(" => ")
+        name = name.split(" ")[0]
+        if "x86-64" not in line and "AArch64" not in line:
+            continue
+        if name.startswith(DRIVER_LIBRARY_PREFIXES) and name not in found:
+            found[name] = path.strip()
+    return [f"{path}:{name}" for name, path in sorted(found.items())]

@@ -1,0 +1,150 @@
+"""The agent's own endpoints, beside the Kernel Gateway API that jupyter_server serves.
+
+``/hwsched/sessions/{id}``: POST starts a placed session (mount, container, kernel), DELETE
+ends it. ``/hwsched/sessions/{id}/command``: a websocket that runs a command session's command
+and streams its output (binary frames: one byte 1 or 2 for stdout or stderr, then the bytes),
+ending with a text frame ``{"exit": code}``; the client sends ``{"signal": N}`` to signal it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from tornado import web, websocket
+
+from ..errors import HwschedError, NotFoundError, RequestError
+from .sessions import SessionSpec
+
+if TYPE_CHECKING:
+    from .extension import AgentApp
+
+STREAM_CODES = {"stdout": 1, "stderr": 2}
+
+
+class AgentHandler(APIHandler):  # type: ignore[misc]
+    @property
+    def agent(self) -> AgentApp:
+        return self.settings["hwsched_agent"]  # type: ignore[no-any-return]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, HwschedError):
+            self.set_status(exc.status)
+            self.finish(json.dumps({"message": exc.message}))
+        else:
+            super().write_error(status_code, **kwargs)
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise RequestError("the request body is not valid JSON") from None
+
+
+class NodeHandler(AgentHandler):
+    @web.authenticated
+    def get(self) -> None:
+        self.finish(json.dumps(self.agent.describe()))
+
+
+class SessionsHandler(AgentHandler):
+    @web.authenticated
+    def get(self) -> None:
+        self.finish(json.dumps([s.describe() for s in self.agent.sessions.values()]))
+
+
+class SessionHandler(AgentHandler):
+    @web.authenticated
+    async def post(self, session_id: str) -> None:
+        spec = SessionSpec.from_json(self.json_body())
+        session = await self.agent.start_session(session_id, spec)
+        self.set_status(201)
+        self.finish(json.dumps(session.describe()))
+
+    @web.authenticated
+    async def delete(self, session_id: str) -> None:
+        if session_id not in self.agent.sessions:
+            raise NotFoundError(f"no session {session_id} on this node")
+        reason = self.get_argument("reason", "released by the client")
+        await self.agent.end_session(session_id, reason[:500])
+        self.finish(json.dumps({"ended": session_id}))
+
+
+class CommandHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+    """Runs a command session's command and streams its output."""
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.current_user is None:
+            raise web.HTTPError(403, "a valid token is required")
+        await super().get(*args, **kwargs)
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # token-authenticated API, not a browser page
+
+    async def open(self, session_id: str) -> None:  # type: ignore[override]
+        agent: AgentApp = self.settings["hwsched_agent"]
+        session = agent.sessions.get(session_id)
+        if session is None or session.spec.kind != "command":
+            self.close(4004, f"no command session {session_id} on this node")
+            return
+        if session.command is not None:
+            self.close(4009, "the command of this session has already run")
+            return
+        self.session = session
+        loop = asyncio.get_running_loop()
+
+        def on_output(stream: str, data: bytes) -> None:
+            frame = bytes([STREAM_CODES[stream]]) + data
+            loop.call_soon_threadsafe(self._send, frame, True)
+
+        def on_exit(code: int) -> None:
+            loop.call_soon_threadsafe(self._finish, code)
+
+        await loop.run_in_executor(None, session.exec_command, on_output, on_exit)
+
+    def _send(self, message: bytes | str, binary: bool = False) -> None:
+        try:
+            self.write_message(message, binary=binary)
+        except websocket.WebSocketClosedError:
+            pass
+
+    def _finish(self, code: int) -> None:
+        self._send(json.dumps({"exit": code}))
+        self.close(1000)
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            signum = int(json.loads(message)["signal"])
+            signal.Signals(signum)
+        except (ValueError, KeyError, TypeError):
+            return
+        proc = self.session.command
+        if proc is not None and proc.exit_code is None:
+            try:
+                os.kill(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def on_close(self) -> None:
+        # like ssh: a client that goes away hangs up its command
+        session = getattr(self, "session", None)
+        proc = session.command if session else None
+        if proc is not None and proc.exit_code is None:
+            try:
+                os.kill(proc.pid, signal.SIGHUP)
+            except ProcessLookupError:
+                pass
+
+
+def handlers() -> list[tuple[str, type]]:
+    return [
+        (r"/hwsched/node", NodeHandler),
+        (r"/hwsched/sessions", SessionsHandler),
+        (r"/hwsched/sessions/(\w+)", SessionHandler),
+        (r"/hwsched/sessions/(\w+)/command", CommandHandler),
+    ]

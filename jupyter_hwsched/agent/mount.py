@@ -1,0 +1,125 @@
+"""The developer's share mounted on the node with sshfs (FUSE).
+
+sshfs runs in the foreground as the agent's child, so the agent sees at once when a mount dies.
+The session's private key and the share's pinned host key live in the session's own directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnavailableError
+
+DEFAULT_OPTIONS = [
+    "no_contain_symlinks",  # absolute symlinks (/lib64/ld-linux...) must resolve in the container
+    "reconnect",
+    "ServerAliveInterval=5",
+    "ServerAliveCountMax=3",
+    "kernel_cache",
+    "entry_timeout=20",
+    "attr_timeout=20",
+    "negative_timeout=5",
+]
+
+
+def mounted(path: str | Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
+
+
+def mounts_under(base: str | Path) -> list[str]:
+    prefix = str(base).rstrip("/") + "/"
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def unmount(path: str | Path) -> None:
+    """Unmount a FUSE mount; lazily when busy. Never raises for an already-gone mount."""
+    if not mounted(path):
+        return
+    for cmd in (["fusermount3", "-u", str(path)], ["fusermount", "-u", str(path)]):
+        if shutil.which(cmd[0]):
+            if subprocess.run(cmd, capture_output=True).returncode == 0:
+                return
+            break
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+class SshfsMount:
+    """One sshfs mount of one session's share."""
+
+    def __init__(
+        self, share: dict[str, Any], mountpoint: Path, keydir: Path, options: list[str]
+    ) -> None:
+        self.share = share
+        self.mountpoint = mountpoint
+        self.keydir = keydir
+        self.options = options
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def mount(self, timeout: float = 20.0) -> None:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.keydir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = self.keydir / "id_share"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.share["private_key"])
+        known = self.keydir / "known_hosts"
+        alias = f"hwsched-share-{self.mountpoint.name}"
+        known.write_text(f"{alias} {self.share['host_key']}\n")
+        options = [
+            f"IdentityFile={key}",
+            f"UserKnownHostsFile={known}",
+            f"HostKeyAlias={alias}",
+            "StrictHostKeyChecking=yes",
+            "BatchMode=yes",
+            f"port={int(self.share['port'])}",
+            *self.options,
+        ]
+        if os.geteuid() == 0:
+            options.append("allow_other")  # the container runs as the developer's uid
+        source = f"{self.share['user']}@{self.share['host']}:{self.share.get('root', '/')}"
+        if ":" in str(self.share["host"]):
+            source = f"{self.share['user']}@[{self.share['host']}]:{self.share.get('root', '/')}"
+        log = self.keydir / "sshfs.log"
+        with open(log, "wb") as err:
+            self.process = subprocess.Popen(
+                ["sshfs", "-f", "-o", ",".join(options), source, str(self.mountpoint)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not mounted(self.mountpoint):
+            if self.process.poll() is not None:
+                err = log.read_text(errors="replace")
+                raise UnavailableError(f"mounting the developer's share failed: {err.strip()}")
+            if time.monotonic() > deadline:
+                self.unmount()
+                raise UnavailableError("mounting the developer's share timed out")
+            time.sleep(0.02)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def unmount(self) -> None:
+        unmount(self.mountpoint)
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        try:
+            self.mountpoint.rmdir()
+        except OSError:
+            pass
+        shutil.rmtree(self.keydir, ignore_errors=True)

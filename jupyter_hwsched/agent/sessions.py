@@ -1,0 +1,224 @@
+"""One session on the node: its mount, its container, and what runs inside.
+
+``NodeSession.prepare`` mounts the share and starts the container; ``exec_kernel`` and
+``exec_command`` start processes in it as the developer; ``close`` undoes everything, in the
+reverse order, and may be called any number of times.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RequestError
+from .gpus import GpuInfo, driver_libraries
+from .mount import SshfsMount
+from .runner import (
+    AGENT_DIR,
+    ContainerSpec,
+    DockerRunner,
+    ExecProcess,
+    ExitCallback,
+    OutputCallback,
+)
+
+#: where the node's NVIDIA driver libraries appear in the container
+DRIVER_DIR = f"{AGENT_DIR}/driver"
+
+#: variables the agent always sets itself; a client's values for them are dropped
+AGENT_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HOSTNAME", "PYTHONPYCACHEPREFIX")
+
+
+@dataclass
+class SessionSpec:
+    """What the client sends to start a session; validated before anything is created."""
+
+    share: dict[str, Any]
+    uid: int
+    gid: int
+    groups: list[int]
+    user: str
+    home: str
+    cwd: str
+    env: dict[str, str]
+    kind: str  # "kernel" or "command"
+    argv: list[str]
+
+    @classmethod
+    def from_json(cls, data: Any) -> SessionSpec:
+        if not isinstance(data, dict):
+            raise RequestError("the session spec must be a JSON object")
+        share = data.get("share")
+        if not isinstance(share, dict) or not {"host", "port", "user", "private_key", "host_key"} <= set(share):
+            raise RequestError("share must give host, port, user, private_key and host_key")
+        user = data.get("user") or {}
+        try:
+            uid, gid = int(user["uid"]), int(user["gid"])
+            groups = [int(g) for g in user.get("groups", [])]
+            name, home = str(user["name"]), str(user["home"])
+        except (KeyError, TypeError, ValueError):
+            raise RequestError("user must give uid, gid, name and home") from None
+        env = data.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise RequestError("env must map names to strings")
+        cwd = data.get("cwd")
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise RequestError("cwd must be an absolute path")
+        kind = data.get("kind")
+        argv = data.get("argv")
+        if kind not in ("kernel", "command"):
+            raise RequestError("kind must be 'kernel' or 'command'")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise RequestError("argv must be a non-empty list of strings")
+        return cls(share, uid, gid, groups, name, home, cwd, env, kind, argv)
+
+
+@dataclass
+class NodeSession:
+    id: str
+    node: str
+    spec: SessionSpec
+    gpus: list[GpuInfo]
+    state_dir: Path
+    runner: DockerRunner
+    sshfs_options: list[str]
+    container_id: str | None = None
+    mount: SshfsMount | None = None
+    kernel_id: str | None = None
+    command: ExecProcess | None = None
+    started: float = field(default_factory=time.time)
+    closed: bool = False
+
+    @property
+    def uid(self) -> int:
+        return self.spec.uid
+
+    @property
+    def gid(self) -> int:
+        return self.spec.gid
+
+    @property
+    def kernel_argv(self) -> list[str]:
+        return self.spec.argv
+
+    @property
+    def base(self) -> Path:
+        return self.state_dir / "sessions" / self.id
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base / "run"
+
+    @property
+    def mountpoint(self) -> Path:
+        return self.state_dir / "mnt" / self.id
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in self.spec.env.items() if k not in AGENT_ENV}
+        simulated = any(g.simulated for g in self.gpus)
+        visible = ",".join(str(g.index) if simulated else g.uuid for g in self.gpus)
+        env.update(
+            HOME=self.spec.home,
+            USER=self.spec.user,
+            LOGNAME=self.spec.user,
+            CUDA_VISIBLE_DEVICES=visible,
+            NVIDIA_VISIBLE_DEVICES=visible,
+            HWSCHED_SESSION=self.id,
+            HWSCHED_NODE=self.node,
+            HWSCHED_GPUS=",".join(str(g.index) for g in self.gpus),
+            PYTHONPYCACHEPREFIX="/tmp/hwsched-pycache",  # keep bytecode off the share
+        )
+        if simulated:
+            env["HWSCHED_SIMULATED_GPUS"] = "1"
+        else:
+            # the node's driver libraries, bound by _gpu_devices, come first
+            env["LD_LIBRARY_PATH"] = ":".join(
+                p for p in (DRIVER_DIR, self.spec.env.get("LD_LIBRARY_PATH", "")) if p
+            )
+        return env
+
+    def prepare(self) -> None:
+        """Mount the share and start the container (blocking; run off the event loop)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        scratch = self.base / "tmp"
+        scratch.mkdir(exist_ok=True)
+        scratch.chmod(0o1777)
+        self.mount = SshfsMount(self.spec.share, self.mountpoint, self.base / "keys", self.sshfs_options)
+        self.mount.mount()
+        devices, binds = self._gpu_devices()
+        self.container_id = self.runner.create(
+            ContainerSpec(
+                session_id=self.id,
+                node=self.node,
+                root=self.mountpoint,
+                scratch=scratch,
+                run_dir=self.run_dir,
+                uid=self.uid,
+                gid=self.gid,
+                groups=self.spec.groups,
+                devices=devices,
+                extra_binds=binds,
+            )
+        )
+
+    def _gpu_devices(self) -> tuple[list[str], dict[str, str]]:
+        """Device nodes of the allocated real GPUs; simulated GPUs have none."""
+        if not self.gpus or self.gpus[0].simulated:
+            return [], {}
+        devices = [f"/dev/nvidia{g.index}" for g in self.gpus]
+        for extra in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
+            if os.path.exists(extra):
+                devices.append(extra)
+        binds = {}
+        for entry in driver_libraries():
+            path, _, name = entry.partition(":")
+            binds[os.path.realpath(path)] = f"{DRIVER_DIR}/{name}"
+        return devices, binds
+
+    def exec_kernel(self, argv: list[str]) -> ExecProcess:
+        assert self.container_id is not None
+
+        def log(stream: str, data: bytes) -> None:
+            self.runner.log.debug("[%s kernel %s] %s", self.id, stream, data.decode(errors="replace").rstrip())
+
+        return self.runner.exec(
+            self.container_id, argv, self.env(), self.spec.cwd, f"{self.uid}:{self.gid}", log, lambda code: None
+        )
+
+    def exec_command(self, on_output: OutputCallback, on_exit: ExitCallback) -> ExecProcess:
+        assert self.container_id is not None
+        self.command = self.runner.exec(
+            self.container_id, self.spec.argv, self.env(), self.spec.cwd,
+            f"{self.uid}:{self.gid}", on_output, on_exit,
+        )
+        return self.command
+
+    def close(self) -> None:
+        """Destroy the container, unmount, remove the session's files (blocking)."""
+        self.closed = True
+        if self.container_id:
+            self.runner.remove(self.container_id)
+            self.container_id = None
+        if self.mount is not None:
+            self.mount.unmount()
+            self.mount = None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.spec.kind,
+            "user": self.spec.user,
+            "uid": self.uid,
+            "gpus": [g.to_json() for g in self.gpus],
+            "kernel_id": self.kernel_id,
+            "container": self.container_id,
+            "mountpoint": str(self.mountpoint),
+            "started": self.started,
+        }

@@ -1,0 +1,1 @@
+"""Command-line entry points: ``hwsched`` (services, status, up) and ``hwrun``."""

@@ -1,0 +1,93 @@
+"""``hwsched``: the services (scheduler, agent, share), ``status`` and ``up``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from ..errors import HwschedError
+
+SUBCOMMANDS = {
+    "scheduler": "run the scheduler service",
+    "agent": "run the node agent on a GPU machine",
+    "share": "run the share agent on a developer machine",
+    "status": "show nodes, GPUs, holders and the queue",
+    "up": "run scheduler, node agent and share agent on this machine",
+}
+
+
+def usage() -> str:
+    lines = ["usage: hwsched COMMAND [options]   (hwsched COMMAND --help for options)", ""]
+    lines += [f"  {name:<10} {text}" for name, text in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "scheduler":
+        from ..scheduler.app import SchedulerApp
+
+        SchedulerApp.launch_instance(rest)
+    elif command == "agent":
+        from ..agent.extension import AgentApp
+
+        # jupyter_server reads its token from JUPYTER_TOKEN; the pool shares one token
+        if os.environ.get("HWSCHED_TOKEN") and not os.environ.get("JUPYTER_TOKEN"):
+            os.environ["JUPYTER_TOKEN"] = os.environ["HWSCHED_TOKEN"]
+        AgentApp.launch_instance(rest)
+    elif command == "share":
+        from ..share.app import ShareAgentApp
+
+        ShareAgentApp.launch_instance(rest)
+    elif command == "status":
+        return status(rest)
+    elif command == "up":
+        from .up import up
+
+        return up(rest)
+    else:
+        print(f"hwsched: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def status(argv: list[str]) -> int:
+    from ..client.api import SchedulerAPI
+    from ..client.config import HwschedClient
+    from ..client.environment import caller_identity
+    from ..client.status import render_pool
+
+    parser = argparse.ArgumentParser(prog="hwsched status", description=SUBCOMMANDS["status"])
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    args = parser.parse_args(argv)
+
+    async def fetch() -> dict[str, object]:
+        settings = HwschedClient()
+        settings.check()
+        api = SchedulerAPI(settings.url, settings.token)
+        try:
+            return await api.pool()
+        finally:
+            api.close()
+
+    try:
+        pool = asyncio.run(fetch())
+    except HwschedError as exc:
+        print(f"hwsched status: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(pool, indent=1))
+    else:
+        print(render_pool(pool, me=caller_identity()["name"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

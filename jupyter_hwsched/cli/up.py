@@ -1,0 +1,157 @@
+"""``hwsched up``: a one-machine pool (scheduler, node agent, share agent), optionally with
+JupyterLab, each part its own process, on embedded defaults.
+
+It writes the discovery file that lets ``hwrun``, ``%%hwrun`` and ``hwsched status`` run by the
+same user find the pool with no settings, and stops every part when it is stopped itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
+
+from ..discovery import remove_discovery, write_discovery
+
+DEFAULT_SIMULATED = "2xA100-80GB"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Child:
+    """A part of the pool running as its own process; its output is echoed with a prefix."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready: str | None) -> None:
+        self.name = name
+        self.ready_marker = ready
+        self.ready_line: str | None = None
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if self.ready_marker and line.startswith(self.ready_marker):
+                self.ready_line = line
+                self.ready.set()
+            print(f"[{self.name}] {line}", flush=True)
+        self.ready.set()
+
+    def wait_ready(self, timeout: float) -> str:
+        if not self.ready.wait(timeout) or self.ready_line is None:
+            raise RuntimeError(f"{self.name} did not start (exit status {self.proc.poll()})")
+        return self.ready_line
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwsched up", description=__doc__)
+    p.add_argument("--port", type=int, default=8765, help="scheduler port (default 8765)")
+    p.add_argument("--agent-port", type=int, default=8766, help="node agent port (default 8766)")
+    p.add_argument("--simulate-gpus", default="", help=f"force simulated GPUs, e.g. {DEFAULT_SIMULATED}")
+    p.add_argument("--lease", type=float, default=30.0, help="session lease in seconds")
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name in the pool")
+    p.add_argument("--share-root", default="/", help="directory exported as the container root")
+    p.add_argument("--lab", action="store_true", help="also run JupyterLab")
+    p.add_argument("--lab-port", type=int, default=8888, help="JupyterLab port (default 8888)")
+    return p
+
+
+def up(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    token = os.environ.get("HWSCHED_TOKEN") or secrets.token_hex(16)
+    url = f"http://127.0.0.1:{args.port}"
+    share_socket = str(Path(jupyter_runtime_dir()) / "hwsched-share.sock")
+    env = dict(os.environ, HWSCHED_TOKEN=token, HWSCHED_URL=url, HWSCHED_SHARE_SOCKET=share_socket)
+    me = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
+    db = Path(jupyter_data_dir()) / "hwsched" / "up.sqlite"
+    children: list[Child] = []
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        children.append(
+            Child("scheduler", [*me, "scheduler", f"--port={args.port}", f"--db={db}",
+                                f"--lease={args.lease}"], env, "HWSCHED_SCHEDULER_READY")
+        )
+        children[-1].wait_ready(60)
+        gpus = (
+            [f"--simulate-gpus={args.simulate_gpus}"]
+            if args.simulate_gpus
+            else [f"--AgentApp.simulate_if_no_gpu={DEFAULT_SIMULATED}"]
+        )
+        children.append(
+            Child("agent", [*me, "agent", "--ip=127.0.0.1", f"--port={args.agent_port}",
+                            f"--node-name={args.node_name}", f"--scheduler-url={url}", *gpus],
+                  env, "HWSCHED_AGENT_READY")
+        )
+        agent_line = children[-1].wait_ready(120)
+        children.append(
+            Child("share", [*me, "share", f"--socket={share_socket}", f"--scheduler-url={url}",
+                            f"--root={args.share_root}"], env, "HWSCHED_SHARE_READY")
+        )
+        children[-1].wait_ready(60)
+        write_discovery({"url": url, "token": token, "share_socket": share_socket, "pid": os.getpid()})
+        lab_url = ""
+        if args.lab:
+            lab_token = secrets.token_hex(16)
+            lab = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
+                   f"--port={args.lab_port}", f"--IdentityProvider.token={lab_token}"]
+            if os.geteuid() == 0:
+                lab.append("--allow-root")
+            children.append(Child("lab", lab, env, None))
+            lab_url = f"http://127.0.0.1:{args.lab_port}/lab?token={lab_token}"
+        simulated = "simulated" in agent_line
+        print("\n".join([
+            "",
+            "hwsched pool is up on this machine.",
+            f"  scheduler   {url}",
+            f"  node        {agent_line.split(' ', 2)[2]}"
+            + ("  <- SIMULATED GPUs: NVML found no GPU here" if simulated else ""),
+            f"  share       {share_socket}",
+            *( [f"  JupyterLab  {lab_url}"] if lab_url else [] ),
+            "Try: hwrun --gpu 1 -- nvidia-smi -L || hwrun --gpu 1 -- env | grep VISIBLE",
+            "     in a notebook: %load_ext jupyter_hwsched, then %%hwrun --gpu 1",
+            "Stop with Ctrl-C.",
+            "",
+        ]), flush=True)
+        while not stop.is_set():
+            dead = [c for c in children if c.proc.poll() is not None]
+            if dead:
+                print(f"hwsched up: {dead[0].name} exited; stopping the pool", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    except RuntimeError as exc:
+        print(f"hwsched up: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        remove_discovery()
+        for child in reversed(children):
+            child.stop()

@@ -1,0 +1,1 @@
+"""The developer's side: settings, HTTP clients, remote sessions, the cell magic and ``hwrun``."""

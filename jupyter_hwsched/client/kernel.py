@@ -1,0 +1,138 @@
+"""A kernel on a node agent, spoken to through the Kernel Gateway API's channels websocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from ..errors import SessionEnded, UnavailableError
+
+MessageCallback = Callable[[dict[str, Any]], None]
+
+
+class GatewayKernel:
+    def __init__(self, agent_url: str, token: str, kernel_id: str) -> None:
+        self.agent_url = agent_url.rstrip("/")
+        self.token = token
+        self.kernel_id = kernel_id
+        self.session = uuid.uuid4().hex
+        self.ws: WebSocketClientConnection | None = None
+        self.pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.closed_reason: str | None = None
+
+    def message(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> dict[str, Any]:
+        return {
+            "header": {
+                "msg_id": uuid.uuid4().hex,
+                "msg_type": msg_type,
+                "username": "hwsched",
+                "session": self.session,
+                "date": datetime.now(timezone.utc).isoformat(),
+                "version": "5.3",
+            },
+            "parent_header": {},
+            "metadata": {},
+            "content": content,
+            "channel": channel,
+            "buffers": [],
+        }
+
+    async def connect(self, timeout: float = 60.0) -> None:
+        url = self.agent_url.replace("http", "ws", 1)
+        request = HTTPRequest(
+            f"{url}/api/kernels/{self.kernel_id}/channels?session_id={self.session}",
+            headers={"Authorization": f"token {self.token}"},
+            connect_timeout=10,
+        )
+        try:
+            self.ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
+        except OSError as exc:
+            raise UnavailableError(f"cannot reach the kernel on the node: {exc}") from None
+        self._reader = asyncio.create_task(self._read())
+        await self._wait_ready(timeout)
+
+    async def _wait_ready(self, timeout: float) -> None:
+        """A kernel that has just started may miss the first request; ask until it answers."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            msg = self.message("kernel_info_request", {})
+            queue = self._track(msg)
+            await self._send(msg)
+            try:
+                while True:
+                    reply = await asyncio.wait_for(queue.get(), 1.0)
+                    if reply["header"]["msg_type"] == "kernel_info_reply":
+                        return
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self.pending.pop(msg["header"]["msg_id"], None)
+            if asyncio.get_running_loop().time() > deadline:
+                raise UnavailableError("the remote kernel did not answer within the start timeout")
+
+    def _track(self, msg: dict[str, Any]) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.pending[msg["header"]["msg_id"]] = queue
+        return queue
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        if self.ws is None or self.closed_reason:
+            raise SessionEnded(self.closed_reason or "not connected to the remote kernel")
+        await self.ws.write_message(json.dumps(msg))
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        while True:
+            raw = await self.ws.read_message()
+            if raw is None:
+                self.closed_reason = "the connection to the remote kernel closed"
+                for queue in self.pending.values():
+                    queue.put_nowait({"header": {"msg_type": "_closed"}, "content": {}})
+                return
+            msg = json.loads(raw)
+            parent = (msg.get("parent_header") or {}).get("msg_id")
+            queue = self.pending.get(parent)
+            if queue is not None:
+                queue.put_nowait(msg)
+
+    async def execute(self, code: str, on_iopub: MessageCallback) -> dict[str, Any]:
+        """Run code; pass each output message on as it comes; return the execute_reply content."""
+        msg = self.message(
+            "execute_request",
+            {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+             "allow_stdin": False, "stop_on_error": True},
+        )
+        queue = self._track(msg)
+        await self._send(msg)
+        reply: dict[str, Any] | None = None
+        idle = False
+        try:
+            while reply is None or not idle:
+                incoming = await queue.get()
+                kind = incoming["header"]["msg_type"]
+                if kind == "_closed":
+                    raise SessionEnded(self.closed_reason or "the remote kernel went away")
+                if incoming.get("channel") == "shell" and kind == "execute_reply":
+                    reply = incoming["content"]
+                elif kind == "status":
+                    idle = incoming["content"].get("execution_state") == "idle"
+                elif incoming.get("channel") == "iopub":
+                    on_iopub(incoming)
+        finally:
+            self.pending.pop(msg["header"]["msg_id"], None)
+        return reply
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None

@@ -1,0 +1,166 @@
+"""A remote session from the client's side: ask, wait in the queue, share, start, release.
+
+``RemoteSession.acquire`` walks the phases and reports each through a callback; the lease is
+renewed in the background while the session lives; ``release`` undoes everything the session
+created (agent side, scheduler side, share) and is safe to call at any point and more than once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import HwschedError, NotFoundError, SessionEnded
+from ..request import HardwareRequest, format_memory
+from .api import AgentAPI, SchedulerAPI, ShareAPI
+from .config import HwschedClient
+from .environment import caller_env, caller_host, caller_identity
+
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+
+def kernel_argv(python: str | None = None) -> list[str]:
+    """The caller's own Python as a kernel, with history kept off the share."""
+    return [
+        python or sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+        "--HistoryManager.hist_file=:memory:",
+    ]
+
+
+def describe_gpus(session: dict[str, Any]) -> str:
+    gpus = session.get("gpus") or []
+    if not gpus:
+        return f"GPU(s) {session.get('gpu_ids')}"
+    parts = []
+    for gpu in gpus:
+        label = f"GPU {gpu['index']} ({gpu['model']}, {format_memory(int(gpu['memory']))}"
+        parts.append(label + (", simulated)" if gpu.get("simulated") else ")"))
+    return ", ".join(parts)
+
+
+@dataclass
+class Timings:
+    submitted: float = 0.0
+    placed: float = 0.0
+    ready: float = 0.0
+    ended: float = 0.0
+
+    def waited(self) -> float:
+        return max(0.0, (self.placed or time.time()) - self.submitted)
+
+    def ran(self) -> float:
+        return max(0.0, (self.ended or time.time()) - (self.ready or time.time()))
+
+
+@dataclass
+class RemoteSession:
+    settings: HwschedClient
+    request: HardwareRequest
+    kind: str  # "kernel" or "command"
+    argv: list[str]
+    cwd: str = field(default_factory=os.getcwd)
+    env: dict[str, str] = field(default_factory=caller_env)
+    id: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    kernel_id: str | None = None
+    ended_reason: str | None = None
+    timings: Timings = field(default_factory=Timings)
+
+    def __post_init__(self) -> None:
+        self.settings.check()
+        self.scheduler = SchedulerAPI(self.settings.url, self.settings.token)
+        self.share: ShareAPI | None = None
+        self.agent: AgentAPI | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._released = False
+
+    async def acquire(self, progress: ProgressCallback) -> dict[str, Any]:
+        """Queue, wait for placement, open the share, start on the node. Releases on failure."""
+        try:
+            return await self._acquire(progress)
+        except BaseException:
+            await asyncio.shield(self.release("the session could not start"))
+            raise
+
+    async def _acquire(self, progress: ProgressCallback) -> dict[str, Any]:
+        self.timings.submitted = time.time()
+        info = await self.scheduler.submit(self.request, caller_identity()["name"], caller_host())
+        self.id = info["id"]
+        lease = max(1.0, float(info["lease_expires"]) - float(info["created"]))
+        self._renewer = asyncio.create_task(self._renew(lease / 3))
+        last_position = None
+        while info["state"] == "queued":
+            if info.get("position") != last_position:
+                last_position = info.get("position")
+                progress("queued", info)
+            await asyncio.sleep(self.settings.poll_interval)
+            info = await self.scheduler.session(self.id)
+        if info["state"] == "ended":
+            raise SessionEnded(f"the session ended before it started: {info['end_reason']}")
+        self.info = info
+        self.timings.placed = time.time()
+        progress("placed", info)
+        if not self.settings.share_socket:
+            raise HwschedError(
+                "no share agent configured: start the pool with 'hwsched up', or run "
+                "'hwsched share' and set HWSCHED_SHARE_SOCKET"
+            )
+        self.share = ShareAPI(self.settings.share_socket)
+        credentials = await self.share.open(self.id)
+        progress("sharing", info)
+        self.agent = AgentAPI(info["agent_url"], self.settings.token)
+        started = await self.agent.start(
+            self.id,
+            {
+                "share": credentials,
+                "user": caller_identity(),
+                "cwd": self.cwd,
+                "env": self.env,
+                "kind": self.kind,
+                "argv": self.argv,
+            },
+        )
+        self.kernel_id = started.get("kernel_id")
+        self.timings.ready = time.time()
+        progress("ready", info)
+        return info
+
+    async def _renew(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.scheduler.renew(str(self.id))
+            except SessionEnded as exc:
+                self.ended_reason = str(exc)
+                return
+            except HwschedError:
+                continue  # a blip; the next renewal may get through
+
+    async def release(self, reason: str = "released by the client") -> None:
+        """End the session everywhere; what is already gone is skipped."""
+        if self._released:
+            return
+        self._released = True
+        self.timings.ended = time.time()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        if self.id is not None:
+            if self.agent is not None:
+                with contextlib.suppress(HwschedError):
+                    await self.agent.stop(self.id, reason)
+            with contextlib.suppress(HwschedError):
+                await self.scheduler.end(self.id, reason)
+            if self.share is not None:
+                with contextlib.suppress(NotFoundError, HwschedError):
+                    await self.share.close_share(self.id)
+        for client in (self.agent, self.share, self.scheduler):
+            if client is not None:
+                client.close()

@@ -1,0 +1,114 @@
+"""What a client may ask for: the hardware request and its validation.
+
+The same parser serves the cell magic, the ``hwrun`` command and the scheduler's REST API, so
+a mistake gets the same message wherever it is made.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import RequestError
+
+MAX_GPUS_PER_REQUEST = 64
+
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """Bytes from ``"40G"``, ``"512M"``, ``"80GiB"`` or a plain byte count."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise RequestError(f"--gpu-mem must be positive, got {text}")
+        return text
+    match = _MEM_RE.match(str(text))
+    if not match:
+        raise RequestError(
+            f"--gpu-mem {text!r} is not a memory size: write a number with a unit, like 40G or 512M"
+        )
+    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if value <= 0:
+        raise RequestError(f"--gpu-mem must be positive, got {text!r}")
+    return int(value)
+
+
+def format_memory(nbytes: int) -> str:
+    """``85899345920`` -> ``"80G"``; used wherever memory is shown to a person."""
+    for unit in ("T", "G", "M", "K"):
+        size = _UNITS[unit]
+        if nbytes >= size and nbytes % size == 0:
+            return f"{nbytes // size}{unit}"
+    if nbytes >= _UNITS["G"]:
+        return f"{nbytes / _UNITS['G']:.1f}G"
+    return f"{nbytes}B"
+
+
+@dataclass(frozen=True)
+class HardwareRequest:
+    """GPUs wanted for one session."""
+
+    gpus: int = 1
+    gpu_type: str | None = None
+    gpu_mem: int | None = None  # minimum memory per GPU, bytes
+    timeout: float | None = None  # seconds the session may run
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> HardwareRequest:
+        """Validate an untrusted JSON object (REST body, kernelspec config)."""
+        if not isinstance(data, dict):
+            raise RequestError("the request must be a JSON object like {\"gpus\": 1}")
+        unknown = set(data) - {"gpus", "gpu_type", "gpu_mem", "timeout"}
+        if unknown:
+            raise RequestError(
+                f"unknown request field(s) {sorted(unknown)}: "
+                "use gpus, gpu_type, gpu_mem and timeout"
+            )
+        return make_request(
+            gpus=data.get("gpus", 1),
+            gpu_type=data.get("gpu_type"),
+            gpu_mem=data.get("gpu_mem"),
+            timeout=data.get("timeout"),
+        )
+
+
+def make_request(
+    gpus: Any = 1, gpu_type: Any = None, gpu_mem: Any = None, timeout: Any = None
+) -> HardwareRequest:
+    """Build a request from loosely typed values, raising :class:`RequestError` on bad ones."""
+    if isinstance(gpus, bool) or not isinstance(gpus, int):
+        try:
+            gpus = int(str(gpus).strip())
+        except ValueError:
+            raise RequestError(f"--gpu {gpus!r} is not a whole number: write e.g. --gpu 1") from None
+    if gpus < 1:
+        raise RequestError(f"--gpu {gpus} asks for no GPU: ask for at least 1, e.g. --gpu 1")
+    if gpus > MAX_GPUS_PER_REQUEST:
+        raise RequestError(
+            f"--gpu {gpus} is more than one session may hold ({MAX_GPUS_PER_REQUEST}): ask for fewer"
+        )
+    if gpu_type is not None:
+        gpu_type = str(gpu_type).strip()
+        if not gpu_type:
+            gpu_type = None
+        elif not _TYPE_RE.match(gpu_type):
+            raise RequestError(
+                f"--gpu-type {gpu_type!r} is not a GPU model name: use a name such as A100-80GB"
+            )
+    mem = parse_memory(gpu_mem)
+    if timeout is not None:
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise RequestError(f"--timeout {timeout!r} is not a number of seconds") from None
+        if timeout <= 0:
+            raise RequestError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+    return HardwareRequest(gpus=gpus, gpu_type=gpu_type, gpu_mem=mem, timeout=timeout)

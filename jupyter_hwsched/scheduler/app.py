@@ -1,0 +1,75 @@
+"""``hwsched scheduler``: the scheduler as a tornado service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from tornado import httpserver, ioloop, web
+from tornado.netutil import bind_sockets
+from traitlets import Float, Integer, Unicode, default
+from traitlets.config import Application
+
+from .core import Scheduler
+from .handlers import handlers
+from .store import Store
+
+
+class SchedulerApp(Application):
+    name = "hwsched-scheduler"
+    description = "Serve the GPU pool's queue and placement over HTTP."
+
+    ip = Unicode("127.0.0.1", config=True, help="Address to listen on.")
+    port = Integer(8765, config=True, help="Port to listen on (0 picks a free one).")
+    db = Unicode(config=True, help="SQLite file with the scheduler's state.")
+    token = Unicode(config=True, help="Token every request must carry (env HWSCHED_TOKEN).")
+    tick_interval = Float(1.0, config=True, help="Seconds between lease and node checks.")
+
+    aliases = {
+        "ip": "SchedulerApp.ip",
+        "port": "SchedulerApp.port",
+        "db": "SchedulerApp.db",
+        "token": "SchedulerApp.token",
+        "lease": "Scheduler.lease_seconds",
+        "node-timeout": "Scheduler.node_timeout",
+    }
+    classes = [Scheduler]
+
+    @default("db")
+    def _db_default(self) -> str:
+        return str(Path(jupyter_data_dir()) / "hwsched" / "scheduler.sqlite")
+
+    @default("token")
+    def _token_default(self) -> str:
+        return os.environ.get("HWSCHED_TOKEN") or secrets.token_hex(16)
+
+    def start(self) -> None:
+        asyncio.run(self.serve())
+
+    async def serve(self, started: asyncio.Future[Any] | None = None) -> None:
+        store = Store(self.db)
+        scheduler = Scheduler(store, parent=self)
+        app = web.Application(handlers(scheduler, self.token))  # type: ignore[arg-type]
+        server = httpserver.HTTPServer(app)
+        socks = bind_sockets(self.port, self.ip)
+        server.add_sockets(socks)
+        port = socks[0].getsockname()[1]
+        self.log.info("hwsched scheduler listening on http://%s:%d (state in %s)", self.ip, port, self.db)
+        ticker = ioloop.PeriodicCallback(scheduler.tick, self.tick_interval * 1000)
+        ticker.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if started is not None:
+            started.set_result(port)
+        print(f"HWSCHED_SCHEDULER_READY http://{self.ip}:{port}", flush=True)
+        await stop.wait()
+        ticker.stop()
+        server.stop()
+        store.close()

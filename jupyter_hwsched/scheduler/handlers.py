@@ -1,0 +1,97 @@
+"""The scheduler's REST API: one handler class per resource, all through ``JsonHandler``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import RequestError
+from ..request import HardwareRequest
+from ..web import JsonHandler
+from .core import Scheduler
+
+
+class SchedulerHandler(JsonHandler):
+    scheduler: Scheduler
+
+    def field(self, body: dict[str, Any], name: str, kind: type = str) -> Any:
+        value = body.get(name)
+        if not isinstance(value, kind):
+            raise RequestError(f"field {name!r} must be a {kind.__name__}")
+        return value
+
+
+class NodesHandler(SchedulerHandler):
+    def get(self) -> None:
+        self.write_json(self.scheduler.pool()["nodes"])
+
+
+class NodeHandler(SchedulerHandler):
+    def put(self, name: str) -> None:
+        body = self.json_body()
+        gpus = self.field(body, "gpus", list)
+        for gpu in gpus:
+            if not isinstance(gpu, dict) or not {"index", "model", "memory"} <= set(gpu):
+                raise RequestError("each GPU needs index, model and memory")
+        self.scheduler.register_node(name, self.field(body, "url"), gpus)
+        self.write_json({"name": name})
+
+
+class HeartbeatHandler(SchedulerHandler):
+    def post(self, name: str) -> None:
+        body = self.json_body()
+        live = self.field(body, "sessions", list)
+        stats = body.get("stats") or {}
+        self.write_json({"end": self.scheduler.heartbeat(name, live, stats)})
+
+
+class SessionsHandler(SchedulerHandler):
+    def get(self) -> None:
+        everything = self.get_argument("all", "") in ("1", "true")
+        self.write_json(self.scheduler.sessions(live_only=not everything))
+
+    def post(self) -> None:
+        body = self.json_body()
+        request = HardwareRequest.from_json(body.get("request", {}))
+        session = self.scheduler.submit(
+            request, user=self.field(body, "user"), host=self.field(body, "host")
+        )
+        self.write_json(session, status=201)
+
+
+class SessionHandler(SchedulerHandler):
+    def get(self, session_id: str) -> None:
+        self.write_json(self.scheduler.describe(session_id))
+
+    def delete(self, session_id: str) -> None:
+        reason = self.get_argument("reason", "released by the client")
+        self.write_json(self.scheduler.end(session_id, reason[:500]))
+
+
+class RenewHandler(SchedulerHandler):
+    def post(self, session_id: str) -> None:
+        self.write_json(self.scheduler.renew(session_id))
+
+
+class RunningHandler(SchedulerHandler):
+    def post(self, session_id: str) -> None:
+        body = self.json_body()
+        self.write_json(self.scheduler.mark_running(session_id, self.field(body, "node")))
+
+
+class PoolHandler(SchedulerHandler):
+    def get(self) -> None:
+        self.write_json(self.scheduler.pool())
+
+
+def handlers(scheduler: Scheduler, token: str) -> list[tuple[str, type, dict[str, Any]]]:
+    kw = {"scheduler": scheduler, "token": token}
+    return [
+        (r"/api/pool", PoolHandler, kw),
+        (r"/api/nodes", NodesHandler, kw),
+        (r"/api/nodes/([\w.\-]+)", NodeHandler, kw),
+        (r"/api/nodes/([\w.\-]+)/heartbeat", HeartbeatHandler, kw),
+        (r"/api/sessions", SessionsHandler, kw),
+        (r"/api/sessions/(\w+)", SessionHandler, kw),
+        (r"/api/sessions/(\w+)/renew", RenewHandler, kw),
+        (r"/api/sessions/(\w+)/running", RunningHandler, kw),
+    ]

@@ -39,6 +39,8 @@ class AgentApp(ExtensionApp):  # type: ignore[misc]
         "open_browser": False,
         "allow_root": True,  # mounting, containers and signals need root on a GPU node
         "kernel_spec_manager_class": "jupyter_hwsched.agent.kernelspecs.NodeKernelSpecManager",
+        "authorizer_class": "jupyter_hwsched.agent.authorizer.NodeAuthorizer",
+        "terminals_enabled": False,
     }
 
     node_name = Unicode(config=True, help="Name of this node in the pool (default: hostname).")
@@ -210,11 +212,8 @@ class AgentApp(ExtensionApp):  # type: ignore[misc]
                 await self.serverapp.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
             except Exception as exc:  # the container goes anyway
                 self.log.warning("kernel of session %s: %s", session_id, exc)
-        if session.command is not None and session.command.exit_code is None:
-            try:
-                os.kill(session.command.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if session.command is not None:
+            session.command.signal(signal.SIGKILL)
         await asyncio.get_running_loop().run_in_executor(None, session.close)
         self.log.info("session %s ended: %s", session_id, reason)
         if tell_scheduler:

@@ -123,22 +123,15 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignor
             signal.Signals(signum)
         except (ValueError, KeyError, TypeError):
             return
-        proc = self.session.command
-        if proc is not None and proc.exit_code is None:
-            try:
-                os.kill(proc.pid, signum)
-            except ProcessLookupError:
-                pass
+        if self.session.command is not None:
+            self.session.command.signal(signum)
 
     def on_close(self) -> None:
         # like ssh: a client that goes away hangs up its command
         session = getattr(self, "session", None)
         proc = session.command if session else None
-        if proc is not None and proc.exit_code is None:
-            try:
-                os.kill(proc.pid, signal.SIGHUP)
-            except ProcessLookupError:
-                pass
+        if proc is not None:
+            proc.signal(signal.SIGHUP)
 
 
 def handlers() -> list[tuple[str, type]]:

@@ -73,11 +73,8 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
         return code
 
     async def send_signal(self, signum: int) -> None:
-        if self.proc is not None and self.proc.exit_code is None:
-            try:
-                os.kill(self.proc.pid, signum)
-            except ProcessLookupError:
-                pass
+        if self.proc is not None:
+            self.proc.signal(signum)
 
     async def kill(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGKILL)

@@ -14,6 +14,7 @@ import os
 import shutil
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,14 @@ class ExecProcess:
         self.exec_id = exec_id
         self.exit_code: int | None = None
         self.done = threading.Event()
+
+    def signal(self, signum: int) -> None:
+        """Signal the process if it still runs; pid 0 or 1 would hit the wrong processes."""
+        if self.exit_code is None and self.pid > 1:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
 
 
 def _base_image_tar(init_binary: str | None) -> bytes:
@@ -197,8 +206,7 @@ class DockerRunner(LoggingConfigurable):
             container_id, argv, stdout=True, stderr=True, environment=env, workdir=cwd, user=user
         )["Id"]
         stream = api.exec_start(exec_id, stream=True, demux=True)
-        pid = int(api.exec_inspect(exec_id)["Pid"])
-        proc = ExecProcess(pid, exec_id)
+        proc = ExecProcess(self._exec_pid(exec_id), exec_id)
 
         def pump() -> None:
             try:
@@ -219,6 +227,19 @@ class DockerRunner(LoggingConfigurable):
 
         threading.Thread(target=pump, name=f"exec-{exec_id[:12]}", daemon=True).start()
         return proc
+
+    def _exec_pid(self, exec_id: str, timeout: float = 10.0) -> int:
+        """The host pid of a started exec. The engine reports 0 until the process exists;
+        a 0 must never reach ``os.kill``, where it means the agent's own process group."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.client.api.exec_inspect(exec_id)
+            pid = int(info.get("Pid") or 0)
+            if pid > 0 or not info.get("Running") and info.get("ExitCode") is not None:
+                return pid
+            if time.monotonic() > deadline:
+                raise UnavailableError("the container engine did not start the process")
+            time.sleep(0.005)
 
     def remove(self, container_id: str) -> None:
         """Destroy a container; one that is already gone is fine."""

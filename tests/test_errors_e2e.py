@@ -1,0 +1,67 @@
+"""Bad input gets one line that says what to change: no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pool import Pool, free_port
+
+pytestmark = pytest.mark.e2e
+
+HWRUN = str(Path(sys.executable).parent / "hwrun")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--gpu", "0"], "--gpu 0 asks for no GPU"),
+        (["--gpu", "-1"], "--gpu -1 asks for no GPU"),
+        (["--gpu", "999"], "more than one session may hold"),
+        (["--gpu", "3"], "no node has 3 matching GPUs"),
+        (["--gpu", "two"], "is not a whole number"),
+        (["--gpu-type", "V100"], "no node has GPUs of type 'V100'"),
+        (["--gpu-mem", "200G"], "no GPU in the pool has 200G"),
+        (["--gpu-mem", "lots"], "is not a memory size"),
+    ],
+)
+def test_bad_requests(clean_pool: Pool, args: list[str], says: str) -> None:
+    result = clean_pool.hwrun([*args, "--", "true"], cwd="/")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("hwrun: error: ") and says in line
+
+
+def test_wrong_token(clean_pool: Pool) -> None:
+    result = clean_pool.hwrun(["--gpu", "1", "--", "true"], cwd="/", env={"HWSCHED_TOKEN": "wrong"})
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "refused the token" in line and "HWSCHED_TOKEN" in line
+
+
+def test_unreachable_scheduler(clean_pool: Pool) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = clean_pool.hwrun(["--gpu", "1", "--", "true"], cwd="/", env={"HWSCHED_URL": url})
+    assert result.returncode == 125
+    [line] = result.stderr.splitlines()
+    assert f"cannot reach the scheduler at {url}" in line and "HWSCHED_URL" in line
+
+
+def test_no_command(clean_pool: Pool) -> None:
+    result = clean_pool.hwrun(["--gpu", "1"], cwd="/")
+    assert result.returncode == 2
+    assert "no command given" in result.stderr
+
+
+def test_status_with_wrong_token(clean_pool: Pool) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "hwsched"), "status"],
+        env={**clean_pool.env, "HWSCHED_TOKEN": "wrong"}, capture_output=True, text=True,
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "refused the token" in line

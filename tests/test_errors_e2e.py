@@ -65,3 +65,10 @@ def test_status_with_wrong_token(clean_pool: Pool) -> None:
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert "refused the token" in line
+
+
+def test_current_directory_under_tmp(clean_pool: Pool, tmp_path: Path) -> None:
+    result = clean_pool.hwrun(["--gpu", "1", "--", "true"], cwd=str(tmp_path))
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "private to each GPU node" in line

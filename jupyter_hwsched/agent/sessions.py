@@ -70,6 +70,11 @@ class SessionSpec:
         cwd = data.get("cwd")
         if not isinstance(cwd, str) or not cwd.startswith("/"):
             raise RequestError("cwd must be an absolute path")
+        if cwd == "/tmp" or cwd.startswith("/tmp/"):
+            raise RequestError(
+                f"the current directory {cwd} is under /tmp, which stays private to each GPU "
+                "node: run from a directory outside /tmp (your home or a project directory)"
+            )
         kind = data.get("kind")
         argv = data.get("argv")
         if kind not in ("kernel", "command"):
@@ -151,6 +156,11 @@ class NodeSession:
         scratch.chmod(0o1777)
         self.mount = SshfsMount(self.spec.share, self.mountpoint, self.base / "keys", self.sshfs_options)
         self.mount.mount()
+        if not (self.mountpoint / self.spec.cwd.lstrip("/")).is_dir():
+            raise RequestError(
+                f"the current directory {self.spec.cwd} cannot be opened through the share "
+                f"as {self.spec.user}: run from a directory that user can enter"
+            )
         devices, binds = self._gpu_devices()
         self.container_id = self.runner.create(
             ContainerSpec(

@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any, BinaryIO
 
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from ..errors import SessionEnded, UnavailableError
@@ -53,7 +53,7 @@ async def run_command(
                     headers={"Authorization": f"token {settings.token}"},
                 )
             )
-        except OSError as exc:
+        except (OSError, HTTPClientError) as exc:
             raise UnavailableError(f"cannot reach the node agent: {exc}") from None
         while True:
             message = await ws.read_message()

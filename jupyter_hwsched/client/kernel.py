@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from tornado.httpclient import HTTPRequest
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from ..errors import SessionEnded, UnavailableError
@@ -54,7 +54,7 @@ class GatewayKernel:
         )
         try:
             self.ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
-        except OSError as exc:
+        except (OSError, HTTPClientError) as exc:
             raise UnavailableError(f"cannot reach the kernel on the node: {exc}") from None
         self._reader = asyncio.create_task(self._read())
         await self._wait_ready(timeout)

@@ -1,0 +1,153 @@
+"""``%%hwrun`` end to end, in a real local ipykernel driven like a notebook drives it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager
+
+from pool import Pool, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+class Notebook:
+    """A local kernel with the extension loaded; runs cells and collects their outputs."""
+
+    def __init__(self, pool: Pool, cwd: Path) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=pool.env, cwd=str(cwd))
+        self.kc: BlockingKernelClient = self.km.blocking_client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        assert self.run("%load_ext jupyter_hwsched")["status"] == "ok"
+
+    def run(self, code: str, timeout: float = 120, on_output: Any = None) -> dict[str, Any]:
+        outputs: list[dict[str, Any]] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] in ("stream", "display_data", "update_display_data", "execute_result", "error"):
+                outputs.append({"type": msg["msg_type"], **msg["content"]})
+                if on_output:
+                    on_output(msg)
+
+        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return {"status": reply["content"]["status"], "outputs": outputs, "reply": reply["content"]}
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        if self.km.is_alive():
+            self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def notebook(clean_pool: Pool, workspace: Path) -> Iterator[Notebook]:
+    nb = Notebook(clean_pool, workspace)
+    yield nb
+    nb.close()
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    """The notebook's directory; not under /tmp, which each node keeps private."""
+    path = Path("/var/lib/hwsched-test") / f"nb-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
+    return "".join(o["text"] for o in outputs if o["type"] == "stream" and o["name"] == name)
+
+
+def test_outputs_relay_streams_images_and_results(notebook: Notebook, clean_pool: Pool) -> None:
+    cell = """%%hwrun --gpu 1
+import os, socket, sys
+print("visible", os.environ["CUDA_VISIBLE_DEVICES"], "simulated", os.environ["HWSCHED_SIMULATED_GPUS"])
+print("warned", file=sys.stderr)
+import matplotlib.pyplot as plt
+plt.plot([1, 2, 3], [3, 1, 2])
+plt.show()
+from IPython.display import HTML, display
+display(HTML("<b>remote html</b>"))
+6 * 7
+"""
+    result = notebook.run(cell)
+    assert result["status"] == "ok", result
+    outputs = result["outputs"]
+    assert "visible 0 simulated 1" in text(outputs)
+    assert "warned" in text(outputs, "stderr")
+    images = [o for o in outputs if o["type"] == "display_data" and "image/png" in o["data"]]
+    assert images and images[0]["data"]["image/png"].startswith("iVBOR")  # a real PNG
+    assert any(o["type"] == "display_data" and "<b>remote html</b>" in o["data"].get("text/html", "") for o in outputs)
+    [res] = [o for o in outputs if o["type"] == "execute_result"]
+    assert res["data"]["text/plain"] == "42"
+    phases = " ".join(
+        o["data"]["text/plain"] for o in outputs if o["type"] in ("display_data", "update_display_data")
+        and o["data"].get("text/plain", "").startswith("[hwrun]")
+    )
+    assert "running on" in phases and "simulated" in phases and "released" in phases
+
+
+def test_cell_error_fails_the_local_cell(notebook: Notebook) -> None:
+    result = notebook.run("%%hwrun --gpu 1\ndef f():\n    raise ValueError('remote trouble')\nf()")
+    assert result["status"] == "error"
+    assert result["reply"]["evalue"].endswith("remote trouble")
+    [err] = [o for o in result["outputs"] if o["type"] == "error"]
+    assert any("ValueError" in line for line in err["traceback"])
+    assert any("f()" in line for line in err["traceback"])  # the remote traceback, not ours
+
+
+def test_files_written_in_the_cell_appear_locally(notebook: Notebook, workspace: Path) -> None:
+    name = f"out-{uuid.uuid4().hex}.txt"
+    result = notebook.run(f"%%hwrun --gpu 1\nopen({name!r}, 'w').write('made remotely')")
+    assert result["status"] == "ok", result
+    assert (workspace / name).read_text() == "made remotely"
+
+
+def test_ctrl_c_interrupts_the_remote_cell_and_releases(notebook: Notebook, clean_pool: Pool) -> None:
+    started = False
+
+    def on_output(msg: dict[str, Any]) -> None:
+        nonlocal started
+        if msg["msg_type"] == "stream" and "looping" in msg["content"]["text"]:
+            started = True
+            notebook.km.interrupt_kernel()  # the notebook's interrupt button
+
+    result = notebook.run("%%hwrun --gpu 1\nprint('looping', flush=True)\nwhile True: pass", on_output=on_output)
+    assert started
+    assert result["status"] == "error"
+    assert "KeyboardInterrupt" in result["reply"]["ename"] + " ".join(result["reply"]["traceback"])
+    wait_for(lambda: not clean_pool.held_gpus(), 30, "the GPU to be released")
+    # the kernel is still usable afterwards
+    assert notebook.run("print('still here')")["status"] == "ok"
+
+
+def test_killed_notebook_kernel_is_reclaimed(notebook: Notebook, clean_pool: Pool) -> None:
+    def on_output(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream" and "holding" in msg["content"]["text"]:
+            pid = notebook.km.provisioner.process.pid  # type: ignore[union-attr]
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(TimeoutError):
+        notebook.run("%%hwrun --gpu 1\nimport time\nprint('holding', flush=True)\ntime.sleep(600)", timeout=20, on_output=on_output)
+    assert not notebook.km.is_alive()
+    clean_pool.assert_clean(timeout=60)
+
+
+def test_usage_errors_are_one_line(notebook: Notebook) -> None:
+    for line, says in [("--gpu 0", "asks for no GPU"), ("--gpu-type V100", "no node has GPUs of type"),
+                       ("--gpu 999", "more than one session may hold")]:
+        result = notebook.run(f"%%hwrun {line}\nprint('never')")
+        assert result["status"] == "error"
+        assert result["reply"]["ename"] == "UsageError"
+        assert says in result["reply"]["evalue"]
+        assert "never" not in text(result["outputs"])

@@ -65,7 +65,7 @@ class HardwareRequest:
     def from_json(cls, data: Any) -> HardwareRequest:
         """Validate an untrusted JSON object (REST body, kernelspec config)."""
         if not isinstance(data, dict):
-            raise RequestError("the request must be a JSON object like {\"gpus\": 1}")
+            raise RequestError('the request must be a JSON object like {"gpus": 1}')
         unknown = set(data) - {"gpus", "gpu_type", "gpu_mem", "timeout"}
         if unknown:
             raise RequestError(
@@ -88,12 +88,15 @@ def make_request(
         try:
             gpus = int(str(gpus).strip())
         except ValueError:
-            raise RequestError(f"--gpu {gpus!r} is not a whole number: write e.g. --gpu 1") from None
+            raise RequestError(
+                f"--gpu {gpus!r} is not a whole number: write e.g. --gpu 1"
+            ) from None
     if gpus < 1:
         raise RequestError(f"--gpu {gpus} asks for no GPU: ask for at least 1, e.g. --gpu 1")
     if gpus > MAX_GPUS_PER_REQUEST:
         raise RequestError(
-            f"--gpu {gpus} is more than one session may hold ({MAX_GPUS_PER_REQUEST}): ask for fewer"
+            f"--gpu {gpus} is more than one session may hold "
+            f"({MAX_GPUS_PER_REQUEST}): ask for fewer"
         )
     if gpu_type is not None:
         gpu_type = str(gpu_type).strip()

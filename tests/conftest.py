@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pool import DEV_USER, Pool
+from jupyter_hwsched.testing import DEV_USER, Pool
 
 
 def _need_e2e() -> None:
@@ -22,10 +22,15 @@ def _need_e2e() -> None:
     for tool in ("sshfs", "docker", "ssh-keygen"):
         if not shutil.which(tool):
             problems.append(f"{tool} is missing")
-    if shutil.which("docker") and subprocess.run(["docker", "version"], capture_output=True).returncode:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "version"], capture_output=True).returncode
+    ):
         problems.append("no Docker Engine answers at DOCKER_HOST: run 'bash scripts/dockerd.sh'")
     if problems:
-        pytest.fail("end-to-end tests cannot run: " + "; ".join(problems) + " (bash scripts/setup.sh)")
+        pytest.fail(
+            "end-to-end tests cannot run: " + "; ".join(problems) + " (bash scripts/setup.sh)"
+        )
 
 
 @pytest.fixture(scope="session")

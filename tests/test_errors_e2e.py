@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pool import Pool, free_port
+from jupyter_hwsched.testing import Pool, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +60,9 @@ def test_no_command(clean_pool: Pool) -> None:
 def test_status_with_wrong_token(clean_pool: Pool) -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "hwsched"), "status"],
-        env={**clean_pool.env, "HWSCHED_TOKEN": "wrong"}, capture_output=True, text=True,
+        env={**clean_pool.env, "HWSCHED_TOKEN": "wrong"},
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     [line] = result.stderr.splitlines()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pool import DEV_USER, Pool, ctrl_c, wait_for
+from jupyter_hwsched.testing import DEV_USER, Pool, ctrl_c, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +24,9 @@ def test_root_is_the_share_and_files_cross_both_ways(clean_pool: Pool, dev_works
         "grep ' /usr fuse.sshfs ' /proc/mounts; "
         "echo from-the-node > written-remotely.txt; id -u; id -g"
     )
-    result = clean_pool.hwrun(["--gpu", "1", "--", "sh", "-c", script], user=DEV_USER, cwd=str(dev_workspace))
+    result = clean_pool.hwrun(
+        ["--gpu", "1", "--", "sh", "-c", script], user=DEV_USER, cwd=str(dev_workspace)
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == token
@@ -40,7 +42,9 @@ def test_exit_code_streams_and_verbatim_arguments(clean_pool: Pool, dev_workspac
     odd = ["a b", "$HOME", "*", "'quoted'", "", "--gpu"]
     code = "import sys; print(repr(sys.argv[1:])); print('to-err', file=sys.stderr); sys.exit(7)"
     result = clean_pool.hwrun(
-        ["-q", "--gpu", "1", "--", "python3", "-c", code, *odd], user=DEV_USER, cwd=str(dev_workspace)
+        ["-q", "--gpu", "1", "--", "python3", "-c", code, *odd],
+        user=DEV_USER,
+        cwd=str(dev_workspace),
     )
     assert result.returncode == 7
     assert result.stdout == repr(odd) + "\n"
@@ -49,10 +53,19 @@ def test_exit_code_streams_and_verbatim_arguments(clean_pool: Pool, dev_workspac
 
 def test_environment_directory_and_visible_gpus(clean_pool: Pool, dev_workspace: Path) -> None:
     result = clean_pool.hwrun(
-        ["-q", "--gpu", "2", "--", "sh", "-c",
-         "pwd; echo $MY_SETTING; echo ${DISPLAY:-no-display}; echo $CUDA_VISIBLE_DEVICES; "
-         "echo $HWSCHED_SIMULATED_GPUS; echo $HOME; hostname"],
-        user=DEV_USER, cwd=str(dev_workspace), env={"MY_SETTING": "kept", "DISPLAY": ":7"},
+        [
+            "-q",
+            "--gpu",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "pwd; echo $MY_SETTING; echo ${DISPLAY:-no-display}; echo $CUDA_VISIBLE_DEVICES; "
+            "echo $HWSCHED_SIMULATED_GPUS; echo $HOME; hostname",
+        ],
+        user=DEV_USER,
+        cwd=str(dev_workspace),
+        env={"MY_SETTING": "kept", "DISPLAY": ":7"},
     )
     assert result.returncode == 0, result.stderr
     pwd_, setting, display, visible, simulated, home, _host = result.stdout.splitlines()
@@ -78,7 +91,9 @@ def test_output_streams_live(clean_pool: Pool) -> None:
 
 def test_ctrl_c_reaches_the_command(clean_pool: Pool, dev_workspace: Path) -> None:
     script = "trap 'echo got-INT; exit 42' INT; echo ready; while :; do sleep 0.1; done"
-    proc = clean_pool.popen_hwrun(["-q", "--gpu", "1", "--", "sh", "-c", script], user=DEV_USER, cwd=str(dev_workspace))
+    proc = clean_pool.popen_hwrun(
+        ["-q", "--gpu", "1", "--", "sh", "-c", script], user=DEV_USER, cwd=str(dev_workspace)
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "ready\n"
     ctrl_c(proc)
@@ -88,7 +103,9 @@ def test_ctrl_c_reaches_the_command(clean_pool: Pool, dev_workspace: Path) -> No
 
 
 def test_killed_client_is_reclaimed(clean_pool: Pool) -> None:
-    proc = clean_pool.popen_hwrun(["-q", "--gpu", "1", "--", "sh", "-c", "echo up; sleep 300"], cwd="/")
+    proc = clean_pool.popen_hwrun(
+        ["-q", "--gpu", "1", "--", "sh", "-c", "echo up; sleep 300"], cwd="/"
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline() == "up\n"
     assert clean_pool.held_gpus()
@@ -98,7 +115,9 @@ def test_killed_client_is_reclaimed(clean_pool: Pool) -> None:
     clean_pool.assert_clean(timeout=60)
 
 
-def test_two_sessions_get_different_gpus_and_a_third_waits(clean_pool: Pool, dev_workspace: Path) -> None:
+def test_two_sessions_get_different_gpus_and_a_third_waits(
+    clean_pool: Pool, dev_workspace: Path
+) -> None:
     gate = dev_workspace / "gate"  # not under /tmp: the container's /tmp is the node's own
     hold = f"echo $CUDA_VISIBLE_DEVICES; while [ ! -e {gate} ]; do sleep 0.1; done"
     first = clean_pool.popen_hwrun(["-q", "--gpu", "1", "--", "sh", "-c", hold], cwd="/")
@@ -124,16 +143,34 @@ def test_two_sessions_get_different_gpus_and_a_third_waits(clean_pool: Pool, dev
 
 def test_status_shows_holder_while_running(clean_pool: Pool, dev_workspace: Path) -> None:
     gate = dev_workspace / "gate"
-    proc = clean_pool.popen_hwrun(["-q", "--gpu", "1", "--", "sh", "-c", f"echo up; while [ ! -e {gate} ]; do sleep 0.1; done"], cwd="/")
+    proc = clean_pool.popen_hwrun(
+        [
+            "-q",
+            "--gpu",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            f"echo up; while [ ! -e {gate} ]; do sleep 0.1; done",
+        ],
+        cwd="/",
+    )
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     import subprocess
     import sys
 
     status = subprocess.run(
-        [str(Path(sys.executable).parent / "hwsched"), "status"], env=clean_pool.env,
-        capture_output=True, text=True, check=True,
+        [str(Path(sys.executable).parent / "hwsched"), "status"],
+        env=clean_pool.env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    row = next(line for line in status.splitlines() if line.startswith(clean_pool.node) and " root " in line)
+    row = next(
+        line
+        for line in status.splitlines()
+        if line.startswith(clean_pool.node) and " root " in line
+    )
     assert "[simulated]" in row
     gate.touch()
     proc.communicate(timeout=60)

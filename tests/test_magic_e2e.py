@@ -14,7 +14,7 @@ import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
-from pool import Pool, wait_for
+from jupyter_hwsched.testing import Pool, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,13 @@ class Notebook:
         outputs: list[dict[str, Any]] = []
 
         def hook(msg: dict[str, Any]) -> None:
-            if msg["msg_type"] in ("stream", "display_data", "update_display_data", "execute_result", "error"):
+            if msg["msg_type"] in (
+                "stream",
+                "display_data",
+                "update_display_data",
+                "execute_result",
+                "error",
+            ):
                 outputs.append({"type": msg["msg_type"], **msg["content"]})
                 if on_output:
                     on_output(msg)
@@ -71,7 +77,8 @@ def text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:
 def test_outputs_relay_streams_images_and_results(notebook: Notebook, clean_pool: Pool) -> None:
     cell = """%%hwrun --gpu 1
 import os, socket, sys
-print("visible", os.environ["CUDA_VISIBLE_DEVICES"], "simulated", os.environ["HWSCHED_SIMULATED_GPUS"])
+env = os.environ
+print("visible", env["CUDA_VISIBLE_DEVICES"], "simulated", env["HWSCHED_SIMULATED_GPUS"])
 print("warned", file=sys.stderr)
 import matplotlib.pyplot as plt
 plt.plot([1, 2, 3], [3, 1, 2])
@@ -87,11 +94,16 @@ display(HTML("<b>remote html</b>"))
     assert "warned" in text(outputs, "stderr")
     images = [o for o in outputs if o["type"] == "display_data" and "image/png" in o["data"]]
     assert images and images[0]["data"]["image/png"].startswith("iVBOR")  # a real PNG
-    assert any(o["type"] == "display_data" and "<b>remote html</b>" in o["data"].get("text/html", "") for o in outputs)
+    assert any(
+        o["type"] == "display_data" and "<b>remote html</b>" in o["data"].get("text/html", "")
+        for o in outputs
+    )
     [res] = [o for o in outputs if o["type"] == "execute_result"]
     assert res["data"]["text/plain"] == "42"
     phases = " ".join(
-        o["data"]["text/plain"] for o in outputs if o["type"] in ("display_data", "update_display_data")
+        o["data"]["text/plain"]
+        for o in outputs
+        if o["type"] in ("display_data", "update_display_data")
         and o["data"].get("text/plain", "").startswith("[hwrun]")
     )
     assert "running on" in phases and "simulated" in phases and "released" in phases
@@ -113,7 +125,9 @@ def test_files_written_in_the_cell_appear_locally(notebook: Notebook, workspace:
     assert (workspace / name).read_text() == "made remotely"
 
 
-def test_ctrl_c_interrupts_the_remote_cell_and_releases(notebook: Notebook, clean_pool: Pool) -> None:
+def test_ctrl_c_interrupts_the_remote_cell_and_releases(
+    notebook: Notebook, clean_pool: Pool
+) -> None:
     started = False
 
     def on_output(msg: dict[str, Any]) -> None:
@@ -122,7 +136,9 @@ def test_ctrl_c_interrupts_the_remote_cell_and_releases(notebook: Notebook, clea
             started = True
             notebook.km.interrupt_kernel()  # the notebook's interrupt button
 
-    result = notebook.run("%%hwrun --gpu 1\nprint('looping', flush=True)\nwhile True: pass", on_output=on_output)
+    result = notebook.run(
+        "%%hwrun --gpu 1\nprint('looping', flush=True)\nwhile True: pass", on_output=on_output
+    )
     assert started
     assert result["status"] == "error"
     assert "KeyboardInterrupt" in result["reply"]["ename"] + " ".join(result["reply"]["traceback"])
@@ -138,14 +154,21 @@ def test_killed_notebook_kernel_is_reclaimed(notebook: Notebook, clean_pool: Poo
             os.kill(pid, signal.SIGKILL)
 
     with pytest.raises(TimeoutError):
-        notebook.run("%%hwrun --gpu 1\nimport time\nprint('holding', flush=True)\ntime.sleep(600)", timeout=20, on_output=on_output)
+        notebook.run(
+            "%%hwrun --gpu 1\nimport time\nprint('holding', flush=True)\ntime.sleep(600)",
+            timeout=20,
+            on_output=on_output,
+        )
     assert not notebook.km.is_alive()
     clean_pool.assert_clean(timeout=60)
 
 
 def test_usage_errors_are_one_line(notebook: Notebook) -> None:
-    for line, says in [("--gpu 0", "asks for no GPU"), ("--gpu-type V100", "no node has GPUs of type"),
-                       ("--gpu 999", "more than one session may hold")]:
+    for line, says in [
+        ("--gpu 0", "asks for no GPU"),
+        ("--gpu-type V100", "no node has GPUs of type"),
+        ("--gpu 999", "more than one session may hold"),
+    ]:
         result = notebook.run(f"%%hwrun {line}\nprint('never')")
         assert result["status"] == "error"
         assert result["reply"]["ename"] == "UsageError"

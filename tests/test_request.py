@@ -10,8 +10,14 @@ from jupyter_hwsched.request import HardwareRequest, format_memory, make_request
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("40G", 40 * 1024**3), ("512M", 512 * 1024**2), ("80GiB", 80 * 1024**3), ("1.5G", int(1.5 * 1024**3)),
-     ("2048", 2048), ("1T", 1024**4)],
+    [
+        ("40G", 40 * 1024**3),
+        ("512M", 512 * 1024**2),
+        ("80GiB", 80 * 1024**3),
+        ("1.5G", int(1.5 * 1024**3)),
+        ("2048", 2048),
+        ("1T", 1024**4),
+    ],
 )
 def test_memory_sizes(text: str, expected: int) -> None:
     assert parse_memory(text) == expected
@@ -48,9 +54,9 @@ def test_mistakes_say_what_to_change(kwargs: dict[str, object], message: str) ->
 
 
 def test_request_from_json_validates_fields() -> None:
-    assert HardwareRequest.from_json({"gpus": 2, "gpu_type": "A100", "gpu_mem": "40G"}) == HardwareRequest(
-        gpus=2, gpu_type="A100", gpu_mem=40 * 1024**3
-    )
+    assert HardwareRequest.from_json(
+        {"gpus": 2, "gpu_type": "A100", "gpu_mem": "40G"}
+    ) == HardwareRequest(gpus=2, gpu_type="A100", gpu_mem=40 * 1024**3)
     with pytest.raises(RequestError, match="unknown request field"):
         HardwareRequest.from_json({"gpus": 1, "cpus": 4})
     with pytest.raises(RequestError, match="JSON object"):

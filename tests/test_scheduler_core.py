@@ -22,8 +22,16 @@ class Clock:
 
 
 def gpus(count: int, model: str = "A100-80GB", memory_gb: int = 80) -> list[dict[str, Any]]:
-    return [{"index": i, "uuid": f"u{i}", "model": model, "memory": memory_gb * 1024**3, "simulated": True}
-            for i in range(count)]
+    return [
+        {
+            "index": i,
+            "uuid": f"u{i}",
+            "model": model,
+            "memory": memory_gb * 1024**3,
+            "simulated": True,
+        }
+        for i in range(count)
+    ]
 
 
 @pytest.fixture
@@ -81,7 +89,9 @@ def test_packing_prefers_the_fuller_node(sched: Scheduler) -> None:
         (req(gpu_mem=100 * 1024**3), "no GPU in the pool has 100G"),
     ],
 )
-def test_impossible_requests_fail_at_once(sched: Scheduler, request_: HardwareRequest, message: str) -> None:
+def test_impossible_requests_fail_at_once(
+    sched: Scheduler, request_: HardwareRequest, message: str
+) -> None:
     with pytest.raises(RequestError, match=message):
         sched.submit(request_, "ann", "h")
     assert sched.sessions() == []

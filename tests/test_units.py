@@ -31,17 +31,43 @@ def test_short_model_names() -> None:
 
 
 def test_caller_env_drops_what_only_makes_sense_locally() -> None:
-    env = caller_env({"PATH": "/usr/bin", "DISPLAY": ":0", "SSH_AUTH_SOCK": "/s", "JPY_PARENT_PID": "1",
-                      "HWSCHED_TOKEN": "secret", "MY_VAR": "x"})
+    env = caller_env(
+        {
+            "PATH": "/usr/bin",
+            "DISPLAY": ":0",
+            "SSH_AUTH_SOCK": "/s",
+            "JPY_PARENT_PID": "1",
+            "HWSCHED_TOKEN": "secret",
+            "MY_VAR": "x",
+        }
+    )
     assert env == {"PATH": "/usr/bin", "MY_VAR": "x"}
 
 
 def test_status_table_marks_simulated_gpus_and_holders() -> None:
-    gpu = {"index": 0, "model": "A100-80GB", "memory": 80 * 1024**3, "simulated": True,
-           "holder": "ann", "session": "s1", "since": 100.0, "utilization": None}
-    pool = {"time": 220.0, "nodes": [{"name": "n1", "up": True, "gpus": [gpu]}],
-            "queue": [{"position": 1, "user": "bob", "request": {"gpus": 1}, "created": 200.0,
-                       "waiting_for": "busy"}]}
+    gpu = {
+        "index": 0,
+        "model": "A100-80GB",
+        "memory": 80 * 1024**3,
+        "simulated": True,
+        "holder": "ann",
+        "session": "s1",
+        "since": 100.0,
+        "utilization": None,
+    }
+    pool = {
+        "time": 220.0,
+        "nodes": [{"name": "n1", "up": True, "gpus": [gpu]}],
+        "queue": [
+            {
+                "position": 1,
+                "user": "bob",
+                "request": {"gpus": 1},
+                "created": 200.0,
+                "waiting_for": "busy",
+            }
+        ],
+    }
     text = render_pool(pool, me="ann")
     assert "A100-80GB [simulated]" in text and "ann" in text and "2m" in text
     assert "1. bob wants 1 GPU(s)" in text

@@ -13,6 +13,6 @@ from jupyter_server.auth.authorizer import Authorizer
 ALLOWED_RESOURCES = frozenset({"kernels", "kernelspecs", "api", "server"})
 
 
-class NodeAuthorizer(Authorizer):  # type: ignore[misc]
+class NodeAuthorizer(Authorizer):
     def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
         return resource in ALLOWED_RESOURCES

@@ -31,11 +31,11 @@ from .runner import DockerRunner
 from .sessions import NodeSession, SessionSpec
 
 
-class AgentApp(ExtensionApp):  # type: ignore[misc]
+class AgentApp(ExtensionApp):
     name = "hwsched_agent"
     description = "Serve this node's GPUs to the hwsched scheduler."
     load_other_extensions = False
-    serverapp_config = {  # noqa: RUF012 - jupyter_server's own class attribute
+    serverapp_config = {
         "open_browser": False,
         "allow_root": True,  # mounting, containers and signals need root on a GPU node
         "kernel_spec_manager_class": "jupyter_hwsched.agent.kernelspecs.NodeKernelSpecManager",
@@ -120,7 +120,9 @@ class AgentApp(ExtensionApp):  # type: ignore[misc]
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         if not self.public_url:
-            host = serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else socket.gethostname()
+            host = (
+                serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else socket.gethostname()
+            )
             self.public_url = f"http://{host}:{serverapp.port}"
         await self.register(wait=True)
         self._heartbeat = PeriodicCallback(self.heartbeat, self.heartbeat_interval * 1000)
@@ -149,13 +151,17 @@ class AgentApp(ExtensionApp):  # type: ignore[misc]
     async def heartbeat(self) -> None:
         for session_id, session in list(self.sessions.items()):
             if session.mount is not None and not session.mount.alive():
-                await self.end_session(session_id, "the connection to the developer's share was lost")
+                await self.end_session(
+                    session_id, "the connection to the developer's share was lost"
+                )
         body = {
             "sessions": list(self.sessions),
             "stats": {"utilization": {str(k): v for k, v in self.inventory.utilization().items()}},
         }
         try:
-            reply = await self.scheduler.request("POST", f"/api/nodes/{self.node_name}/heartbeat", body)
+            reply = await self.scheduler.request(
+                "POST", f"/api/nodes/{self.node_name}/heartbeat", body
+            )
         except NotFoundError:
             await self.register()
             return
@@ -188,7 +194,7 @@ class AgentApp(ExtensionApp):  # type: ignore[misc]
         try:
             await loop.run_in_executor(None, session.prepare)
             if spec.kind == "kernel":
-                session.kernel_id = await self.serverapp.kernel_manager.start_kernel(
+                session.kernel_id = await self.kernel_manager.start_kernel(
                     kernel_name=CONTAINER_KERNEL, hwsched_session=session
                 )
             await self.scheduler.request(
@@ -209,7 +215,7 @@ class AgentApp(ExtensionApp):  # type: ignore[misc]
             return
         if session.kernel_id:
             try:
-                await self.serverapp.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
+                await self.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
             except Exception as exc:  # the container goes anyway
                 self.log.warning("kernel of session %s: %s", session_id, exc)
         if session.command is not None:
@@ -221,6 +227,11 @@ class AgentApp(ExtensionApp):  # type: ignore[misc]
                 await self.scheduler.end(session_id, reason)
             except HwschedError as exc:
                 self.log.warning("could not report the end of %s: %s", session_id, exc)
+
+    @property
+    def kernel_manager(self) -> Any:
+        assert self.serverapp is not None, "an extension app is linked to its server"
+        return self.serverapp.kernel_manager
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +25,11 @@ if TYPE_CHECKING:
 STREAM_CODES = {"stdout": 1, "stderr": 2}
 
 
-class AgentHandler(APIHandler):  # type: ignore[misc]
+class AgentHandler(APIHandler):
     @property
     def agent(self) -> AgentApp:
-        return self.settings["hwsched_agent"]  # type: ignore[no-any-return]
+        agent: AgentApp = self.settings["hwsched_agent"]
+        return agent
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -75,7 +75,7 @@ class SessionHandler(AgentHandler):
         self.finish(json.dumps({"ended": session_id}))
 
 
-class CommandHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
     """Runs a command session's command and streams its output."""
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
@@ -83,10 +83,10 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignor
             raise web.HTTPError(403, "a valid token is required")
         await super().get(*args, **kwargs)
 
-    def check_origin(self, origin: str) -> bool:
+    def check_origin(self, origin_to_satisfy_tornado: str = "") -> bool:
         return True  # token-authenticated API, not a browser page
 
-    async def open(self, session_id: str) -> None:  # type: ignore[override]
+    async def open(self, session_id: str) -> None:
         agent: AgentApp = self.settings["hwsched_agent"]
         session = agent.sessions.get(session_id)
         if session is None or session.spec.kind != "command":

@@ -24,7 +24,7 @@ def container_spec() -> KernelSpec:
     )
 
 
-class NodeKernelSpecManager(KernelSpecManager):  # type: ignore[misc]
+class NodeKernelSpecManager(KernelSpecManager):
     def find_kernel_specs(self) -> dict[str, str]:
         return {CONTAINER_KERNEL: ""}
 

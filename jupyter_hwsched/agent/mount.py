@@ -100,8 +100,8 @@ class SshfsMount:
         deadline = time.monotonic() + timeout
         while not mounted(self.mountpoint):
             if self.process.poll() is not None:
-                err = log.read_text(errors="replace")
-                raise UnavailableError(f"mounting the developer's share failed: {err.strip()}")
+                detail = log.read_text(errors="replace").strip()
+                raise UnavailableError(f"mounting the developer's share failed: {detail}")
             if time.monotonic() > deadline:
                 self.unmount()
                 raise UnavailableError("mounting the developer's share timed out")

@@ -16,7 +16,7 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.connect import KernelConnectionInfo
-from jupyter_client.provisioning import LocalProvisioner
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from ..errors import RequestError
 from .runner import RUN_DIR, ExecProcess
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .sessions import NodeSession
 
 
-class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
+class ContainerProvisioner(LocalProvisioner):
     """Kernel process inside the session container. Started only by the node agent."""
 
     session: NodeSession | None = None
@@ -39,6 +39,7 @@ class ContainerProvisioner(LocalProvisioner):  # type: ignore[misc]
             )
         self.session = session
         km = self.parent
+        assert km is not None, "a provisioner always has its kernel manager as parent"
         name = f"kernel-{self.kernel_id}.json"
         km.connection_file = str(session.run_dir / name)
         km.ip = "127.0.0.1"

@@ -81,11 +81,25 @@ def _base_image_tar(init_binary: str | None) -> bytes:
             info.mode = mode
             tar.addfile(info)
 
-        for name in ("usr", "usr/bin", "usr/lib", "usr/lib64", "usr/sbin", ".hwsched", ".hwsched/run", ".hwsched/driver"):
+        for name in (
+            "usr",
+            "usr/bin",
+            "usr/lib",
+            "usr/lib64",
+            "usr/sbin",
+            ".hwsched",
+            ".hwsched/run",
+            ".hwsched/driver",
+        ):
             add_dir(name)
         for name in ("proc", "sys", "dev", "run", "tmp"):
             add_dir(name, 0o1777 if name == "tmp" else 0o755)
-        for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
+        for link, target in (
+            ("bin", "usr/bin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+            ("sbin", "usr/sbin"),
+        ):
             info = tarfile.TarInfo(link)
             info.type = tarfile.SYMTYPE
             info.linkname = target
@@ -235,7 +249,7 @@ class DockerRunner(LoggingConfigurable):
         while True:
             info = self.client.api.exec_inspect(exec_id)
             pid = int(info.get("Pid") or 0)
-            if pid > 0 or not info.get("Running") and info.get("ExitCode") is not None:
+            if pid > 0 or (not info.get("Running") and info.get("ExitCode") is not None):
                 return pid
             if time.monotonic() > deadline:
                 raise UnavailableError("the container engine did not start the process")

@@ -30,7 +30,12 @@ from .runner import (
 DRIVER_DIR = f"{AGENT_DIR}/driver"
 
 #: variables the agent always sets itself; a client's values for them are dropped
-AGENT_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "HOSTNAME", "PYTHONPYCACHEPREFIX")
+AGENT_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "HOSTNAME",
+    "PYTHONDONTWRITEBYTECODE",
+)
 
 
 @dataclass
@@ -53,7 +58,13 @@ class SessionSpec:
         if not isinstance(data, dict):
             raise RequestError("the session spec must be a JSON object")
         share = data.get("share")
-        if not isinstance(share, dict) or not {"host", "port", "user", "private_key", "host_key"} <= set(share):
+        if not isinstance(share, dict) or not {
+            "host",
+            "port",
+            "user",
+            "private_key",
+            "host_key",
+        } <= set(share):
             raise RequestError("share must give host, port, user, private_key and host_key")
         user = data.get("user") or {}
         try:
@@ -137,7 +148,10 @@ class NodeSession:
             HWSCHED_SESSION=self.id,
             HWSCHED_NODE=self.node,
             HWSCHED_GPUS=",".join(str(g.index) for g in self.gpus),
-            PYTHONPYCACHEPREFIX="/tmp/hwsched-pycache",  # keep bytecode off the share
+            # read the bytecode already on the share, never write any there. (A pycache
+            # prefix would keep writes off too, but would also hide the existing .pyc files
+            # and recompile every module at each start.)
+            PYTHONDONTWRITEBYTECODE="1",
         )
         if simulated:
             env["HWSCHED_SIMULATED_GPUS"] = "1"
@@ -154,7 +168,9 @@ class NodeSession:
         scratch = self.base / "tmp"
         scratch.mkdir(exist_ok=True)
         scratch.chmod(0o1777)
-        self.mount = SshfsMount(self.spec.share, self.mountpoint, self.base / "keys", self.sshfs_options)
+        self.mount = SshfsMount(
+            self.spec.share, self.mountpoint, self.base / "keys", self.sshfs_options
+        )
         self.mount.mount()
         if not (self.mountpoint / self.spec.cwd.lstrip("/")).is_dir():
             raise RequestError(
@@ -195,17 +211,30 @@ class NodeSession:
         assert self.container_id is not None
 
         def log(stream: str, data: bytes) -> None:
-            self.runner.log.debug("[%s kernel %s] %s", self.id, stream, data.decode(errors="replace").rstrip())
+            self.runner.log.debug(
+                "[%s kernel %s] %s", self.id, stream, data.decode(errors="replace").rstrip()
+            )
 
         return self.runner.exec(
-            self.container_id, argv, self.env(), self.spec.cwd, f"{self.uid}:{self.gid}", log, lambda code: None
+            self.container_id,
+            argv,
+            self.env(),
+            self.spec.cwd,
+            f"{self.uid}:{self.gid}",
+            log,
+            lambda code: None,
         )
 
     def exec_command(self, on_output: OutputCallback, on_exit: ExitCallback) -> ExecProcess:
         assert self.container_id is not None
         self.command = self.runner.exec(
-            self.container_id, self.spec.argv, self.env(), self.spec.cwd,
-            f"{self.uid}:{self.gid}", on_output, on_exit,
+            self.container_id,
+            self.spec.argv,
+            self.env(),
+            self.spec.cwd,
+            f"{self.uid}:{self.gid}",
+            on_output,
+            on_exit,
         )
         return self.command
 

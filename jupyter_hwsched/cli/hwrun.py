@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     own, command = split_argv(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(own)
     if not command:
-        print("hwrun: error: no command given: write it after '--', e.g. hwrun --gpu 1 -- nvidia-smi", file=sys.stderr)
+        print(
+            "hwrun: error: no command given: write it after '--', e.g. hwrun --gpu 1 -- nvidia-smi",
+            file=sys.stderr,
+        )
         return USAGE_ERROR
 
     def progress(phase: str, info: dict[str, Any]) -> None:

@@ -40,7 +40,11 @@ class Child:
         self.ready_line: str | None = None
         self.ready = threading.Event()
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()
@@ -74,7 +78,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwsched up", description=__doc__)
     p.add_argument("--port", type=int, default=8765, help="scheduler port (default 8765)")
     p.add_argument("--agent-port", type=int, default=8766, help="node agent port (default 8766)")
-    p.add_argument("--simulate-gpus", default="", help=f"force simulated GPUs, e.g. {DEFAULT_SIMULATED}")
+    p.add_argument(
+        "--simulate-gpus", default="", help=f"force simulated GPUs, e.g. {DEFAULT_SIMULATED}"
+    )
     p.add_argument("--lease", type=float, default=30.0, help="session lease in seconds")
     p.add_argument("--node-name", default=socket.gethostname(), help="this node's name in the pool")
     p.add_argument("--share-root", default="/", help="directory exported as the container root")
@@ -97,8 +103,12 @@ def up(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         children.append(
-            Child("scheduler", [*me, "scheduler", f"--port={args.port}", f"--db={db}",
-                                f"--lease={args.lease}"], env, "HWSCHED_SCHEDULER_READY")
+            Child(
+                "scheduler",
+                [*me, "scheduler", f"--port={args.port}", f"--db={db}", f"--lease={args.lease}"],
+                env,
+                "HWSCHED_SCHEDULER_READY",
+            )
         )
         children[-1].wait_ready(60)
         gpus = (
@@ -107,40 +117,75 @@ def up(argv: list[str]) -> int:
             else [f"--AgentApp.simulate_if_no_gpu={DEFAULT_SIMULATED}"]
         )
         children.append(
-            Child("agent", [*me, "agent", "--ip=127.0.0.1", f"--port={args.agent_port}",
-                            f"--node-name={args.node_name}", f"--scheduler-url={url}", *gpus],
-                  env, "HWSCHED_AGENT_READY")
+            Child(
+                "agent",
+                [
+                    *me,
+                    "agent",
+                    "--ip=127.0.0.1",
+                    f"--port={args.agent_port}",
+                    f"--node-name={args.node_name}",
+                    f"--scheduler-url={url}",
+                    *gpus,
+                ],
+                env,
+                "HWSCHED_AGENT_READY",
+            )
         )
         agent_line = children[-1].wait_ready(120)
         children.append(
-            Child("share", [*me, "share", f"--socket={share_socket}", f"--scheduler-url={url}",
-                            f"--root={args.share_root}"], env, "HWSCHED_SHARE_READY")
+            Child(
+                "share",
+                [
+                    *me,
+                    "share",
+                    f"--socket={share_socket}",
+                    f"--scheduler-url={url}",
+                    f"--root={args.share_root}",
+                ],
+                env,
+                "HWSCHED_SHARE_READY",
+            )
         )
         children[-1].wait_ready(60)
-        write_discovery({"url": url, "token": token, "share_socket": share_socket, "pid": os.getpid()})
+        write_discovery(
+            {"url": url, "token": token, "share_socket": share_socket, "pid": os.getpid()}
+        )
         lab_url = ""
         if args.lab:
             lab_token = secrets.token_hex(16)
-            lab = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
-                   f"--port={args.lab_port}", f"--IdentityProvider.token={lab_token}"]
+            lab = [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--ip=127.0.0.1",
+                f"--port={args.lab_port}",
+                f"--IdentityProvider.token={lab_token}",
+            ]
             if os.geteuid() == 0:
                 lab.append("--allow-root")
             children.append(Child("lab", lab, env, None))
             lab_url = f"http://127.0.0.1:{args.lab_port}/lab?token={lab_token}"
         simulated = "simulated" in agent_line
-        print("\n".join([
-            "",
-            "hwsched pool is up on this machine.",
-            f"  scheduler   {url}",
-            f"  node        {agent_line.split(' ', 2)[2]}"
-            + ("  <- SIMULATED GPUs: NVML found no GPU here" if simulated else ""),
-            f"  share       {share_socket}",
-            *( [f"  JupyterLab  {lab_url}"] if lab_url else [] ),
-            "Try: hwrun --gpu 1 -- nvidia-smi -L || hwrun --gpu 1 -- env | grep VISIBLE",
-            "     in a notebook: %load_ext jupyter_hwsched, then %%hwrun --gpu 1",
-            "Stop with Ctrl-C.",
-            "",
-        ]), flush=True)
+        print(
+            "\n".join(
+                [
+                    "",
+                    "hwsched pool is up on this machine.",
+                    f"  scheduler   {url}",
+                    f"  node        {agent_line.split(' ', 2)[2]}"
+                    + ("  <- SIMULATED GPUs: NVML found no GPU here" if simulated else ""),
+                    f"  share       {share_socket}",
+                    *([f"  JupyterLab  {lab_url}"] if lab_url else []),
+                    "Try: hwrun --gpu 1 -- nvidia-smi -L || hwrun --gpu 1 -- env | grep VISIBLE",
+                    "     in a notebook: %load_ext jupyter_hwsched, then %%hwrun --gpu 1",
+                    "Stop with Ctrl-C.",
+                    "",
+                ]
+            ),
+            flush=True,
+        )
         while not stop.is_set():
             dead = [c for c in children if c.proc.poll() is not None]
             if dead:

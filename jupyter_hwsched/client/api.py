@@ -72,9 +72,7 @@ class AgentAPI(JsonClient):
         super().__init__(url, token, what="the node agent", timeout=120.0)
 
     async def start(self, session_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request(
-            "POST", f"/hwsched/sessions/{session_id}", spec
-        )
+        result: dict[str, Any] = await self.request("POST", f"/hwsched/sessions/{session_id}", spec)
         return result
 
     async def stop(self, session_id: str, reason: str) -> None:

@@ -59,7 +59,8 @@ async def run_command(
             message = await ws.read_message()
             if message is None:
                 raise SessionEnded(
-                    session.ended_reason or "the connection to the node closed before the command ended"
+                    session.ended_reason
+                    or "the connection to the node closed before the command ended"
                 )
             if isinstance(message, bytes):
                 target = out if message[:1] == b"\x01" else err
@@ -79,4 +80,3 @@ async def run_command(
 
 def exit_status(code: int) -> int:
     return code if 0 <= code < 256 else 255
-

@@ -10,11 +10,31 @@ from typing import Any
 #: variables that only make sense on the caller's machine, or are secrets of the client
 LOCAL_ONLY = frozenset(
     {
-        "DISPLAY", "WAYLAND_DISPLAY", "XAUTHORITY", "SSH_AUTH_SOCK", "SSH_AGENT_PID",
-        "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY", "DBUS_SESSION_BUS_ADDRESS",
-        "XDG_RUNTIME_DIR", "XDG_SESSION_ID", "GPG_AGENT_INFO", "KRB5CCNAME", "TMUX",
-        "TMUX_PANE", "TERM_SESSION_ID", "PWD", "OLDPWD", "SHLVL", "_", "HOSTNAME",
-        "HWSCHED_TOKEN", "HWSCHED_SHARE_SOCKET", "JUPYTER_TOKEN", "TMPDIR",
+        "DISPLAY",
+        "WAYLAND_DISPLAY",
+        "XAUTHORITY",
+        "SSH_AUTH_SOCK",
+        "SSH_AGENT_PID",
+        "SSH_CONNECTION",
+        "SSH_CLIENT",
+        "SSH_TTY",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "XDG_RUNTIME_DIR",
+        "XDG_SESSION_ID",
+        "GPG_AGENT_INFO",
+        "KRB5CCNAME",
+        "TMUX",
+        "TMUX_PANE",
+        "TERM_SESSION_ID",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+        "HOSTNAME",
+        "HWSCHED_TOKEN",
+        "HWSCHED_SHARE_SOCKET",
+        "JUPYTER_TOKEN",
+        "TMPDIR",
     }
 )
 LOCAL_ONLY_PREFIXES = ("JPY_", "JUPYTER_SERVER_", "HWSCHED_SESSION", "VSCODE_IPC")
@@ -23,7 +43,9 @@ LOCAL_ONLY_PREFIXES = ("JPY_", "JUPYTER_SERVER_", "HWSCHED_SESSION", "VSCODE_IPC
 def caller_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if environ is None else environ)
     return {
-        k: v for k, v in env.items() if k not in LOCAL_ONLY and not k.startswith(LOCAL_ONLY_PREFIXES)
+        k: v
+        for k, v in env.items()
+        if k not in LOCAL_ONLY and not k.startswith(LOCAL_ONLY_PREFIXES)
     }
 
 

@@ -22,16 +22,17 @@ UNIX_HOST = "unix-socket"
 class UnixSocketResolver(Resolver):
     """Resolves the placeholder host ``unix-socket`` to a unix socket path."""
 
-    def initialize(self, socket_path: str) -> None:  # type: ignore[override]
+    def initialize(self, socket_path: str) -> None:
         self.socket_path = socket_path
         self.fallback = DefaultLoopResolver()
 
-    async def resolve(  # type: ignore[override]
+    async def resolve(
         self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
     ) -> list[tuple[int, Any]]:
         if host == UNIX_HOST:
             return [(socket.AF_UNIX, self.socket_path)]
-        return await self.fallback.resolve(host, port, family)
+        resolved: list[tuple[int, Any]] = await self.fallback.resolve(host, port, family)
+        return resolved
 
 
 class JsonClient:
@@ -89,7 +90,9 @@ class JsonClient:
             self.url(path, **query),
             method=method,
             headers=self.headers(),
-            body=json.dumps(body) if body is not None else (b"" if method in ("POST", "PUT") else None),
+            body=json.dumps(body)
+            if body is not None
+            else (b"" if method in ("POST", "PUT") else None),
             connect_timeout=min(10.0, timeout or self.timeout),
             request_timeout=timeout or self.timeout,
             allow_nonstandard_methods=True,

@@ -28,7 +28,9 @@ class GatewayKernel:
         self._reader: asyncio.Task[None] | None = None
         self.closed_reason: str | None = None
 
-    def message(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> dict[str, Any]:
+    def message(
+        self, msg_type: str, content: dict[str, Any], channel: str = "shell"
+    ) -> dict[str, Any]:
         return {
             "header": {
                 "msg_id": uuid.uuid4().hex,
@@ -68,7 +70,7 @@ class GatewayKernel:
             await self._send(msg)
             try:
                 while True:
-                    reply = await asyncio.wait_for(queue.get(), 1.0)
+                    reply = await asyncio.wait_for(queue.get(), 0.25)
                     if reply["header"]["msg_type"] == "kernel_info_reply":
                         return
             except asyncio.TimeoutError:
@@ -94,11 +96,11 @@ class GatewayKernel:
             raw = await self.ws.read_message()
             if raw is None:
                 self.closed_reason = "the connection to the remote kernel closed"
-                for queue in self.pending.values():
-                    queue.put_nowait({"header": {"msg_type": "_closed"}, "content": {}})
+                for waiting in self.pending.values():
+                    waiting.put_nowait({"header": {"msg_type": "_closed"}, "content": {}})
                 return
             msg = json.loads(raw)
-            parent = (msg.get("parent_header") or {}).get("msg_id")
+            parent = str((msg.get("parent_header") or {}).get("msg_id"))
             queue = self.pending.get(parent)
             if queue is not None:
                 queue.put_nowait(msg)
@@ -107,8 +109,14 @@ class GatewayKernel:
         """Run code; pass each output message on as it comes; return the execute_reply content."""
         msg = self.message(
             "execute_request",
-            {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-             "allow_stdin": False, "stop_on_error": True},
+            {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": False,
+                "stop_on_error": True,
+            },
         )
         queue = self._track(msg)
         await self._send(msg)

@@ -21,7 +21,9 @@ class BackgroundLoop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="hwsched-client", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="hwsched-client", daemon=True
+        )
         self.thread.start()
 
     @classmethod

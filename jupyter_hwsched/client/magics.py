@@ -63,7 +63,8 @@ def phase_text(phase: str, info: dict[str, Any], session: RemoteSession) -> str:
         t = session.timings
         return (
             f"released {where} (waited {t.waited():.1f} s, ran {t.ran():.1f} s)"
-            if info else "released"
+            if info
+            else "released"
         )
     return phase
 

@@ -14,8 +14,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 REQUEST_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--gpu",), {"default": "1", "metavar": "N", "help": "number of GPUs (default 1)"}),
-    (("--gpu-type",), {"default": None, "metavar": "T", "help": "GPU model, e.g. A100 or A100-80GB"}),
-    (("--gpu-mem",), {"default": None, "metavar": "SIZE", "help": "minimum memory per GPU, e.g. 40G"}),
+    (
+        ("--gpu-type",),
+        {"default": None, "metavar": "T", "help": "GPU model, e.g. A100 or A100-80GB"},
+    ),
+    (
+        ("--gpu-mem",),
+        {"default": None, "metavar": "SIZE", "help": "minimum memory per GPU, e.g. 40G"},
+    ),
     (("--timeout",), {"default": None, "metavar": "S", "help": "time limit of the run in seconds"}),
 ]
 

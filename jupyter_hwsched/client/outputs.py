@@ -15,7 +15,9 @@ class RemoteResult:
         self.data = data
         self.metadata = metadata
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         return self.data, self.metadata
 
     def __repr__(self) -> str:
@@ -51,17 +53,26 @@ class OutputRelay:
             stream.flush()
         elif kind == "display_data":
             display(
-                content["data"], raw=True, metadata=content.get("metadata") or {},
+                content["data"],
+                raw=True,
+                metadata=content.get("metadata") or {},
                 transient=content.get("transient") or {},
             )
         elif kind == "update_display_data":
             display_id = (content.get("transient") or {}).get("display_id")
             if display_id:
-                display(content["data"], raw=True, metadata=content.get("metadata") or {},
-                        display_id=display_id, update=True)
+                display(
+                    content["data"],
+                    raw=True,
+                    metadata=content.get("metadata") or {},
+                    display_id=display_id,
+                    update=True,
+                )
         elif kind == "execute_result":
             self.result = RemoteResult(content["data"], content.get("metadata") or {})
         elif kind == "clear_output":
             clear_output(wait=bool(content.get("wait")))
         elif kind == "error":
-            self.error = RemoteError(content["ename"], content["evalue"], content.get("traceback", []))
+            self.error = RemoteError(
+                content["ename"], content["evalue"], content.get("traceback", [])
+            )

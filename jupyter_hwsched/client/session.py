@@ -28,7 +28,11 @@ ProgressCallback = Callable[[str, dict[str, Any]], None]
 def kernel_argv(python: str | None = None) -> list[str]:
     """The caller's own Python as a kernel, with history kept off the share."""
     return [
-        python or sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+        python or sys.executable,
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}",
         "--HistoryManager.hist_file=:memory:",
     ]
 

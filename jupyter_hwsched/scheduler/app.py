@@ -54,12 +54,14 @@ class SchedulerApp(Application):
     async def serve(self, started: asyncio.Future[Any] | None = None) -> None:
         store = Store(self.db)
         scheduler = Scheduler(store, parent=self)
-        app = web.Application(handlers(scheduler, self.token))  # type: ignore[arg-type]
+        app = web.Application(handlers(scheduler, self.token))
         server = httpserver.HTTPServer(app)
         socks = bind_sockets(self.port, self.ip)
         server.add_sockets(socks)
         port = socks[0].getsockname()[1]
-        self.log.info("hwsched scheduler listening on http://%s:%d (state in %s)", self.ip, port, self.db)
+        self.log.info(
+            "hwsched scheduler listening on http://%s:%d (state in %s)", self.ip, port, self.db
+        )
         ticker = ioloop.PeriodicCallback(scheduler.tick, self.tick_interval * 1000)
         ticker.start()
         stop = asyncio.Event()

@@ -73,7 +73,9 @@ class Scheduler(LoggingConfigurable):
             if now - node["last_seen"] > self.node_timeout:
                 continue
             indices = {g["index"] for g in node["gpus"]}
-            views.append(NodeView(node["name"], node["gpus"], indices - held.get(node["name"], set())))
+            views.append(
+                NodeView(node["name"], node["gpus"], indices - held.get(node["name"], set()))
+            )
         return views
 
     # sessions
@@ -83,8 +85,9 @@ class Scheduler(LoggingConfigurable):
         if reason:
             raise RequestError(reason)
         now = self.clock()
-        session = {
-            "id": secrets.token_hex(8),
+        session_id = secrets.token_hex(8)
+        session: dict[str, Any] = {
+            "id": session_id,
             "user": user,
             "host": host,
             "request": request.to_json(),
@@ -93,14 +96,14 @@ class Scheduler(LoggingConfigurable):
             "lease_expires": now + self.lease_seconds,
         }
         self.store.add_session(session)
-        self.log.info("session %s queued for %s@%s: %s", session["id"], user, host, request)
+        self.log.info("session %s queued for %s@%s: %s", session_id, user, host, request)
         self.schedule()
-        return self.describe(session["id"])
+        return self.describe(session_id)
 
     def renew(self, session_id: str) -> dict[str, Any]:
-        session = self._live(session_id)
+        self._live(session_id)
         self.store.update_session(session_id, lease_expires=self.clock() + self.lease_seconds)
-        return self.describe(session["id"])
+        return self.describe(session_id)
 
     def mark_running(self, session_id: str, node: str) -> dict[str, Any]:
         session = self._live(session_id)
@@ -164,8 +167,12 @@ class Scheduler(LoggingConfigurable):
             raise NotFoundError(f"no session {session_id}")
         out = {k: s[k] for k in ("id", "user", "host", "request", "state", "node", "gpu_ids")}
         out.update(
-            created=s["created"], placed=s["placed"], started=s["started"], ended=s["ended"],
-            lease_expires=s["lease_expires"], end_reason=s["end_reason"],
+            created=s["created"],
+            placed=s["placed"],
+            started=s["started"],
+            ended=s["ended"],
+            lease_expires=s["lease_expires"],
+            end_reason=s["end_reason"],
         )
         if s["state"] == "queued":
             queued = [q["id"] for q in self.store.sessions(("queued",))]
@@ -207,7 +214,10 @@ class Scheduler(LoggingConfigurable):
         now = self.clock()
         live = self.store.sessions(LIVE_STATES)
         holders = {
-            (s["node"], i): s for s in live if s["state"] in ("placed", "running") for i in s["gpu_ids"]
+            (s["node"], i): s
+            for s in live
+            if s["state"] in ("placed", "running")
+            for i in s["gpu_ids"]
         }
         nodes = []
         for node in self.store.nodes():

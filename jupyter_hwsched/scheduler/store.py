@@ -116,7 +116,19 @@ class Store:
 
 
 _COLUMNS = frozenset(
-    ["user", "host", "request", "state", "node", "gpu_ids", "placed", "started", "ended", "lease_expires", "end_reason"]
+    [
+        "user",
+        "host",
+        "request",
+        "state",
+        "node",
+        "gpu_ids",
+        "placed",
+        "started",
+        "ended",
+        "lease_expires",
+        "end_reason",
+    ]
 )
 
 

@@ -109,7 +109,9 @@ class ShareAgent:
             self.shares.pop(session_id, None)
             await asyncio.get_running_loop().run_in_executor(None, share.close)
             raise
-        self.log.info("share for session %s opened as %s on port %d", session_id, user.pw_name, share.port)
+        self.log.info(
+            "share for session %s opened as %s on port %d", session_id, user.pw_name, share.port
+        )
         return creds
 
     async def close(self, session_id: str, why: str) -> None:
@@ -146,7 +148,9 @@ class ShareAgentApp(Application):
     socket_path = Unicode(config=True, help="Unix socket that local clients ask for shares on.")
     state_dir = Unicode(config=True, help="Directory for the per-session keys and sshd configs.")
     listen_ip = Unicode(
-        "127.0.0.1", config=True, help="Address the per-session sshd listens on (nodes connect here)."
+        "127.0.0.1",
+        config=True,
+        help="Address the per-session sshd listens on (nodes connect here).",
     )
     root = Unicode("/", config=True, help="Directory exported as the container root.")
     sshd_path = Unicode("/usr/sbin/sshd", config=True, help="Absolute path of OpenSSH's sshd.")
@@ -189,7 +193,9 @@ class ShareAgentApp(Application):
     async def serve(self) -> None:
         agent = ShareAgent(self)
         kw = {"agent": agent}
-        app = web.Application([(r"/shares", SharesHandler, kw), (r"/shares/(\w+)", ShareHandler, kw)])
+        app = web.Application(
+            [(r"/shares", SharesHandler, kw), (r"/shares/(\w+)", ShareHandler, kw)]
+        )
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
         sock = bind_unix_socket(self.socket_path, mode=0o666 if os.geteuid() == 0 else 0o600)

@@ -1,4 +1,4 @@
-"""A real pool for end-to-end tests: scheduler, node agent and share agent as processes.
+"""A real pool for end-to-end tests and benchmarks: scheduler, node agent, share agent.
 
 Each part runs exactly as in production (``python -m jupyter_hwsched.cli.hwsched ...``) with
 short leases and heartbeats so that reclaiming a killed client is quick. The helpers here
@@ -102,29 +102,53 @@ class Pool:
         self.services = [
             Service(
                 "scheduler",
-                [*me, "scheduler", f"--port={self.port}", f"--db={self.state / 'sched.sqlite'}",
-                 f"--lease={LEASE}", "--node-timeout=10", "--SchedulerApp.tick_interval=0.25"],
-                self.env, workdir / "scheduler.log",
+                [
+                    *me,
+                    "scheduler",
+                    f"--port={self.port}",
+                    f"--db={self.state / 'sched.sqlite'}",
+                    f"--lease={LEASE}",
+                    "--node-timeout=10",
+                    "--SchedulerApp.tick_interval=0.25",
+                ],
+                self.env,
+                workdir / "scheduler.log",
             )
         ]
         self.services[0].wait_line("HWSCHED_SCHEDULER_READY")
         self.services.append(
             Service(
                 "agent",
-                [*me, "agent", "--ip=127.0.0.1", f"--port={self.agent_port}",
-                 f"--node-name={self.node}", f"--scheduler-url={self.url}",
-                 f"--simulate-gpus={simulate}", f"--state-dir={self.state / 'agent'}",
-                 "--AgentApp.heartbeat_interval=0.5", f"--ServerApp.root_dir={self.state}"],
-                self.env, workdir / "agent.log",
+                [
+                    *me,
+                    "agent",
+                    "--ip=127.0.0.1",
+                    f"--port={self.agent_port}",
+                    f"--node-name={self.node}",
+                    f"--scheduler-url={self.url}",
+                    f"--simulate-gpus={simulate}",
+                    f"--state-dir={self.state / 'agent'}",
+                    "--AgentApp.heartbeat_interval=0.5",
+                    f"--ServerApp.root_dir={self.state}",
+                ],
+                self.env,
+                workdir / "agent.log",
             )
         )
         self.services[1].wait_line("HWSCHED_AGENT_READY")
         self.services.append(
             Service(
                 "share",
-                [*me, "share", f"--socket={self.share_socket}", f"--scheduler-url={self.url}",
-                 f"--state-dir={self.state / 'share'}", "--ShareAgentApp.check_interval=0.5"],
-                self.env, workdir / "share.log",
+                [
+                    *me,
+                    "share",
+                    f"--socket={self.share_socket}",
+                    f"--scheduler-url={self.url}",
+                    f"--state-dir={self.state / 'share'}",
+                    "--ShareAgentApp.check_interval=0.5",
+                ],
+                self.env,
+                workdir / "share.log",
             )
         )
         self.services[2].wait_line("HWSCHED_SHARE_READY")
@@ -158,7 +182,9 @@ class Pool:
     def containers(self) -> list[str]:
         out = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=hwsched.node={self.node}"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         return out.split()
 
@@ -184,9 +210,8 @@ class Pool:
                 environ = proc.environ() if "ipykernel" in cmd else {}
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            if str(self.state) in cmd and ("sshd" in cmd or "sshfs" in cmd):
-                found.append(cmd)
-            elif environ.get("HWSCHED_NODE") == self.node:
+            ours = str(self.state) in cmd and ("sshd" in cmd or "sshfs" in cmd)
+            if ours or environ.get("HWSCHED_NODE") == self.node:
                 found.append(cmd)
         return found
 
@@ -219,21 +244,36 @@ class Pool:
         return ["runuser", "-u", user, "--", *argv] if user else argv
 
     def hwrun(
-        self, args: list[str], user: str | None = None, cwd: str | None = None,
-        env: dict[str, str] | None = None, timeout: float = 120,
+        self,
+        args: list[str],
+        user: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
         argv = self.client_cmd([str(Path(sys.executable).parent / "hwrun"), *args], user)
         return subprocess.run(
-            argv, env={**self.env, **(env or {})}, cwd=cwd, capture_output=True, text=True,
+            argv,
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
             timeout=timeout,
         )
 
-    def popen_hwrun(self, args: list[str], user: str | None = None, cwd: str | None = None) -> subprocess.Popen[str]:
+    def popen_hwrun(
+        self, args: list[str], user: str | None = None, cwd: str | None = None
+    ) -> subprocess.Popen[str]:
         argv = self.client_cmd([str(Path(sys.executable).parent / "hwrun"), *args], user)
         # its own process group, like a job in a terminal, so that Ctrl-C can be sent to it
         return subprocess.Popen(
-            argv, env=self.env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, start_new_session=True,
+            argv,
+            env=self.env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
 
 

@@ -39,13 +39,13 @@ def parse_memory(text: str | int | None) -> int | None:
 
 
 def format_memory(nbytes: int) -> str:
-    """``85899345920`` -> ``"80G"``; used wherever memory is shown to a person."""
+    """``85899345920`` -> ``"80G"``, ``85520809984`` -> ``"79.6G"``: memory for a person."""
     for unit in ("T", "G", "M", "K"):
         size = _UNITS[unit]
         if nbytes >= size and nbytes % size == 0:
             return f"{nbytes // size}{unit}"
-    if nbytes >= _UNITS["G"]:
-        return f"{nbytes / _UNITS['G']:.1f}G"
+        if nbytes >= size and unit in ("T", "G"):
+            return f"{nbytes / size:.1f}{unit}"
     return f"{nbytes}B"
 
 

@@ -79,7 +79,9 @@ class Service:
 class Pool:
     """Handles on a running one-node pool, and checks for leftovers."""
 
-    def __init__(self, workdir: Path, simulate: str = "2xA100-80GB") -> None:
+    def __init__(
+        self, workdir: Path, simulate: str = "2xA100-80GB", agent_args: tuple[str, ...] = ()
+    ) -> None:
         self.workdir = workdir
         self.token = secrets.token_hex(16)
         self.node = f"test-node-{os.getpid()}"
@@ -126,10 +128,11 @@ class Pool:
                     f"--port={self.agent_port}",
                     f"--node-name={self.node}",
                     f"--scheduler-url={self.url}",
-                    f"--simulate-gpus={simulate}",
+                    f"--simulate-gpus={simulate}",  # empty: the real GPUs, from NVML
                     f"--state-dir={self.state / 'agent'}",
                     "--AgentApp.heartbeat_interval=0.5",
                     f"--ServerApp.root_dir={self.state}",
+                    *agent_args,
                 ],
                 self.env,
                 workdir / "agent.log",
@@ -180,6 +183,8 @@ class Pool:
     # what a run may leave behind
 
     def containers(self) -> list[str]:
+        if not shutil.which("docker"):
+            return []  # a GPU machine with the host runner has no container engine
         out = subprocess.run(
             ["docker", "ps", "-aq", "--filter", f"label=hwsched.node={self.node}"],
             capture_output=True,

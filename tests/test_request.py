@@ -61,3 +61,7 @@ def test_request_from_json_validates_fields() -> None:
         HardwareRequest.from_json({"gpus": 1, "cpus": 4})
     with pytest.raises(RequestError, match="JSON object"):
         HardwareRequest.from_json([1])
+
+
+def test_format_memory_of_a_real_gpu() -> None:
+    assert format_memory(81559 * 1024**2) == "79.6G"  # an H100 as NVML reports it

@@ -23,11 +23,12 @@ from traitlets import Float, List, Type, Unicode, default
 
 from ..client.api import SchedulerAPI
 from ..errors import ConflictError, HwschedError, NotFoundError, UnavailableError
+from .docker_runner import DockerRunner
 from .gpus import GpuInventory, discover
 from .handlers import handlers
 from .kernelspecs import CONTAINER_KERNEL
 from .mount import DEFAULT_OPTIONS, mounts_under, unmount
-from .runner import DockerRunner
+from .runner import Runner
 from .sessions import NodeSession, SessionSpec
 
 
@@ -57,7 +58,14 @@ class AgentApp(ExtensionApp):
     )
     state_dir = Unicode(config=True, help="Directory for mounts and per-session files.")
     heartbeat_interval = Float(2.0, config=True, help="Seconds between heartbeats.")
-    runner_class = Type(DockerRunner, klass=DockerRunner, config=True, help="Container runner.")
+    runner_class = Type(
+        DockerRunner,
+        klass=Runner,
+        config=True,
+        help="What runs sessions: DockerRunner (default), or "
+        "jupyter_hwsched.agent.host_runner.HostRunner on a GPU machine without a container "
+        "engine that is also the developer's machine.",
+    )
     sshfs_options = List(Unicode(), DEFAULT_OPTIONS, config=True, help="Extra sshfs -o options.")
 
     aliases = {
@@ -139,7 +147,9 @@ class AgentApp(ExtensionApp):
         while True:
             try:
                 await self.scheduler.request(
-                    "PUT", f"/api/nodes/{self.node_name}", {"url": self.public_url, "gpus": gpus}
+                    "PUT",
+                    f"/api/nodes/{self.node_name}",
+                    {"url": self.public_url, "gpus": gpus, "share": self.runner.roots_at_share},
                 )
                 return
             except UnavailableError as exc:
@@ -179,6 +189,11 @@ class AgentApp(ExtensionApp):
             raise ConflictError(
                 f"session {session_id} is {placed['state']} on {placed['node'] or 'no node'}, "
                 f"not placed on {self.node_name}"
+            )
+        if not self.runner.roots_at_share and placed["host"] != socket.gethostname():
+            raise ConflictError(
+                f"node {self.node_name} runs work on its own filesystem (no container engine), "
+                f"so it takes sessions only from its own host, not from {placed['host']}"
             )
         session = NodeSession(
             id=session_id,

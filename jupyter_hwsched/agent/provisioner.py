@@ -19,7 +19,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
 from ..errors import RequestError
-from .runner import RUN_DIR, ExecProcess
+from .runner import ExecProcess
 
 if TYPE_CHECKING:
     from .sessions import NodeSession
@@ -46,7 +46,7 @@ class ContainerProvisioner(LocalProvisioner):
         kwargs = await super().pre_launch(**kwargs)
         os.chmod(km.connection_file, 0o400)
         os.chown(km.connection_file, session.uid, session.gid)
-        inside = f"{RUN_DIR}/{name}"
+        inside = f"{session.runner.visible_run_dir(session.run_dir)}/{name}"
         kwargs["cmd"] = [arg.replace("{connection_file}", inside) for arg in session.kernel_argv]
         return kwargs
 

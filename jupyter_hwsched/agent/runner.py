@@ -1,29 +1,20 @@
-"""Containers rooted at a mounted share, through the Docker Engine (docker SDK).
+"""What a node agent needs from whatever isolates a session: the runner interface.
 
-No image is pulled: the runner imports a tiny base image made from an empty tree (the
-merged-/usr links and a ``/.hwsched`` directory for the agent's own files) and binds each
-top-level directory of the mounted root into it. Docker refuses ``/`` as a bind target, and
-binding per directory keeps ``/proc``, ``/dev``, ``/sys``, ``/run`` and ``/tmp`` the node's own.
-Every container carries the labels ``hwsched.session`` and ``hwsched.node``.
+A runner starts a session's environment (``create``), processes in it as the developer
+(``exec``, output pumped by a thread), and destroys it (``remove``). ``DockerRunner`` roots a
+container at the mounted share; ``HostRunner`` runs on the node's own root, for a GPU
+workstation that is also the developer's machine and has no container engine.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
-import tarfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from traitlets import List, Unicode, default
 from traitlets.config import LoggingConfigurable
-
-from ..errors import UnavailableError
 
 SESSION_LABEL = "hwsched.session"
 NODE_LABEL = "hwsched.node"
@@ -71,138 +62,20 @@ class ExecProcess:
                 pass
 
 
-def _base_image_tar(init_binary: str | None) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
+class Runner(LoggingConfigurable):
+    """Base of the session runners; each method is called by ``NodeSession``."""
 
-        def add_dir(name: str, mode: int = 0o755) -> None:
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.DIRTYPE
-            info.mode = mode
-            tar.addfile(info)
+    #: True: the session's root is the developer's share, mounted on the node. False: the
+    #: session runs on the node's own root (the node is the developer's machine).
+    roots_at_share = True
 
-        for name in (
-            "usr",
-            "usr/bin",
-            "usr/lib",
-            "usr/lib64",
-            "usr/sbin",
-            ".hwsched",
-            ".hwsched/run",
-            ".hwsched/driver",
-        ):
-            add_dir(name)
-        for name in ("proc", "sys", "dev", "run", "tmp"):
-            add_dir(name, 0o1777 if name == "tmp" else 0o755)
-        for link, target in (
-            ("bin", "usr/bin"),
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-            ("sbin", "usr/sbin"),
-        ):
-            info = tarfile.TarInfo(link)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            tar.addfile(info)
-        if init_binary:
-            data = Path(init_binary).read_bytes()
-            info = tarfile.TarInfo(INIT.lstrip("/"))
-            info.mode = 0o755
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-class DockerRunner(LoggingConfigurable):
-    """Runs session containers on the node's Docker Engine."""
-
-    docker_host = Unicode(config=True, help="Docker Engine socket (env DOCKER_HOST).")
-    base_image = Unicode("hwsched-base:1", config=True, help="Name of the imported base image.")
-    network_mode = Unicode(
-        "host", config=True, help="Container network; 'host' lets the agent reach the kernel."
-    )
-    init_binary = Unicode(
-        config=True, help="Static init (tini) copied into the base image; empty for none."
-    )
-    keepalive = List(
-        Unicode(),
-        ["sleep", "infinity"],
-        config=True,
-        help="Command that keeps a session's container alive between kernels and commands.",
-    )
-
-    @default("docker_host")
-    def _docker_host_default(self) -> str:
-        return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-
-    @default("init_binary")
-    def _init_default(self) -> str:
-        for name in ("docker-init", "tini-static", "tini"):
-            path = shutil.which(name)
-            if path:
-                return os.path.realpath(path)
-        return ""
-
-    def __init__(self, **kw: Any) -> None:
-        super().__init__(**kw)
-        import docker
-
-        self.docker = docker
-        try:
-            self.client = docker.DockerClient(base_url=self.docker_host, timeout=120)
-            self.client.ping()
-        except docker.errors.DockerException as exc:
-            raise UnavailableError(
-                f"cannot reach the Docker Engine at {self.docker_host} ({exc}): "
-                "start dockerd or set DOCKER_HOST"
-            ) from None
-        self.ensure_image()
-
-    def ensure_image(self) -> None:
-        try:
-            self.client.images.get(self.base_image)
-            return
-        except self.docker.errors.ImageNotFound:
-            pass
-        repo, _, tag = self.base_image.partition(":")
-        self.client.api.import_image_from_data(
-            _base_image_tar(self.init_binary or None), repository=repo, tag=tag or "latest"
-        )
-        self.log.info("imported base image %s", self.base_image)
-
-    def binds(self, spec: ContainerSpec) -> dict[str, dict[str, str]]:
-        binds: dict[str, dict[str, str]] = {}
-        for entry in sorted(os.listdir(spec.root)):
-            path = spec.root / entry
-            if entry in NODE_OWN or path.is_symlink() or not path.is_dir():
-                continue
-            binds[str(path)] = {"bind": f"/{entry}", "mode": "rw"}
-        binds[str(spec.scratch)] = {"bind": "/tmp", "mode": "rw"}
-        binds[str(spec.run_dir)] = {"bind": RUN_DIR, "mode": "ro"}
-        for host, inside in spec.extra_binds.items():
-            binds[host] = {"bind": inside, "mode": "ro"}
-        return binds
+    def visible_run_dir(self, run_dir: Path) -> str:
+        """Where the session's run directory (connection files) appears to its processes."""
+        return RUN_DIR
 
     def create(self, spec: ContainerSpec) -> str:
-        """Start the session's container, idle, as the developer; return its id."""
-        command = list(self.keepalive)
-        if self.init_binary:
-            command = [INIT, "-s", "--", *command]
-        container = self.client.containers.run(
-            self.base_image,
-            command,
-            detach=True,
-            name=f"hwsched-{spec.session_id}",
-            labels={SESSION_LABEL: spec.session_id, NODE_LABEL: spec.node},
-            user=f"{spec.uid}:{spec.gid}",
-            group_add=[str(g) for g in spec.groups if g != spec.gid],
-            network_mode=self.network_mode,
-            volumes=self.binds(spec),
-            devices=[f"{d}:{d}:rwm" for d in spec.devices],
-            working_dir="/",
-            environment={"HWSCHED_SESSION": spec.session_id},
-        )
-        return str(container.id)
+        """Start the session's environment, idle; return its id (blocking)."""
+        raise NotImplementedError
 
     def exec(
         self,
@@ -214,55 +87,13 @@ class DockerRunner(LoggingConfigurable):
         on_output: OutputCallback,
         on_exit: ExitCallback,
     ) -> ExecProcess:
-        """Start ``argv`` in the container; stream its output to ``on_output`` from a thread."""
-        api = self.client.api
-        exec_id = api.exec_create(
-            container_id, argv, stdout=True, stderr=True, environment=env, workdir=cwd, user=user
-        )["Id"]
-        stream = api.exec_start(exec_id, stream=True, demux=True)
-        proc = ExecProcess(self._exec_pid(exec_id), exec_id)
-
-        def pump() -> None:
-            try:
-                for out, err in stream:
-                    if out:
-                        on_output("stdout", out)
-                    if err:
-                        on_output("stderr", err)
-            except Exception as exc:  # the engine went away; the exit code says the rest
-                self.log.warning("output stream of exec %s broke: %s", exec_id[:12], exc)
-            try:
-                code = api.exec_inspect(exec_id)["ExitCode"]
-            except self.docker.errors.DockerException:
-                code = None
-            proc.exit_code = 255 if code is None else int(code)
-            proc.done.set()
-            on_exit(proc.exit_code)
-
-        threading.Thread(target=pump, name=f"exec-{exec_id[:12]}", daemon=True).start()
-        return proc
-
-    def _exec_pid(self, exec_id: str, timeout: float = 10.0) -> int:
-        """The host pid of a started exec. The engine reports 0 until the process exists;
-        a 0 must never reach ``os.kill``, where it means the agent's own process group."""
-        deadline = time.monotonic() + timeout
-        while True:
-            info = self.client.api.exec_inspect(exec_id)
-            pid = int(info.get("Pid") or 0)
-            if pid > 0 or (not info.get("Running") and info.get("ExitCode") is not None):
-                return pid
-            if time.monotonic() > deadline:
-                raise UnavailableError("the container engine did not start the process")
-            time.sleep(0.005)
+        """Start ``argv`` as ``user`` ("uid:gid"); stream output to ``on_output`` from a thread."""
+        raise NotImplementedError
 
     def remove(self, container_id: str) -> None:
-        """Destroy a container; one that is already gone is fine."""
-        try:
-            self.client.api.remove_container(container_id, force=True, v=True)
-        except self.docker.errors.NotFound:
-            pass
+        """Destroy the environment and everything running in it; gone already is fine."""
+        raise NotImplementedError
 
     def containers(self, node: str) -> dict[str, str]:
-        """Session id -> container id for every container of ours on this node."""
-        found = self.client.api.containers(all=True, filters={"label": f"{NODE_LABEL}={node}"})
-        return {c["Labels"].get(SESSION_LABEL, ""): c["Id"] for c in found}
+        """Session id -> environment id for everything of this node's (for leftover removal)."""
+        raise NotImplementedError

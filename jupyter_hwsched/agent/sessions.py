@@ -20,10 +20,10 @@ from .mount import SshfsMount
 from .runner import (
     AGENT_DIR,
     ContainerSpec,
-    DockerRunner,
     ExecProcess,
     ExitCallback,
     OutputCallback,
+    Runner,
 )
 
 #: where the node's NVIDIA driver libraries appear in the container
@@ -42,7 +42,7 @@ AGENT_ENV = (
 class SessionSpec:
     """What the client sends to start a session; validated before anything is created."""
 
-    share: dict[str, Any]
+    share: dict[str, Any] | None  # None where the node runs sessions on its own root
     uid: int
     gid: int
     groups: list[int]
@@ -58,13 +58,8 @@ class SessionSpec:
         if not isinstance(data, dict):
             raise RequestError("the session spec must be a JSON object")
         share = data.get("share")
-        if not isinstance(share, dict) or not {
-            "host",
-            "port",
-            "user",
-            "private_key",
-            "host_key",
-        } <= set(share):
+        needed = {"host", "port", "user", "private_key", "host_key"}
+        if share is not None and (not isinstance(share, dict) or not needed <= set(share)):
             raise RequestError("share must give host, port, user, private_key and host_key")
         user = data.get("user") or {}
         try:
@@ -102,7 +97,7 @@ class NodeSession:
     spec: SessionSpec
     gpus: list[GpuInfo]
     state_dir: Path
-    runner: DockerRunner
+    runner: Runner
     sshfs_options: list[str]
     container_id: str | None = None
     mount: SshfsMount | None = None
@@ -155,7 +150,7 @@ class NodeSession:
         )
         if simulated:
             env["HWSCHED_SIMULATED_GPUS"] = "1"
-        else:
+        elif self.runner.roots_at_share:
             # the node's driver libraries, bound by _gpu_devices, come first
             env["LD_LIBRARY_PATH"] = ":".join(
                 p for p in (DRIVER_DIR, self.spec.env.get("LD_LIBRARY_PATH", "")) if p
@@ -168,21 +163,29 @@ class NodeSession:
         scratch = self.base / "tmp"
         scratch.mkdir(exist_ok=True)
         scratch.chmod(0o1777)
-        self.mount = SshfsMount(
-            self.spec.share, self.mountpoint, self.base / "keys", self.sshfs_options
-        )
-        self.mount.mount()
-        if not (self.mountpoint / self.spec.cwd.lstrip("/")).is_dir():
+        root = Path("/")
+        if self.runner.roots_at_share:
+            if self.spec.share is None:
+                raise RequestError(
+                    "this node runs work in a container rooted at your share: "
+                    "the request must carry the share's credentials"
+                )
+            self.mount = SshfsMount(
+                self.spec.share, self.mountpoint, self.base / "keys", self.sshfs_options
+            )
+            self.mount.mount()
+            root = self.mountpoint
+        if not (root / self.spec.cwd.lstrip("/")).is_dir():
             raise RequestError(
                 f"the current directory {self.spec.cwd} cannot be opened through the share "
                 f"as {self.spec.user}: run from a directory that user can enter"
             )
-        devices, binds = self._gpu_devices()
+        devices, binds = self._gpu_devices() if self.runner.roots_at_share else ([], {})
         self.container_id = self.runner.create(
             ContainerSpec(
                 session_id=self.id,
                 node=self.node,
-                root=self.mountpoint,
+                root=root,
                 scratch=scratch,
                 run_dir=self.run_dir,
                 uid=self.uid,

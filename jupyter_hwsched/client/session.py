@@ -110,13 +110,15 @@ class RemoteSession:
         self.info = info
         self.timings.placed = time.time()
         progress("placed", info)
-        if not self.settings.share_socket:
-            raise HwschedError(
-                "no share agent configured: start the pool with 'hwsched up', or run "
-                "'hwsched share' and set HWSCHED_SHARE_SOCKET"
-            )
-        self.share = ShareAPI(self.settings.share_socket)
-        credentials = await self.share.open(self.id)
+        credentials = None
+        if info.get("share_needed", True):
+            if not self.settings.share_socket:
+                raise HwschedError(
+                    "no share agent configured: start the pool with 'hwsched up', or run "
+                    "'hwsched share' and set HWSCHED_SHARE_SOCKET"
+                )
+            self.share = ShareAPI(self.settings.share_socket)
+            credentials = await self.share.open(self.id)
         progress("sharing", info)
         self.agent = AgentAPI(info["agent_url"], self.settings.token)
         started = await self.agent.start(

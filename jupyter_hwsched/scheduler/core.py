@@ -49,10 +49,12 @@ class Scheduler(LoggingConfigurable):
 
     # nodes
 
-    def register_node(self, name: str, url: str, gpus: list[dict[str, Any]]) -> None:
+    def register_node(
+        self, name: str, url: str, gpus: list[dict[str, Any]], share: bool = True
+    ) -> None:
         if not gpus:
             raise RequestError(f"node {name!r} registered with no GPU; there is nothing to share")
-        self.store.upsert_node(name, url, gpus, self.clock())
+        self.store.upsert_node(name, url, gpus, {"share": share}, self.clock())
         self.log.info("node %s registered at %s with %d GPU(s)", name, url, len(gpus))
         self.schedule()
 
@@ -182,6 +184,7 @@ class Scheduler(LoggingConfigurable):
             node = self.store.node(s["node"])
             if node:
                 out["agent_url"] = node["url"]
+                out["share_needed"] = bool(node["info"].get("share", True))
                 by_index = {g["index"]: g for g in node["gpus"]}
                 out["gpus"] = [by_index[i] for i in s["gpu_ids"] if i in by_index]
         return out

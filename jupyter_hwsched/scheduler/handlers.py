@@ -32,7 +32,10 @@ class NodeHandler(SchedulerHandler):
         for gpu in gpus:
             if not isinstance(gpu, dict) or not {"index", "model", "memory"} <= set(gpu):
                 raise RequestError("each GPU needs index, model and memory")
-        self.scheduler.register_node(name, self.field(body, "url"), gpus)
+        share = body.get("share", True)
+        if not isinstance(share, bool):
+            raise RequestError("field 'share' must be true or false")
+        self.scheduler.register_node(name, self.field(body, "url"), gpus, share)
         self.write_json({"name": name})
 
 

@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     gpus        TEXT NOT NULL,          -- JSON list of GPU descriptions
     registered  REAL NOT NULL,
     last_seen   REAL NOT NULL,
-    stats       TEXT NOT NULL DEFAULT '{}'
+    stats       TEXT NOT NULL DEFAULT '{}',
+    info        TEXT NOT NULL DEFAULT '{}'  -- JSON: what clients must know, e.g. {"share": true}
 );
 CREATE TABLE IF NOT EXISTS sessions (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -39,7 +40,7 @@ CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 """
 
 _SESSION_JSON = ("request", "gpu_ids")
-_NODE_JSON = ("gpus", "stats")
+_NODE_JSON = ("gpus", "stats", "info")
 
 
 class Store:
@@ -53,18 +54,24 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(nodes)")}
+        if "info" not in columns:  # databases made before nodes described themselves
+            self.db.execute("ALTER TABLE nodes ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         self.db.close()
 
     # nodes
 
-    def upsert_node(self, name: str, url: str, gpus: list[dict[str, Any]], now: float) -> None:
+    def upsert_node(
+        self, name: str, url: str, gpus: list[dict[str, Any]], info: dict[str, Any], now: float
+    ) -> None:
         self.db.execute(
-            "INSERT INTO nodes (name, url, gpus, registered, last_seen) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO nodes (name, url, gpus, info, registered, last_seen) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET url=excluded.url, gpus=excluded.gpus, "
-            "last_seen=excluded.last_seen",
-            (name, url, json.dumps(gpus), now, now),
+            "info=excluded.info, last_seen=excluded.last_seen",
+            (name, url, json.dumps(gpus), json.dumps(info), now, now),
         )
 
     def touch_node(self, name: str, now: float, stats: dict[str, Any]) -> bool:

@@ -1,0 +1,111 @@
+"""Sessions on the node's own root, for a GPU machine that is also the developer's machine.
+
+Where no container engine exists (seen on GPU workstations and on the lent GPU machines these
+tests run on), ``hwsched up`` can still hand out the machine's GPUs one session at a time: the
+work runs as the developer's uid in its own process group, with only the allocated GPUs
+visible, and ``remove`` kills the group. There is no share and no isolation of the filesystem,
+so the agent accepts such sessions only from its own host.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from .runner import ContainerSpec, ExecProcess, ExitCallback, OutputCallback, Runner
+
+
+class HostRunner(Runner):
+    roots_at_share = False
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)
+        self._groups: dict[str, list[subprocess.Popen[bytes]]] = {}
+        self._specs: dict[str, ContainerSpec] = {}
+
+    def visible_run_dir(self, run_dir: Path) -> str:
+        return str(run_dir)
+
+    def create(self, spec: ContainerSpec) -> str:
+        env_id = f"host-{spec.session_id}"
+        self._groups[env_id] = []
+        self._specs[env_id] = spec
+        return env_id
+
+    def exec(
+        self,
+        container_id: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        user: str,
+        on_output: OutputCallback,
+        on_exit: ExitCallback,
+    ) -> ExecProcess:
+        spec = self._specs[container_id]
+        uid, gid = (int(x) for x in user.split(":"))
+        as_other = os.geteuid() == 0 and uid != 0
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            user=uid if as_other else None,
+            group=gid if as_other else None,
+            extra_groups=[g for g in spec.groups if g != gid] if as_other else None,
+        )
+        self._groups[container_id].append(proc)
+        handle = ExecProcess(proc.pid, f"{container_id}-{proc.pid}")
+        assert proc.stdout is not None and proc.stderr is not None
+        pumps = [
+            threading.Thread(target=_pump, args=(proc.stdout, "stdout", on_output), daemon=True),
+            threading.Thread(target=_pump, args=(proc.stderr, "stderr", on_output), daemon=True),
+        ]
+        for pump in pumps:
+            pump.start()
+
+        def reap() -> None:
+            for pump in pumps:
+                pump.join()
+            code = proc.wait()
+            handle.exit_code = 128 - code if code < 0 else code  # killed by a signal: 128+N
+            handle.done.set()
+            on_exit(handle.exit_code)
+
+        threading.Thread(target=reap, daemon=True).start()
+        return handle
+
+    def remove(self, container_id: str) -> None:
+        for proc in self._groups.pop(container_id, []):
+            if proc.poll() is None:
+                _kill_group(proc.pid)
+        self._specs.pop(container_id, None)
+
+    def containers(self, node: str) -> dict[str, str]:
+        return {}  # nothing of a host session outlives the agent's process groups
+
+
+def _pump(stream: IO[bytes], name: str, on_output: OutputCallback) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
+        on_output(name, chunk)
+    stream.close()
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        psutil.Process(pid).wait(5)
+    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
+        pass

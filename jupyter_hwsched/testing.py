@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +80,25 @@ class Service:
 class Pool:
     """Handles on a running one-node pool, and checks for leftovers."""
 
+    _count = 0
+
     def __init__(
-        self, workdir: Path, simulate: str = "2xA100-80GB", agent_args: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        simulate: str = "2xA100-80GB",
+        agent_args: tuple[str, ...] = (),
+        node: str | None = None,
+        before_agent: Callable[[Pool], None] | None = None,
     ) -> None:
+        Pool._count += 1
         self.workdir = workdir
         self.token = secrets.token_hex(16)
-        self.node = f"test-node-{os.getpid()}"
+        self.node = node or f"test-node-{os.getpid()}-{Pool._count}"
         self.port = free_port()
         self.agent_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # state outside /tmp: sshd's StrictModes refuses key files under world-writable dirs
-        self.state = Path(f"/var/lib/hwsched-test/{os.getpid()}")
+        self.state = Path(f"/var/lib/hwsched-test/{os.getpid()}-{Pool._count}")
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(parents=True, mode=0o711)
         self.share_socket = str(self.state / "share.sock")
@@ -118,6 +127,8 @@ class Pool:
             )
         ]
         self.services[0].wait_line("HWSCHED_SCHEDULER_READY")
+        if before_agent is not None:
+            before_agent(self)
         self.services.append(
             Service(
                 "agent",
@@ -131,6 +142,7 @@ class Pool:
                     f"--simulate-gpus={simulate}",  # empty: the real GPUs, from NVML
                     f"--state-dir={self.state / 'agent'}",
                     "--AgentApp.heartbeat_interval=0.5",
+                    "--AgentApp.share_check_interval=1",
                     f"--ServerApp.root_dir={self.state}",
                     *agent_args,
                 ],
@@ -218,6 +230,16 @@ class Pool:
             ours = str(self.state) in cmd and ("sshd" in cmd or "sshfs" in cmd)
             if ours or environ.get("HWSCHED_NODE") == self.node:
                 found.append(cmd)
+        return found
+
+    def share_servers(self) -> list[psutil.Process]:
+        """The per-session sshd listeners of this pool's share agent."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            # sshd rewrites its title: "sshd: /usr/sbin/sshd -D -e -f CONFIG [listener] ..."
+            if "sshd" in cmd and "[listener]" in cmd and str(self.state) in cmd:
+                found.append(proc)
         return found
 
     def leftovers(self) -> dict[str, Any]:

@@ -7,6 +7,6 @@ bash "$HERE/scripts/setup.sh"
 bash "$HERE/scripts/dockerd.sh"
 export DOCKER_HOST="unix://${HWSCHED_DOCKER_SOCK:-/run/hwsched-docker/docker.sock}"
 cd "$HERE"
-"$VENV/bin/ruff" check jupyter_hwsched tests benchmarks
+"$VENV/bin/ruff" check jupyter_hwsched tests benchmarks scripts
 "$VENV/bin/mypy" jupyter_hwsched
 exec "$VENV/bin/pytest" "$@"

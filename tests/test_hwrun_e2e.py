@@ -175,3 +175,19 @@ def test_status_shows_holder_while_running(clean_pool: Pool, dev_workspace: Path
     gate.touch()
     proc.communicate(timeout=60)
     wait_for(lambda: not clean_pool.held_gpus(), 30, "the GPU to be free")
+
+
+def test_a_dropped_share_ends_the_session_cleanly(clean_pool: Pool) -> None:
+    proc = clean_pool.popen_hwrun(
+        ["-q", "--gpu", "1", "--", "sh", "-c", "echo up; sleep 300"], cwd="/"
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    servers = clean_pool.share_servers()
+    assert len(servers) == 1
+    # the developer's side goes away: the SFTP server and every connection under it
+    for victim in [*servers[0].children(recursive=True), servers[0]]:
+        victim.kill()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 125
+    assert "the connection to the developer's share was lost" in err
+    assert "Traceback" not in err

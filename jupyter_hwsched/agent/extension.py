@@ -58,6 +58,9 @@ class AgentApp(ExtensionApp):
     )
     state_dir = Unicode(config=True, help="Directory for mounts and per-session files.")
     heartbeat_interval = Float(2.0, config=True, help="Seconds between heartbeats.")
+    share_check_interval = Float(
+        5.0, config=True, help="Seconds between checks that each session's share still answers."
+    )
     runner_class = Type(
         DockerRunner,
         klass=Runner,
@@ -135,6 +138,8 @@ class AgentApp(ExtensionApp):
         await self.register(wait=True)
         self._heartbeat = PeriodicCallback(self.heartbeat, self.heartbeat_interval * 1000)
         self._heartbeat.start()
+        self._share_check = PeriodicCallback(self.check_shares, self.share_check_interval * 1000)
+        self._share_check.start()
         kind = "simulated" if self.inventory.simulated else "NVML"
         print(
             f"HWSCHED_AGENT_READY {self.public_url} node={self.node_name} "
@@ -158,12 +163,19 @@ class AgentApp(ExtensionApp):
                 self.log.warning("%s; retrying", exc)
                 await asyncio.sleep(1.0)
 
-    async def heartbeat(self) -> None:
+    async def check_shares(self) -> None:
+        """End, cleanly, every session whose share stopped answering."""
+        loop = asyncio.get_running_loop()
         for session_id, session in list(self.sessions.items()):
-            if session.mount is not None and not session.mount.alive():
+            mount = session.mount
+            if mount is None or session.container_id is None:
+                continue  # still starting
+            if not await loop.run_in_executor(None, mount.responsive):
                 await self.end_session(
                     session_id, "the connection to the developer's share was lost"
                 )
+
+    async def heartbeat(self) -> None:
         body = {
             "sessions": list(self.sessions),
             "stats": {"utilization": {str(k): v for k, v in self.inventory.utilization().items()}},
@@ -228,6 +240,7 @@ class AgentApp(ExtensionApp):
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        session.end_reason = reason
         if session.kernel_id:
             try:
                 await self.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
@@ -259,6 +272,7 @@ class AgentApp(ExtensionApp):
     async def stop_extension(self) -> None:
         if hasattr(self, "_heartbeat"):
             self._heartbeat.stop()
+            self._share_check.stop()
         for session_id in list(self.sessions):
             await self.end_session(session_id, "the node agent stopped")
         self.inventory.close()

@@ -114,7 +114,9 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
             pass
 
     def _finish(self, code: int) -> None:
-        self._send(json.dumps({"exit": code}))
+        reason = self.session.end_reason
+        # a command killed because its session ended did not exit on its own: say why
+        self._send(json.dumps({"ended": reason} if reason else {"exit": code}))
         self.close(1000)
 
     def on_message(self, message: str | bytes) -> None:

@@ -110,6 +110,22 @@ class SshfsMount:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def responsive(self, timeout: float = 5.0) -> bool:
+        """Whether the share still answers. A dropped connection blocks file access in the
+        container, and sshfs (with ``reconnect``) keeps running, so ask it: a statfs goes all
+        the way to the developer's SFTP server. Run in a child, which may hang, not us."""
+        if not self.alive():
+            return False
+        try:
+            probe = subprocess.run(
+                ["stat", "-f", "-c", "%b", str(self.mountpoint)],
+                capture_output=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return probe.returncode == 0
+
     def unmount(self) -> None:
         unmount(self.mountpoint)
         if self.process is not None:

@@ -105,6 +105,7 @@ class NodeSession:
     command: ExecProcess | None = None
     started: float = field(default_factory=time.time)
     closed: bool = False
+    end_reason: str | None = None
 
     @property
     def uid(self) -> int:

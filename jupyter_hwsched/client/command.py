@@ -58,16 +58,21 @@ async def run_command(
         while True:
             message = await ws.read_message()
             if message is None:
+                reason = await session.why_ended()
                 raise SessionEnded(
-                    session.ended_reason
-                    or "the connection to the node closed before the command ended"
+                    f"the session ended: {reason}"
+                    if reason
+                    else "the connection to the node closed before the command ended"
                 )
             if isinstance(message, bytes):
                 target = out if message[:1] == b"\x01" else err
                 target.write(message[1:])
                 target.flush()
             else:
-                code = int(json.loads(message)["exit"])
+                final = json.loads(message)
+                if "ended" in final:
+                    raise SessionEnded(f"the session ended: {final['ended']}")
+                code = int(final["exit"])
                 progress("exited", {"exit": code})
                 return code
     finally:

@@ -16,7 +16,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import DisplayHandle, display
 
-from ..errors import HwschedError
+from ..errors import HwschedError, SessionEnded
 from ..request import HardwareRequest
 from .config import HwschedClient
 from .kernel import GatewayKernel
@@ -86,6 +86,11 @@ def run_remote_cell(
             kernel = GatewayKernel(session.info["agent_url"], settings.token, session.kernel_id)
             await kernel.connect()
             return await kernel.execute(code, lambda msg: events.put(("iopub", msg, None)))
+        except SessionEnded:
+            reason = await session.why_ended()
+            if reason:
+                raise SessionEnded(f"the session ended: {reason}") from None
+            raise
         finally:
             if kernel is not None:
                 await kernel.close()

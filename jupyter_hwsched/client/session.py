@@ -148,6 +148,16 @@ class RemoteSession:
             except HwschedError:
                 continue  # a blip; the next renewal may get through
 
+    async def why_ended(self) -> str | None:
+        """The scheduler's reason, where the session ended under the client's feet."""
+        if self.id is None:
+            return None
+        try:
+            info = await self.scheduler.session(self.id)
+        except HwschedError:
+            return self.ended_reason
+        return str(info["end_reason"]) if info["state"] == "ended" else None
+
     async def release(self, reason: str = "released by the client") -> None:
         """End the session everywhere; what is already gone is skipped."""
         if self._released:

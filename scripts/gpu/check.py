@@ -91,7 +91,7 @@ def main(report_path: str) -> int:
                 for g in n["gpus"]:
                     peak = max(peak, float(g.get("utilization") or 0))
             time.sleep(0.3)
-        busy_out, _ = busy.communicate(timeout=120)
+        busy.communicate(timeout=120)
         status = subprocess.run(
             [str(bin_dir / "hwsched"), "status"], env=pool.env, capture_output=True, text=True
         ).stdout

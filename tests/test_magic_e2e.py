@@ -174,3 +174,30 @@ def test_usage_errors_are_one_line(notebook: Notebook) -> None:
         assert result["reply"]["ename"] == "UsageError"
         assert says in result["reply"]["evalue"]
         assert "never" not in text(result["outputs"])
+
+
+def test_hwstatus_shows_the_pool(notebook: Notebook, clean_pool: Pool) -> None:
+    result = notebook.run("%hwstatus")
+    assert result["status"] == "ok", result
+    out = text(result["outputs"])
+    assert clean_pool.node in out and "A100-80GB [simulated]" in out and "queue: empty" in out
+    as_json = notebook.run("%hwstatus --json")
+    assert '"nodes"' in text(as_json["outputs"])
+
+
+def test_queued_cell_shows_its_position(notebook: Notebook, clean_pool: Pool) -> None:
+    held = clean_pool.popen_hwrun(
+        ["-q", "--gpu", "2", "--", "sh", "-c", "echo up; sleep 4"], cwd="/"
+    )
+    assert held.stdout is not None and held.stdout.readline() == "up\n"
+    result = notebook.run("%%hwrun --gpu 1\nprint('after the wait')")
+    held.communicate(timeout=60)
+    assert result["status"] == "ok", result
+    phases = [
+        o["data"]["text/plain"]
+        for o in result["outputs"]
+        if o["type"] in ("display_data", "update_display_data")
+        and o["data"].get("text/plain", "").startswith("[hwrun]")
+    ]
+    assert any("queued, position 1" in p and "held by root" in p for p in phases), phases
+    assert "after the wait" in text(result["outputs"])

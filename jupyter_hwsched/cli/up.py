@@ -162,6 +162,8 @@ def up(argv: list[str]) -> int:
                 "--ip=127.0.0.1",
                 f"--port={args.lab_port}",
                 f"--IdentityProvider.token={lab_token}",
+                # no calls out of the machine for update checks
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             ]
             if os.geteuid() == 0:
                 lab.append("--allow-root")

@@ -57,6 +57,9 @@ class AgentApp(ExtensionApp):
         "", config=True, help="Simulated GPUs to serve only if NVML finds no GPU ('hwsched up')."
     )
     state_dir = Unicode(config=True, help="Directory for mounts and per-session files.")
+    labels = List(
+        Unicode(), [], config=True, help="Labels of this node, which requests can ask for (--node)."
+    )
     heartbeat_interval = Float(2.0, config=True, help="Seconds between heartbeats.")
     share_check_interval = Float(
         5.0, config=True, help="Seconds between checks that each session's share still answers."
@@ -77,6 +80,7 @@ class AgentApp(ExtensionApp):
         "public-url": "AgentApp.public_url",
         "simulate-gpus": "AgentApp.simulate_gpus",
         "state-dir": "AgentApp.state_dir",
+        "labels": "AgentApp.labels",
     }
 
     @classmethod
@@ -154,7 +158,12 @@ class AgentApp(ExtensionApp):
                 await self.scheduler.request(
                     "PUT",
                     f"/api/nodes/{self.node_name}",
-                    {"url": self.public_url, "gpus": gpus, "share": self.runner.roots_at_share},
+                    {
+                        "url": self.public_url,
+                        "gpus": gpus,
+                        "share": self.runner.roots_at_share,
+                        "labels": list(self.labels),
+                    },
                 )
                 return
             except UnavailableError as exc:

@@ -17,8 +17,10 @@ class SchedulerAPI(JsonClient):
             hint="is the pool running ('hwsched up')? Check HWSCHED_URL",
         )
 
-    async def submit(self, request: HardwareRequest, user: str, host: str) -> dict[str, Any]:
-        body = {"request": request.to_json(), "user": user, "host": host}
+    async def submit(
+        self, request: HardwareRequest, user: str, host: str, group: str = ""
+    ) -> dict[str, Any]:
+        body = {"request": request.to_json(), "user": user, "host": host, "group": group}
         result: dict[str, Any] = await self.request("POST", "/api/sessions", body)
         return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import socket
@@ -52,7 +53,12 @@ def caller_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 def caller_identity() -> dict[str, Any]:
     uid = os.getuid()
     entry = pwd.getpwuid(uid)
+    try:
+        group = grp.getgrgid(os.getgid()).gr_name
+    except KeyError:
+        group = str(os.getgid())
     return {
+        "group": group,
         "uid": uid,
         "gid": os.getgid(),
         "groups": sorted(set(os.getgroups())),

@@ -22,6 +22,14 @@ REQUEST_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ("--gpu-mem",),
         {"default": None, "metavar": "SIZE", "help": "minimum memory per GPU, e.g. 40G"},
     ),
+    (
+        ("--node",),
+        {"default": None, "metavar": "NAME", "help": "a node name or label to run on"},
+    ),
+    (
+        ("--priority",),
+        {"default": "0", "metavar": "P", "help": "higher runs first (-100..100, default 0)"},
+    ),
     (("--timeout",), {"default": None, "metavar": "S", "help": "time limit of the run in seconds"}),
 ]
 
@@ -39,4 +47,11 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(ns: argparse.Namespace) -> HardwareRequest:
-    return make_request(gpus=ns.gpu, gpu_type=ns.gpu_type, gpu_mem=ns.gpu_mem, timeout=ns.timeout)
+    return make_request(
+        gpus=ns.gpu,
+        gpu_type=ns.gpu_type,
+        gpu_mem=ns.gpu_mem,
+        timeout=ns.timeout,
+        node=ns.node,
+        priority=ns.priority,
+    )

@@ -94,7 +94,8 @@ class RemoteSession:
 
     async def _acquire(self, progress: ProgressCallback) -> dict[str, Any]:
         self.timings.submitted = time.time()
-        info = await self.scheduler.submit(self.request, caller_identity()["name"], caller_host())
+        me = caller_identity()
+        info = await self.scheduler.submit(self.request, me["name"], caller_host(), me["group"])
         self.id = info["id"]
         lease = max(1.0, float(info["lease_expires"]) - float(info["created"]))
         self._renewer = asyncio.create_task(self._renew(lease / 3))

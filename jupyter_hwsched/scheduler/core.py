@@ -1,29 +1,32 @@
-"""The scheduler's rules: submit, place, lease, end, and the view of the pool.
+"""The scheduler's rules: submit, place, lease, end, account, and the view of the pool.
 
-Everything here is synchronous and runs on the service's event loop; SQLite keeps each change
-durable before the caller is answered.
+The working set (nodes, live sessions) lives in memory; every change is written through to
+SQLite before the caller is answered, and a restarted scheduler loads the same state, queue
+order and accounting. Everything runs on the service's event loop.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from traitlets import Float, Instance, Type, default
+from traitlets import Bool, Dict, Float, Instance, Int, Type, default
 from traitlets.config import LoggingConfigurable
 
 from ..errors import ConflictError, NotFoundError, RequestError, SessionEnded
 from ..request import HardwareRequest
-from .placement import NodeView, PackPlacement, gpu_matches, impossible_reason
+from .model import Node, Session
+from .placement import NodeView, PackPlacement, PlacementPolicy, gpu_matches, impossible_reason
+from .queue import Plan, plan, queue_order
 from .store import Store
-
-LIVE_STATES = ("queued", "placed", "running")
 
 
 class Scheduler(LoggingConfigurable):
-    """Queue and placement over the registered nodes."""
+    """Queue, placement, leases and accounting over the registered nodes."""
 
     lease_seconds = Float(
         30.0, config=True, help="A session whose client does not renew it for this long ends."
@@ -34,172 +37,297 @@ class Scheduler(LoggingConfigurable):
         help="A node that sends no heartbeat for this long is down; its sessions end.",
     )
     placement_class = Type(
-        PackPlacement, klass=PackPlacement, config=True, help="The placement policy."
+        PackPlacement,
+        klass=PlacementPolicy,
+        config=True,
+        help="The placement policy: PackPlacement (default) or SpreadPlacement.",
     )
-    placement = Instance(PackPlacement)
+    user_gpu_quota = Int(0, config=True, help="GPUs one user may hold at once (0: no limit).")
+    group_gpu_quotas = Dict(
+        per_key_traits=None,
+        config=True,
+        help="GPUs each group may hold at once, e.g. {'research': 8}.",
+    )
+    fair_share_half_life = Float(
+        3600.0,
+        config=True,
+        help="Seconds after which a user's past GPU time counts half in the fair-share order.",
+    )
+    default_runtime = Float(
+        3600.0,
+        config=True,
+        help="Runtime assumed for a session without a time limit, for start estimates.",
+    )
+    backfill = Bool(
+        True,
+        config=True,
+        help="Place later requests around a blocked one where that delays nothing.",
+    )
+    placement = Instance(PlacementPolicy)
     store = Instance(Store)
 
     @default("placement")
-    def _placement_default(self) -> PackPlacement:
+    def _placement_default(self) -> PlacementPolicy:
         return self.placement_class(parent=self)
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.time, **kw: Any) -> None:
         super().__init__(store=store, **kw)
         self.clock = clock
+        self.nodes: dict[str, Node] = {n.name: n for n in store.nodes()}
+        self.live: dict[str, Session] = {s.id: s for s in store.live_sessions()}
+        self._seq = max((s.seq for s in self.live.values()), default=0)
+        self._usage: dict[str, float] = {}  # decayed GPU-seconds of ended sessions, at _usage_at
+        self._usage_at = self.clock()
+        horizon = self._usage_at - 10 * self.fair_share_half_life
+        for s in store.ended_since(horizon):
+            self._add_usage(s.user, s.allocated_seconds(self._usage_at), s.ended or self._usage_at)
+        self.waits: list[float] = []  # seconds from request to placement, for the metrics
+        self._plan = Plan()
+        self.schedule()
 
     # nodes
 
     def register_node(
-        self, name: str, url: str, gpus: list[dict[str, Any]], share: bool = True
+        self,
+        name: str,
+        url: str,
+        gpus: list[dict[str, Any]],
+        share: bool = True,
+        labels: list[str] | tuple[str, ...] = (),
     ) -> None:
         if not gpus:
             raise RequestError(f"node {name!r} registered with no GPU; there is nothing to share")
-        self.store.upsert_node(name, url, gpus, {"share": share}, self.clock())
+        now = self.clock()
+        old = self.nodes.get(name)
+        node = Node(
+            name,
+            url,
+            gpus,
+            {"share": share, "labels": list(labels)},
+            registered=old.registered if old else now,
+            last_seen=now,
+            stats=old.stats if old else {},
+        )
+        self.nodes[name] = node
+        self.store.save_node(node)
         self.log.info("node %s registered at %s with %d GPU(s)", name, url, len(gpus))
         self.schedule()
 
     def heartbeat(self, name: str, live: list[str], stats: dict[str, Any]) -> list[str]:
-        """Record a heartbeat; answer which of the node's sessions must end now."""
-        if not self.store.touch_node(name, self.clock(), stats):
+        """Record a heartbeat and its utilization samples; answer which of the node's
+        sessions must end now."""
+        node = self.nodes.get(name)
+        if node is None:
             raise NotFoundError(f"node {name!r} is not registered; register it first")
-        sessions = {s["id"]: s for s in self.store.sessions() if s["node"] == name}
-        return [sid for sid in live if sid not in sessions or sessions[sid]["state"] == "ended"]
+        now = self.clock()
+        elapsed = min(max(0.0, now - node.last_seen), self.node_timeout)
+        node.last_seen, node.stats = now, stats
+        for s in self.live.values():
+            if s.node == name and s.holding:
+                load = sum((node.utilization(i) or 0.0) for i in s.gpu_ids) / 100.0
+                if load:
+                    s.busy += load * elapsed
+                    self.store.save_session(s)
+        self.store.touch_node(node)
+        return [sid for sid in live if sid not in self.live or self.live[sid].node != name]
 
     def node_views(self) -> list[NodeView]:
         now = self.clock()
         held: dict[str, set[int]] = {}
-        for s in self.store.sessions(("placed", "running")):
-            held.setdefault(s["node"], set()).update(s["gpu_ids"])
-        views = []
-        for node in self.store.nodes():
-            if now - node["last_seen"] > self.node_timeout:
-                continue
-            indices = {g["index"] for g in node["gpus"]}
-            views.append(
-                NodeView(node["name"], node["gpus"], indices - held.get(node["name"], set()))
+        for s in self.live.values():
+            if s.holding and s.node:
+                held.setdefault(s.node, set()).update(s.gpu_ids)
+        return [
+            NodeView(
+                n.name, n.gpus, {g["index"] for g in n.gpus} - held.get(n.name, set()), n.labels
             )
-        return views
+            for n in self.nodes.values()
+            if n.up(now, self.node_timeout)
+        ]
 
     # sessions
 
-    def submit(self, request: HardwareRequest, user: str, host: str) -> dict[str, Any]:
+    def submit(
+        self, request: HardwareRequest, user: str, host: str, group: str = ""
+    ) -> dict[str, Any]:
         reason = impossible_reason(request, self.node_views())
         if reason:
             raise RequestError(reason)
         now = self.clock()
-        session_id = secrets.token_hex(8)
-        session: dict[str, Any] = {
-            "id": session_id,
-            "user": user,
-            "host": host,
-            "request": request.to_json(),
-            "state": "queued",
-            "created": now,
-            "lease_expires": now + self.lease_seconds,
-        }
-        self.store.add_session(session)
-        self.log.info("session %s queued for %s@%s: %s", session_id, user, host, request)
+        session = Session(
+            id=secrets.token_hex(8),
+            seq=0,
+            user=user,
+            group=group,
+            host=host,
+            request=request,
+            state="queued",
+            created=now,
+            lease_expires=now + self.lease_seconds,
+        )
+        session.seq = self.store.add_session(session)
+        self.live[session.id] = session
+        self.log.info("session %s queued for %s@%s: %s", session.id, user, host, request)
         self.schedule()
-        return self.describe(session_id)
+        return self.describe(session.id)
 
     def renew(self, session_id: str) -> dict[str, Any]:
-        self._live(session_id)
-        self.store.update_session(session_id, lease_expires=self.clock() + self.lease_seconds)
+        session = self._live(session_id)
+        session.lease_expires = self.clock() + self.lease_seconds
+        self.store.save_session(session)
         return self.describe(session_id)
 
     def mark_running(self, session_id: str, node: str) -> dict[str, Any]:
         session = self._live(session_id)
-        if session["state"] != "placed" or session["node"] != node:
-            raise ConflictError(f"session {session_id} is {session['state']}, not placed on {node}")
-        self.store.update_session(session_id, state="running", started=self.clock())
+        if session.state != "placed" or session.node != node:
+            raise ConflictError(f"session {session_id} is {session.state}, not placed on {node}")
+        session.state, session.started = "running", self.clock()
+        self.store.save_session(session)
         return self.describe(session_id)
 
     def end(self, session_id: str, reason: str) -> dict[str, Any]:
         """End a session and return its GPUs to the pool; ending twice is harmless."""
-        session = self.store.session(session_id)
+        session = self.live.pop(session_id, None)
         if session is None:
-            raise NotFoundError(f"no session {session_id}")
-        if session["state"] != "ended":
-            self.store.update_session(
-                session_id, state="ended", ended=self.clock(), end_reason=reason
-            )
-            self.log.info("session %s ended: %s", session_id, reason)
-            self.schedule()
-        return self.describe(session_id)
+            if self.store.session(session_id) is None:
+                raise NotFoundError(f"no session {session_id}")
+            return self.describe(session_id)
+        now = self.clock()
+        session.state, session.ended, session.end_reason = "ended", now, reason
+        self.store.save_session(session)
+        self._add_usage(session.user, session.allocated_seconds(now), now)
+        self.log.info("session %s ended: %s", session_id, reason)
+        self.schedule()
+        return self._view(session)
 
     def tick(self) -> None:
         """Periodic duties: lapsed leases, time limits, lost nodes; then place what fits."""
         now = self.clock()
-        up = {v.name for v in self.node_views()}
-        for s in self.store.sessions(LIVE_STATES):
-            limit = s["request"].get("timeout")
-            if s["lease_expires"] < now:
-                self.end(s["id"], "lease expired: the client stopped renewing the session")
-            elif limit and s["started"] and now - s["started"] > limit:
-                self.end(s["id"], f"time limit of {limit:g} s reached")
-            elif s["node"] and s["node"] not in up:
-                self.end(s["id"], f"node {s['node']} stopped sending heartbeats")
+        up = {n.name for n in self.nodes.values() if n.up(now, self.node_timeout)}
+        for s in list(self.live.values()):
+            limit = s.request.timeout
+            if s.lease_expires < now:
+                self.end(s.id, "lease expired: the client stopped renewing the session")
+            elif limit and s.started and now - s.started > limit:
+                self.end(s.id, f"time limit of {limit:g} s reached")
+            elif s.node and s.node not in up:
+                self.end(s.id, f"node {s.node} stopped sending heartbeats")
         self.schedule()
 
     def schedule(self) -> None:
-        """Place queued sessions in arrival order on whatever fits now."""
-        queued = self.store.sessions(("queued",))
-        if not queued:
-            return
-        views = self.node_views()
-        for s in queued:
-            request = HardwareRequest(**s["request"])
-            choice = self.placement.choose(request, views)
-            if choice is None:
-                continue
-            node, gpu_ids = choice
-            self.store.update_session(
-                s["id"], state="placed", node=node, gpu_ids=gpu_ids, placed=self.clock()
+        """Place what the queue's order, quotas and reservations allow now."""
+        now = self.clock()
+        queued = [s for s in self.live.values() if s.state == "queued"]
+        holding = [s for s in self.live.values() if s.holding]
+        ordered = queue_order(queued, lambda user: self.usage_of(user, now))
+        self._plan = plan(
+            ordered,
+            self.node_views(),
+            holding,
+            now,
+            self.placement,
+            self._quota,
+            self.default_runtime,
+            self.backfill,
+        )
+        for session, node, gpu_ids in self._plan.placements:
+            session.state, session.node, session.gpu_ids, session.placed = (
+                "placed",
+                node,
+                gpu_ids,
+                now,
             )
-            for view in views:
-                if view.name == node:
-                    view.free -= set(gpu_ids)
-            self.log.info("session %s placed on %s GPU(s) %s", s["id"], node, gpu_ids)
+            self.store.save_session(session)
+            self.waits.append(now - session.created)
+            self.log.info("session %s placed on %s GPU(s) %s", session.id, node, gpu_ids)
+        if self._plan.placements:
+            placed = {s.id for s, _, _ in self._plan.placements}
+            self._plan.order = [sid for sid in self._plan.order if sid not in placed]
+
+    def _quota(self, session: Session, users: Counter[str], groups: Counter[str]) -> str | None:
+        want = session.request.gpus
+        if self.user_gpu_quota and users[session.user] + want > self.user_gpu_quota:
+            return (
+                f"user quota: {session.user} holds {users[session.user]} of the "
+                f"{self.user_gpu_quota} GPU(s) a user may hold at once"
+            )
+        limit = self.group_gpu_quotas.get(session.group) if session.group else None
+        if limit is not None and groups[session.group] + want > int(limit):
+            return (
+                f"group quota: group {session.group} holds {groups[session.group]} of its "
+                f"{int(limit)} GPU(s)"
+            )
+        return None
+
+    # fair share
+
+    def _decay(self, now: float) -> None:
+        if now > self._usage_at:
+            factor = math.pow(0.5, (now - self._usage_at) / self.fair_share_half_life)
+            self._usage = {u: v * factor for u, v in self._usage.items() if v * factor > 1e-3}
+            self._usage_at = now
+
+    def _add_usage(self, user: str, gpu_seconds: float, at: float) -> None:
+        self._decay(max(at, self._usage_at))
+        age = max(0.0, self._usage_at - at)
+        weight = math.pow(0.5, age / self.fair_share_half_life)
+        self._usage[user] = self._usage.get(user, 0.0) + gpu_seconds * weight
+
+    def usage_of(self, user: str, now: float) -> float:
+        """Recent GPU-seconds of a user, halving every ``fair_share_half_life``; what is held
+        now counts in full."""
+        self._decay(now)
+        held = sum(s.allocated_seconds(now) for s in self.live.values() if s.user == user)
+        return self._usage.get(user, 0.0) + held
 
     # views
 
     def describe(self, session_id: str) -> dict[str, Any]:
-        s = self.store.session(session_id)
-        if s is None:
+        session = self.live.get(session_id) or self.store.session(session_id)
+        if session is None:
             raise NotFoundError(f"no session {session_id}")
-        out = {k: s[k] for k in ("id", "user", "host", "request", "state", "node", "gpu_ids")}
-        out.update(
-            created=s["created"],
-            placed=s["placed"],
-            started=s["started"],
-            ended=s["ended"],
-            lease_expires=s["lease_expires"],
-            end_reason=s["end_reason"],
-        )
-        if s["state"] == "queued":
-            queued = [q["id"] for q in self.store.sessions(("queued",))]
-            out["position"] = queued.index(session_id) + 1
-            out["waiting_for"] = self._waiting_reason(HardwareRequest(**s["request"]))
-        if s["node"]:
-            node = self.store.node(s["node"])
-            if node:
-                out["agent_url"] = node["url"]
-                out["share_needed"] = bool(node["info"].get("share", True))
-                by_index = {g["index"]: g for g in node["gpus"]}
-                out["gpus"] = [by_index[i] for i in s["gpu_ids"] if i in by_index]
+        return self._view(session)
+
+    def _view(self, s: Session) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": s.id,
+            "user": s.user,
+            "group": s.group,
+            "host": s.host,
+            "request": s.request.to_json(),
+            "state": s.state,
+            "node": s.node,
+            "gpu_ids": s.gpu_ids,
+            "created": s.created,
+            "placed": s.placed,
+            "started": s.started,
+            "ended": s.ended,
+            "lease_expires": s.lease_expires,
+            "end_reason": s.end_reason,
+        }
+        if s.state == "queued":
+            order = self._plan.order
+            out["position"] = order.index(s.id) + 1 if s.id in order else len(order) + 1
+            out["waiting_for"] = self._plan.waiting.get(s.id) or self._busy_reason(s.request)
+            out["estimated_start"] = self._plan.estimates.get(s.id)
+        node = self.nodes.get(s.node) if s.node else None
+        if node is not None:
+            out["agent_url"] = node.url
+            out["share_needed"] = bool(node.info.get("share", True))
+            by_index = {g["index"]: g for g in node.gpus}
+            out["gpus"] = [by_index[i] for i in s.gpu_ids if i in by_index]
         return out
 
-    def _waiting_reason(self, request: HardwareRequest) -> str:
+    def _busy_reason(self, request: HardwareRequest) -> str:
         views = self.node_views()
         matching = sum(len(v.matching(request)) for v in views)
         holders = sorted(
             {
-                s["user"]
-                for s in self.store.sessions(("placed", "running"))
-                for v in views
-                if v.name == s["node"]
-                for g in v.gpus
-                if g["index"] in s["gpu_ids"] and gpu_matches(g, request)
+                s.user
+                for s in self.live.values()
+                if s.holding and s.node in self.nodes
+                for g in self.nodes[s.node].gpus
+                if g["index"] in s.gpu_ids and gpu_matches(g, request)
             }
         )
         held_by = f" (held by {', '.join(holders)})" if holders else ""
@@ -209,43 +337,45 @@ class Scheduler(LoggingConfigurable):
         )
 
     def sessions(self, live_only: bool = True) -> list[dict[str, Any]]:
-        rows = self.store.sessions(LIVE_STATES if live_only else None)
-        return [self.describe(s["id"]) for s in rows]
+        if live_only:
+            return [self._view(s) for s in sorted(self.live.values(), key=lambda s: s.seq)]
+        return [self._view(s) for s in self.store.ended_since(0)] + self.sessions(True)
 
     def pool(self) -> dict[str, Any]:
         """Nodes, their GPUs with holders, and the queue: what ``hwsched status`` shows."""
         now = self.clock()
-        live = self.store.sessions(LIVE_STATES)
-        holders = {
-            (s["node"], i): s
-            for s in live
-            if s["state"] in ("placed", "running")
-            for i in s["gpu_ids"]
-        }
+        holders = {(s.node, i): s for s in self.live.values() if s.holding for i in s.gpu_ids}
         nodes = []
-        for node in self.store.nodes():
+        for node in sorted(self.nodes.values(), key=lambda n: n.name):
             gpus = []
-            for gpu in node["gpus"]:
-                holder = holders.get((node["name"], gpu["index"]))
-                util = node["stats"].get("utilization", {}).get(str(gpu["index"]))
+            for gpu in node.gpus:
+                holder = holders.get((node.name, gpu["index"]))
                 gpus.append(
                     dict(
                         gpu,
-                        holder=holder["user"] if holder else None,
-                        session=holder["id"] if holder else None,
-                        since=holder["placed"] if holder else None,
-                        utilization=util,
+                        holder=holder.user if holder else None,
+                        session=holder.id if holder else None,
+                        since=holder.placed if holder else None,
+                        utilization=node.utilization(gpu["index"]),
                     )
                 )
-            up = now - node["last_seen"] <= self.node_timeout
-            nodes.append({"name": node["name"], "url": node["url"], "up": up, "gpus": gpus})
-        queue = [self.describe(s["id"]) for s in live if s["state"] == "queued"]
+            nodes.append(
+                {
+                    "name": node.name,
+                    "url": node.url,
+                    "labels": node.labels,
+                    "up": node.up(now, self.node_timeout),
+                    "gpus": gpus,
+                }
+            )
+        queue = [self._view(self.live[sid]) for sid in self._plan.order if sid in self.live]
         return {"nodes": nodes, "queue": queue, "time": now}
 
-    def _live(self, session_id: str) -> dict[str, Any]:
-        session = self.store.session(session_id)
-        if session is None:
+    def _live(self, session_id: str) -> Session:
+        session = self.live.get(session_id)
+        if session is not None:
+            return session
+        ended = self.store.session(session_id)
+        if ended is None:
             raise NotFoundError(f"no session {session_id}")
-        if session["state"] == "ended":
-            raise SessionEnded(f"session {session_id} has ended: {session['end_reason']}")
-        return session
+        raise SessionEnded(f"session {session_id} has ended: {ended.end_reason}")

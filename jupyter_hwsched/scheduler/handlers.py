@@ -35,7 +35,10 @@ class NodeHandler(SchedulerHandler):
         share = body.get("share", True)
         if not isinstance(share, bool):
             raise RequestError("field 'share' must be true or false")
-        self.scheduler.register_node(name, self.field(body, "url"), gpus, share)
+        labels = body.get("labels", [])
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise RequestError("field 'labels' must be a list of strings")
+        self.scheduler.register_node(name, self.field(body, "url"), gpus, share, labels)
         self.write_json({"name": name})
 
 
@@ -55,8 +58,11 @@ class SessionsHandler(SchedulerHandler):
     def post(self) -> None:
         body = self.json_body()
         request = HardwareRequest.from_json(body.get("request", {}))
+        group = body.get("group", "")
+        if not isinstance(group, str):
+            raise RequestError("field 'group' must be a string")
         session = self.scheduler.submit(
-            request, user=self.field(body, "user"), host=self.field(body, "host")
+            request, user=self.field(body, "user"), host=self.field(body, "host"), group=group
         )
         self.write_json(session, status=201)
 

@@ -1,13 +1,14 @@
-"""Which GPUs of which node a request gets.
+"""Which GPUs of which node a request gets: the placement policies.
 
-A policy sees the nodes that are up, each with its free GPUs, and picks one node and the GPU
-indices there, or nothing. It never splits a request across nodes: a session's GPUs share
-one container.
+A policy sees the nodes that are up and may take the request, each with its free GPUs, and
+picks one node and the GPU indices there, or nothing. A request is never split across nodes:
+a session's GPUs share one container. Swap the policy with ``c.Scheduler.placement_class``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 from traitlets.config import LoggingConfigurable
@@ -17,18 +18,28 @@ from ..request import HardwareRequest, format_memory
 
 @dataclass
 class NodeView:
-    """A node as placement sees it: every GPU, and which of them are free."""
+    """A node as placement sees it: every GPU, its labels, and which GPUs are free."""
 
     name: str
     gpus: list[dict[str, Any]]
     free: set[int] = field(default_factory=set)
+    labels: list[str] = field(default_factory=list)
+
+    def accepts(self, request: HardwareRequest) -> bool:
+        return not request.node or request.node in (self.name, *self.labels)
 
     def matching(self, request: HardwareRequest) -> list[dict[str, Any]]:
+        if not self.accepts(request):
+            return []
         return [gpu for gpu in self.gpus if gpu_matches(gpu, request)]
+
+    def free_matching(self, request: HardwareRequest) -> list[int]:
+        return sorted(g["index"] for g in self.matching(request) if g["index"] in self.free)
 
 
 def gpu_matches(gpu: dict[str, Any], request: HardwareRequest) -> bool:
-    if request.gpu_type and not model_matches(str(gpu["model"]), request.gpu_type):
+    types = request.gpu_types()
+    if types and not any(model_matches(str(gpu["model"]), t) for t in types):
         return False
     return not (request.gpu_mem and int(gpu["memory"]) < request.gpu_mem)
 
@@ -39,23 +50,70 @@ def model_matches(model: str, wanted: str) -> bool:
     return model == wanted or model.startswith(wanted + "-")
 
 
-class PackPlacement(LoggingConfigurable):
-    """Best fit: the node with the fewest free matching GPUs that still fits the request.
+def linked_choice(node: NodeView, free: list[int], count: int) -> list[int]:
+    """``count`` of the free GPUs, all linked to each other by NVLink where the node has such
+    a set (NVML reports each GPU's NVLink peers as ``links``); else the lowest indices."""
+    if count == 1 or len(free) == count:
+        return free[:count]
+    links = {g["index"]: set(g.get("links") or ()) for g in node.gpus}
+    if not any(links.values()):
+        return free[:count]
+    if len(free) <= 16:
+        for subset in combinations(free, count):
+            if all(b in links[a] for a, b in combinations(subset, 2)):
+                return list(subset)
+    # greedy: grow from the best-connected GPU
+    chosen = [max(free, key=lambda i: len(links[i] & set(free)))]
+    while len(chosen) < count:
+        rest = [i for i in free if i not in chosen]
+        chosen.append(max(rest, key=lambda i: (len(links[i] & set(chosen)), -i)))
+    return sorted(chosen)
 
-    Packing keeps other nodes whole for large requests.
-    """
+
+class PlacementPolicy(LoggingConfigurable):
+    """Base of the placement policies."""
 
     def choose(
         self, request: HardwareRequest, nodes: list[NodeView]
     ) -> tuple[str, list[int]] | None:
-        best: tuple[int, str, list[int]] | None = None
+        raise NotImplementedError
+
+
+class PackPlacement(PlacementPolicy):
+    """Best fit: the node with the fewest free matching GPUs that still fits the request, and
+    NVLink-connected GPUs there. Packing keeps other nodes whole for large requests."""
+
+    def choose(
+        self, request: HardwareRequest, nodes: list[NodeView]
+    ) -> tuple[str, list[int]] | None:
+        best: tuple[int, str, NodeView, list[int]] | None = None
         for node in nodes:
-            free = sorted(g["index"] for g in node.matching(request) if g["index"] in node.free)
+            free = node.free_matching(request)
             if len(free) < request.gpus:
                 continue
-            if best is None or len(free) < best[0]:
-                best = (len(free), node.name, free[: request.gpus])
-        return (best[1], best[2]) if best else None
+            if best is None or (len(free), node.name) < (best[0], best[1]):
+                best = (len(free), node.name, node, free)
+        if best is None:
+            return None
+        return best[1], linked_choice(best[2], best[3], request.gpus)
+
+
+class SpreadPlacement(PlacementPolicy):
+    """Worst fit: the node with the most free matching GPUs, spreading load over nodes."""
+
+    def choose(
+        self, request: HardwareRequest, nodes: list[NodeView]
+    ) -> tuple[str, list[int]] | None:
+        best: tuple[int, str, NodeView, list[int]] | None = None
+        for node in nodes:
+            free = node.free_matching(request)
+            if len(free) < request.gpus:
+                continue
+            if best is None or (-len(free), node.name) < (-best[0], best[1]):
+                best = (len(free), node.name, node, free)
+        if best is None:
+            return None
+        return best[1], linked_choice(best[2], best[3], request.gpus)
 
 
 def impossible_reason(request: HardwareRequest, nodes: list[NodeView]) -> str | None:
@@ -65,21 +123,29 @@ def impossible_reason(request: HardwareRequest, nodes: list[NodeView]) -> str | 
     if any(len(node.matching(request)) >= request.gpus for node in nodes):
         return None
     kinds = sorted({_describe(gpu) for node in nodes for gpu in node.gpus})
-    if request.gpu_type and not any(
-        model_matches(str(g["model"]), request.gpu_type) for n in nodes for g in n.gpus
+    if request.node and not any(node.accepts(request) for node in nodes):
+        names = sorted({n.name for n in nodes} | {label for n in nodes for label in n.labels})
+        return (
+            f"no node is named or labelled {request.node!r}; "
+            f"known names and labels: {', '.join(names)}. Change --node or leave it out"
+        )
+    candidates = [n for n in nodes if n.accepts(request)]
+    types = request.gpu_types()
+    if types and not any(
+        model_matches(str(g["model"]), t) for n in candidates for g in n.gpus for t in types
     ):
         return (
             f"no node has GPUs of type {request.gpu_type!r}; "
             f"the pool has: {', '.join(kinds)}. Change --gpu-type or leave it out"
         )
     if request.gpu_mem and not any(
-        int(g["memory"]) >= request.gpu_mem for n in nodes for g in n.gpus
+        int(g["memory"]) >= request.gpu_mem for n in candidates for g in n.gpus
     ):
         return (
             f"no GPU in the pool has {format_memory(request.gpu_mem)} of memory; "
             f"the pool has: {', '.join(kinds)}. Lower --gpu-mem"
         )
-    largest = max(len(node.matching(request)) for node in nodes)
+    largest = max(len(node.matching(request)) for node in candidates)
     return (
         f"no node has {request.gpus} matching GPUs (the most on one node is {largest}); "
         f"ask for --gpu {largest} or fewer"

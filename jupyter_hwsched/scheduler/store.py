@@ -1,6 +1,8 @@
 """Durable state of the scheduler in SQLite: registered nodes and sessions.
 
-Columns that hold structures store JSON; every statement binds its parameters.
+The scheduler keeps its working set in memory and writes every change through to here before
+it answers, so a restarted scheduler loads exactly the state it had. Structured columns hold
+JSON; every statement binds its parameters.
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
+
+from .model import LIVE_STATES, Node, Session
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -18,12 +21,13 @@ CREATE TABLE IF NOT EXISTS nodes (
     registered  REAL NOT NULL,
     last_seen   REAL NOT NULL,
     stats       TEXT NOT NULL DEFAULT '{}',
-    info        TEXT NOT NULL DEFAULT '{}'  -- JSON: what clients must know, e.g. {"share": true}
+    info        TEXT NOT NULL DEFAULT '{}'  -- JSON: {"share": bool, "labels": [...]}
 );
 CREATE TABLE IF NOT EXISTS sessions (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     id             TEXT UNIQUE NOT NULL,
     user           TEXT NOT NULL,
+    grp            TEXT NOT NULL DEFAULT '',
     host           TEXT NOT NULL,
     request        TEXT NOT NULL,       -- JSON HardwareRequest
     state          TEXT NOT NULL,       -- queued | placed | running | ended
@@ -34,13 +38,19 @@ CREATE TABLE IF NOT EXISTS sessions (
     started        REAL,
     ended          REAL,
     lease_expires  REAL NOT NULL,
-    end_reason     TEXT
+    end_reason     TEXT,
+    busy           REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
+CREATE INDEX IF NOT EXISTS sessions_ended ON sessions(ended);
 """
 
-_SESSION_JSON = ("request", "gpu_ids")
-_NODE_JSON = ("gpus", "stats", "info")
+# columns added after the first release of the schema: (table, column, definition)
+MIGRATIONS = [
+    ("nodes", "info", "TEXT NOT NULL DEFAULT '{}'"),
+    ("sessions", "grp", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "busy", "REAL NOT NULL DEFAULT 0"),
+]
 
 
 class Store:
@@ -53,101 +63,92 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        for table, column, definition in MIGRATIONS:
+            exists = self.db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name=?", (table,)
+            ).fetchone()
+            if exists:
+                columns = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self.db.executescript(SCHEMA)
-        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(nodes)")}
-        if "info" not in columns:  # databases made before nodes described themselves
-            self.db.execute("ALTER TABLE nodes ADD COLUMN info TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         self.db.close()
 
     # nodes
 
-    def upsert_node(
-        self, name: str, url: str, gpus: list[dict[str, Any]], info: dict[str, Any], now: float
-    ) -> None:
+    def save_node(self, node: Node) -> None:
         self.db.execute(
-            "INSERT INTO nodes (name, url, gpus, info, registered, last_seen) "
-            "VALUES (?, ?, ?, ?, ?, ?) "
+            "INSERT INTO nodes (name, url, gpus, info, registered, last_seen, stats) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET url=excluded.url, gpus=excluded.gpus, "
-            "info=excluded.info, last_seen=excluded.last_seen",
-            (name, url, json.dumps(gpus), json.dumps(info), now, now),
+            "info=excluded.info, last_seen=excluded.last_seen, stats=excluded.stats",
+            (
+                node.name,
+                node.url,
+                json.dumps(node.gpus),
+                json.dumps(node.info),
+                node.registered,
+                node.last_seen,
+                json.dumps(node.stats),
+            ),
         )
 
-    def touch_node(self, name: str, now: float, stats: dict[str, Any]) -> bool:
-        cur = self.db.execute(
-            "UPDATE nodes SET last_seen=?, stats=? WHERE name=?", (now, json.dumps(stats), name)
+    def touch_node(self, node: Node) -> None:
+        self.db.execute(
+            "UPDATE nodes SET last_seen=?, stats=? WHERE name=?",
+            (node.last_seen, json.dumps(node.stats), node.name),
         )
-        return cur.rowcount == 1
 
-    def nodes(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM nodes ORDER BY name").fetchall()
-        return [_decode(row, _NODE_JSON) for row in rows]
-
-    def node(self, name: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM nodes WHERE name=?", (name,)).fetchone()
-        return _decode(row, _NODE_JSON) if row else None
+    def nodes(self) -> list[Node]:
+        out = []
+        for row in self.db.execute("SELECT * FROM nodes ORDER BY name"):
+            out.append(
+                Node(
+                    name=row["name"],
+                    url=row["url"],
+                    gpus=json.loads(row["gpus"]),
+                    info=json.loads(row["info"]),
+                    registered=row["registered"],
+                    last_seen=row["last_seen"],
+                    stats=json.loads(row["stats"]),
+                )
+            )
+        return out
 
     # sessions
 
-    def add_session(self, session: dict[str, Any]) -> None:
-        fields = dict(session)
-        for key in _SESSION_JSON:
-            fields[key] = json.dumps(fields.get(key, []))
-        names = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        self.db.execute(f"INSERT INTO sessions ({names}) VALUES ({marks})", tuple(fields.values()))
+    def add_session(self, session: Session) -> int:
+        row = session.row()
+        names = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        cur = self.db.execute(
+            f"INSERT INTO sessions ({names}) VALUES ({marks})", tuple(row.values())
+        )
+        return int(cur.lastrowid or 0)
 
-    def update_session(self, session_id: str, **fields: Any) -> None:
-        for key in _SESSION_JSON:
-            if key in fields:
-                fields[key] = json.dumps(fields[key])
-        assignments = ", ".join(f"{_column(k)}=?" for k in fields)
+    def save_session(self, session: Session) -> None:
+        row = session.row()
+        row.pop("id")
+        assignments = ", ".join(f"{name}=?" for name in row)
         self.db.execute(
-            f"UPDATE sessions SET {assignments} WHERE id=?", (*fields.values(), session_id)
+            f"UPDATE sessions SET {assignments} WHERE id=?", (*row.values(), session.id)
         )
 
-    def session(self, session_id: str) -> dict[str, Any] | None:
+    def session(self, session_id: str) -> Session | None:
         row = self.db.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
-        return _decode(row, _SESSION_JSON) if row else None
+        return Session.from_row(dict(row)) if row else None
 
-    def sessions(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-        if states:
-            marks = ", ".join("?" for _ in states)
-            rows = self.db.execute(
-                f"SELECT * FROM sessions WHERE state IN ({marks}) ORDER BY seq", states
-            ).fetchall()
-        else:
-            rows = self.db.execute("SELECT * FROM sessions ORDER BY seq").fetchall()
-        return [_decode(row, _SESSION_JSON) for row in rows]
+    def live_sessions(self) -> list[Session]:
+        marks = ", ".join("?" for _ in LIVE_STATES)
+        rows = self.db.execute(
+            f"SELECT * FROM sessions WHERE state IN ({marks}) ORDER BY seq", LIVE_STATES
+        )
+        return [Session.from_row(dict(r)) for r in rows]
 
-
-_COLUMNS = frozenset(
-    [
-        "user",
-        "host",
-        "request",
-        "state",
-        "node",
-        "gpu_ids",
-        "placed",
-        "started",
-        "ended",
-        "lease_expires",
-        "end_reason",
-    ]
-)
-
-
-def _column(name: str) -> str:
-    """Column names come from code, never from a request; refuse anything else."""
-    if name not in _COLUMNS:
-        raise ValueError(f"not an updatable session column: {name}")
-    return name
-
-
-def _decode(row: sqlite3.Row, json_fields: tuple[str, ...]) -> dict[str, Any]:
-    data = dict(row)
-    for key in json_fields:
-        data[key] = json.loads(data[key])
-    return data
+    def ended_since(self, since: float) -> list[Session]:
+        rows = self.db.execute(
+            "SELECT * FROM sessions WHERE state='ended' AND ended>=? ORDER BY seq", (since,)
+        )
+        return [Session.from_row(dict(r)) for r in rows]

@@ -1,0 +1,112 @@
+"""The scheduler's objects in memory: nodes and sessions, with their JSON views."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..request import HardwareRequest
+
+LIVE_STATES = ("queued", "placed", "running")
+HOLDING_STATES = ("placed", "running")
+
+
+@dataclass
+class Node:
+    name: str
+    url: str
+    gpus: list[dict[str, Any]]
+    info: dict[str, Any] = field(default_factory=dict)  # {"share": bool, "labels": [...]}
+    registered: float = 0.0
+    last_seen: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)  # last heartbeat's utilization
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(label) for label in self.info.get("labels", [])]
+
+    def up(self, now: float, timeout: float) -> bool:
+        return now - self.last_seen <= timeout
+
+    def utilization(self, index: int) -> float | None:
+        value = self.stats.get("utilization", {}).get(str(index))
+        return None if value is None else float(value)
+
+
+@dataclass
+class Session:
+    id: str
+    seq: int
+    user: str
+    group: str
+    host: str
+    request: HardwareRequest
+    state: str
+    created: float
+    lease_expires: float
+    node: str | None = None
+    gpu_ids: list[int] = field(default_factory=list)
+    placed: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    end_reason: str | None = None
+    busy: float = 0.0  # GPU-seconds the allocated GPUs were busy, from NVML samples
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def holding(self) -> bool:
+        return self.state in HOLDING_STATES
+
+    def allocated_seconds(self, now: float) -> float:
+        if self.placed is None:
+            return 0.0
+        return len(self.gpu_ids) * max(0.0, (self.ended or now) - self.placed)
+
+    def expected_end(self, default_runtime: float) -> float:
+        """When the session is expected to end: its time limit, else a default estimate."""
+        start = self.started or self.placed or self.created
+        return start + (self.request.timeout or default_runtime)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "grp": self.group,
+            "host": self.host,
+            "request": json.dumps(self.request.to_json()),
+            "state": self.state,
+            "node": self.node,
+            "gpu_ids": json.dumps(self.gpu_ids),
+            "created": self.created,
+            "placed": self.placed,
+            "started": self.started,
+            "ended": self.ended,
+            "lease_expires": self.lease_expires,
+            "end_reason": self.end_reason,
+            "busy": self.busy,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Session:
+        return cls(
+            id=row["id"],
+            seq=row["seq"],
+            user=row["user"],
+            group=row.get("grp") or "",
+            host=row["host"],
+            request=HardwareRequest(**json.loads(row["request"])),
+            state=row["state"],
+            created=row["created"],
+            lease_expires=row["lease_expires"],
+            node=row["node"],
+            gpu_ids=json.loads(row["gpu_ids"]),
+            placed=row["placed"],
+            started=row["started"],
+            ended=row["ended"],
+            end_reason=row["end_reason"],
+            busy=row.get("busy") or 0.0,
+        )

@@ -219,6 +219,29 @@ class DockerRunner(Runner):
                 raise UnavailableError("the container engine did not start the process")
             time.sleep(0.005)
 
+    def cpu_seconds(self, container_id: str) -> float | None:
+        """From the container's cgroup (v1 cpuacct, or v2 cpu.stat), without a slow stats call."""
+        for path in (
+            f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage",
+            f"/sys/fs/cgroup/cpu,cpuacct/docker/{container_id}/cpuacct.usage",
+        ):
+            try:
+                return int(Path(path).read_text()) / 1e9
+            except (OSError, ValueError):
+                continue
+        for path in (
+            f"/sys/fs/cgroup/docker/{container_id}/cpu.stat",
+            f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat",
+        ):
+            try:
+                for line in Path(path).read_text().splitlines():
+                    key, _, value = line.partition(" ")
+                    if key == "usage_usec":
+                        return int(value) / 1e6
+            except (OSError, ValueError):
+                continue
+        return None
+
     def remove(self, container_id: str) -> None:
         """Destroy a container; one that is already gone is fine."""
         try:

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,7 @@ class AgentApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         self.sessions: dict[str, NodeSession] = {}
+        self._cpu_samples: dict[str, tuple[float, float]] = {}
         self.inventory: GpuInventory = discover(
             self.simulate_gpus, self.node_name, self.simulate_if_no_gpu
         )
@@ -184,10 +186,33 @@ class AgentApp(ExtensionApp):
                     session_id, "the connection to the developer's share was lost"
                 )
 
+    def utilization(self) -> dict[str, float]:
+        """Percent busy per GPU index: NVML's sample for real GPUs; for simulated GPUs, the CPU
+        load of the session holding them (cores busy, spread over its GPUs)."""
+        if not self.inventory.simulated:
+            return {str(k): v for k, v in self.inventory.utilization().items()}
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        for session_id, session in self.sessions.items():
+            used = self.runner.cpu_seconds(session.container_id) if session.container_id else None
+            if used is None or not session.gpus:
+                continue
+            before = self._cpu_samples.get(session_id)
+            self._cpu_samples[session_id] = (now, used)
+            if before is None or now <= before[0]:
+                continue
+            load = (used - before[1]) / (now - before[0]) / len(session.gpus)
+            for gpu in session.gpus:
+                out[str(gpu.index)] = round(min(100.0, max(0.0, 100.0 * load)), 1)
+        for gone in set(self._cpu_samples) - set(self.sessions):
+            del self._cpu_samples[gone]
+        return out
+
     async def heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
         body = {
             "sessions": list(self.sessions),
-            "stats": {"utilization": {str(k): v for k, v in self.inventory.utilization().items()}},
+            "stats": {"utilization": await loop.run_in_executor(None, self.utilization)},
         }
         try:
             reply = await self.scheduler.request(

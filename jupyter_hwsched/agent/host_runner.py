@@ -90,6 +90,18 @@ class HostRunner(Runner):
                 _kill_group(proc.pid)
         self._specs.pop(container_id, None)
 
+    def cpu_seconds(self, container_id: str) -> float | None:
+        total = 0.0
+        for proc in self._groups.get(container_id, []):
+            try:
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
+
     def containers(self, node: str) -> dict[str, str]:
         return {}  # nothing of a host session outlives the agent's process groups
 

@@ -94,6 +94,11 @@ class Runner(LoggingConfigurable):
         """Destroy the environment and everything running in it; gone already is fine."""
         raise NotImplementedError
 
+    def cpu_seconds(self, container_id: str) -> float | None:
+        """CPU time used so far by everything in the environment, if the runner can tell.
+        It stands in for GPU load where the GPUs are simulated."""
+        return None
+
     def containers(self, node: str) -> dict[str, str]:
         """Session id -> environment id for everything of this node's (for leftover removal)."""
         raise NotImplementedError

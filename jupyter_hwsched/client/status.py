@@ -57,9 +57,11 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
     for item in queue:
         request = item["request"]
         mine = " (you)" if me and item["user"] == me else ""
+        eta = item.get("estimated_start")
+        expect = f"; expected to start in {_ago(now, eta)}" if eta and eta > now else ""
         lines.append(
             f"  {item['position']}. {item['user']}{mine} wants {request['gpus']} GPU(s), "
-            f"waiting {_ago(item['created'], now)}: {item.get('waiting_for', '')}"
+            f"waiting {_ago(item['created'], now)}: {item.get('waiting_for', '')}{expect}"
         )
     if me:
         mine_held = [
@@ -71,3 +73,22 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
             + (", ".join(f"{g['session']} on {n} GPU {g['index']}" for n, g in mine_held) or "none")
         )
     return "\n".join(lines)
+
+
+def render_usage(report: dict[str, Any]) -> str:
+    rows = [["USER", "SESSIONS", "GPU-HOURS", "BUSY GPU-HOURS", "BUSY", "WAITED"]]
+    for user in report["users"]:
+        fraction = user.get("busy_fraction")
+        rows.append(
+            [
+                user["user"],
+                str(user["sessions"]),
+                f"{user['gpu_seconds_allocated'] / 3600:.2f}",
+                f"{user['gpu_seconds_busy'] / 3600:.2f}",
+                "-" if fraction is None else f"{100 * fraction:.0f}%",
+                f"{user['wait_seconds']:.0f}s",
+            ]
+        )
+    if len(rows) == 1:
+        return "no sessions in the window"
+    return _table(rows)

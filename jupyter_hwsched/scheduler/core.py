@@ -19,6 +19,7 @@ from traitlets.config import LoggingConfigurable
 
 from ..errors import ConflictError, NotFoundError, RequestError, SessionEnded
 from ..request import HardwareRequest
+from .accounting import WaitHistogram
 from .model import Node, Session
 from .placement import NodeView, PackPlacement, PlacementPolicy, gpu_matches, impossible_reason
 from .queue import Plan, plan, queue_order
@@ -81,7 +82,7 @@ class Scheduler(LoggingConfigurable):
         horizon = self._usage_at - 10 * self.fair_share_half_life
         for s in store.ended_since(horizon):
             self._add_usage(s.user, s.allocated_seconds(self._usage_at), s.ended or self._usage_at)
-        self.waits: list[float] = []  # seconds from request to placement, for the metrics
+        self.wait_histogram = WaitHistogram()
         self._plan = Plan()
         self.schedule()
 
@@ -238,7 +239,7 @@ class Scheduler(LoggingConfigurable):
                 now,
             )
             self.store.save_session(session)
-            self.waits.append(now - session.created)
+            self.wait_histogram.observe(now - session.created)
             self.log.info("session %s placed on %s GPU(s) %s", session.id, node, gpu_ids)
         if self._plan.placements:
             placed = {s.id for s, _, _ in self._plan.placements}

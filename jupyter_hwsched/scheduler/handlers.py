@@ -7,6 +7,7 @@ from typing import Any
 from ..errors import RequestError
 from ..request import HardwareRequest
 from ..web import JsonHandler
+from .accounting import metrics_text, usage_report
 from .core import Scheduler
 
 
@@ -87,6 +88,24 @@ class RunningHandler(SchedulerHandler):
         self.write_json(self.scheduler.mark_running(session_id, self.field(body, "node")))
 
 
+class UsageHandler(SchedulerHandler):
+    def get(self) -> None:
+        try:
+            window = float(self.get_argument("since", str(7 * 24 * 3600)))
+        except ValueError:
+            raise RequestError("'since' must be a number of seconds") from None
+        if not window >= 0:
+            raise RequestError("'since' must be a number of seconds, 0 or more")
+        since = self.scheduler.clock() - window
+        self.write_json({"since": since, "users": usage_report(self.scheduler, since)})
+
+
+class MetricsHandler(SchedulerHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(metrics_text(self.scheduler))
+
+
 class PoolHandler(SchedulerHandler):
     def get(self) -> None:
         self.write_json(self.scheduler.pool())
@@ -96,6 +115,8 @@ def handlers(scheduler: Scheduler, token: str) -> list[tuple[str, type, dict[str
     kw = {"scheduler": scheduler, "token": token}
     return [
         (r"/api/pool", PoolHandler, kw),
+        (r"/api/usage", UsageHandler, kw),
+        (r"/metrics", MetricsHandler, kw),
         (r"/api/nodes", NodesHandler, kw),
         (r"/api/nodes/([\w.\-]+)", NodeHandler, kw),
         (r"/api/nodes/([\w.\-]+)/heartbeat", HeartbeatHandler, kw),

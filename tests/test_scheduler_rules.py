@@ -61,7 +61,7 @@ def test_gpu_type_alternatives(tmp_path: Path, clock: Clock) -> None:
     s.register_node("h", "http://h", gpus(2, "H100-80GB"))
     assert s.submit(req(gpu_type="V100|H100"), "ann", "x")["node"] == "h"
     assert s.submit(req(2, gpu_type="H100|A100"), "ann", "x")["node"] == "a"
-    with pytest.raises(RequestError, match="no node has GPUs of type 'V100|T4'"):
+    with pytest.raises(RequestError, match=r"no node has GPUs of type 'V100\|T4'"):
         s.submit(req(gpu_type="V100|T4"), "ann", "x")
     with pytest.raises(RequestError, match="not a GPU model name"):
         make_request(gpu_type="A100||")

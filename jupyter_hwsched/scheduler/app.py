@@ -16,7 +16,7 @@ from traitlets import Float, Integer, Unicode, default
 from traitlets.config import Application
 
 from .core import Scheduler
-from .handlers import handlers
+from .handlers import NotFoundHandler, handlers
 from .store import Store
 
 
@@ -54,7 +54,9 @@ class SchedulerApp(Application):
     async def serve(self, started: asyncio.Future[Any] | None = None) -> None:
         store = Store(self.db)
         scheduler = Scheduler(store, parent=self)
-        app = web.Application(handlers(scheduler, self.token))
+        app = web.Application(
+            handlers(scheduler, self.token), default_handler_class=NotFoundHandler
+        )
         server = httpserver.HTTPServer(app)
         socks = bind_sockets(self.port, self.ip)
         server.add_sockets(socks)

@@ -1,24 +1,59 @@
-"""The scheduler's REST API: one handler class per resource, all through ``JsonHandler``."""
+"""The scheduler's REST API: one handler class per resource, all through ``JsonHandler``.
+
+Every body is checked here before it reaches the scheduler, so malformed input is a 400 that
+names the field, never a 500. The description of this API is ``openapi.py``, served at
+``/api/spec``.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from ..errors import RequestError
+from ..errors import NotFoundError, RequestError
 from ..request import HardwareRequest
 from ..web import JsonHandler
 from .accounting import metrics_text, usage_report
 from .core import Scheduler
+from .openapi import SPEC
+
+MAX_NAME = 200
 
 
 class SchedulerHandler(JsonHandler):
     scheduler: Scheduler
 
-    def field(self, body: dict[str, Any], name: str, kind: type = str) -> Any:
-        value = body.get(name)
-        if not isinstance(value, kind):
-            raise RequestError(f"field {name!r} must be a {kind.__name__}")
+    def body_object(self) -> dict[str, Any]:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise RequestError("the request body must be a JSON object")
+        return body
+
+    def text(self, body: dict[str, Any], name: str, default: str | None = None) -> str:
+        value = body.get(name, default)
+        if not isinstance(value, str) or (default is None and not value) or len(value) > MAX_NAME:
+            raise RequestError(f"field {name!r} must be a non-empty string of at most {MAX_NAME}")
         return value
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _gpu(gpu: Any) -> dict[str, Any]:
+    if not isinstance(gpu, dict):
+        raise RequestError("each GPU must be an object with index, model and memory")
+    index, model, memory = gpu.get("index"), gpu.get("model"), gpu.get("memory")
+    if not (isinstance(index, int) and not isinstance(index, bool) and index >= 0):
+        raise RequestError("a GPU's index must be a whole number, 0 or more")
+    if not isinstance(model, str) or not model or len(model) > MAX_NAME:
+        raise RequestError("a GPU's model must be a non-empty string")
+    if not (isinstance(memory, int) and not isinstance(memory, bool) and memory > 0):
+        raise RequestError("a GPU's memory must be a positive number of bytes")
+    links = gpu.get("links", [])
+    if not isinstance(links, list) or not all(isinstance(x, int) for x in links):
+        raise RequestError("a GPU's links must be a list of GPU indices")
+    return gpu
 
 
 class NodesHandler(SchedulerHandler):
@@ -28,26 +63,33 @@ class NodesHandler(SchedulerHandler):
 
 class NodeHandler(SchedulerHandler):
     def put(self, name: str) -> None:
-        body = self.json_body()
-        gpus = self.field(body, "gpus", list)
-        for gpu in gpus:
-            if not isinstance(gpu, dict) or not {"index", "model", "memory"} <= set(gpu):
-                raise RequestError("each GPU needs index, model and memory")
+        body = self.body_object()
+        gpus = body.get("gpus")
+        if not isinstance(gpus, list):
+            raise RequestError("field 'gpus' must be a list of GPUs")
+        gpus = [_gpu(g) for g in gpus]
+        if len({g["index"] for g in gpus}) != len(gpus):
+            raise RequestError("GPU indices must be unique")
         share = body.get("share", True)
         if not isinstance(share, bool):
             raise RequestError("field 'share' must be true or false")
         labels = body.get("labels", [])
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise RequestError("field 'labels' must be a list of strings")
-        self.scheduler.register_node(name, self.field(body, "url"), gpus, share, labels)
+        self.scheduler.register_node(name, self.text(body, "url"), gpus, share, labels)
         self.write_json({"name": name})
 
 
 class HeartbeatHandler(SchedulerHandler):
     def post(self, name: str) -> None:
-        body = self.json_body()
-        live = self.field(body, "sessions", list)
-        stats = body.get("stats") or {}
+        body = self.body_object()
+        live = body.get("sessions")
+        if not isinstance(live, list) or not all(isinstance(x, str) for x in live):
+            raise RequestError("field 'sessions' must be a list of session ids")
+        stats = body.get("stats", {})
+        utilization = stats.get("utilization", {}) if isinstance(stats, dict) else None
+        if not isinstance(utilization, dict) or not all(_number(v) for v in utilization.values()):
+            raise RequestError("field 'stats.utilization' must map GPU indices to percentages")
         self.write_json({"end": self.scheduler.heartbeat(name, live, stats)})
 
 
@@ -57,13 +99,13 @@ class SessionsHandler(SchedulerHandler):
         self.write_json(self.scheduler.sessions(live_only=not everything))
 
     def post(self) -> None:
-        body = self.json_body()
+        body = self.body_object()
         request = HardwareRequest.from_json(body.get("request", {}))
-        group = body.get("group", "")
-        if not isinstance(group, str):
-            raise RequestError("field 'group' must be a string")
         session = self.scheduler.submit(
-            request, user=self.field(body, "user"), host=self.field(body, "host"), group=group
+            request,
+            user=self.text(body, "user"),
+            host=self.text(body, "host"),
+            group=self.text(body, "group", ""),
         )
         self.write_json(session, status=201)
 
@@ -84,8 +126,13 @@ class RenewHandler(SchedulerHandler):
 
 class RunningHandler(SchedulerHandler):
     def post(self, session_id: str) -> None:
-        body = self.json_body()
-        self.write_json(self.scheduler.mark_running(session_id, self.field(body, "node")))
+        body = self.body_object()
+        self.write_json(self.scheduler.mark_running(session_id, self.text(body, "node")))
+
+
+class PoolHandler(SchedulerHandler):
+    def get(self) -> None:
+        self.write_json(self.scheduler.pool())
 
 
 class UsageHandler(SchedulerHandler):
@@ -94,7 +141,7 @@ class UsageHandler(SchedulerHandler):
             window = float(self.get_argument("since", str(7 * 24 * 3600)))
         except ValueError:
             raise RequestError("'since' must be a number of seconds") from None
-        if not window >= 0:
+        if not (math.isfinite(window) and window >= 0):
             raise RequestError("'since' must be a number of seconds, 0 or more")
         since = self.scheduler.clock() - window
         self.write_json({"since": since, "users": usage_report(self.scheduler, since)})
@@ -102,26 +149,36 @@ class UsageHandler(SchedulerHandler):
 
 class MetricsHandler(SchedulerHandler):
     def get(self) -> None:
-        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(metrics_text(self.scheduler))
 
 
-class PoolHandler(SchedulerHandler):
+class SpecHandler(JsonHandler):
+    """The OpenAPI description; public, like the API's documentation."""
+
     def get(self) -> None:
-        self.write_json(self.scheduler.pool())
+        self.write_json(SPEC)
+
+
+class NotFoundHandler(JsonHandler):
+    def prepare(self) -> None:
+        raise NotFoundError(f"no such endpoint: {self.request.method} {self.request.path}")
 
 
 def handlers(scheduler: Scheduler, token: str) -> list[tuple[str, type, dict[str, Any]]]:
     kw = {"scheduler": scheduler, "token": token}
+    name = r"([\w.\-]{1,200})"
+    sid = r"(\w{1,64})"
     return [
+        (r"/api/spec", SpecHandler, {}),
         (r"/api/pool", PoolHandler, kw),
         (r"/api/usage", UsageHandler, kw),
         (r"/metrics", MetricsHandler, kw),
         (r"/api/nodes", NodesHandler, kw),
-        (r"/api/nodes/([\w.\-]+)", NodeHandler, kw),
-        (r"/api/nodes/([\w.\-]+)/heartbeat", HeartbeatHandler, kw),
+        (rf"/api/nodes/{name}", NodeHandler, kw),
+        (rf"/api/nodes/{name}/heartbeat", HeartbeatHandler, kw),
         (r"/api/sessions", SessionsHandler, kw),
-        (r"/api/sessions/(\w+)", SessionHandler, kw),
-        (r"/api/sessions/(\w+)/renew", RenewHandler, kw),
-        (r"/api/sessions/(\w+)/running", RunningHandler, kw),
+        (rf"/api/sessions/{sid}", SessionHandler, kw),
+        (rf"/api/sessions/{sid}/renew", RenewHandler, kw),
+        (rf"/api/sessions/{sid}/running", RunningHandler, kw),
     ]

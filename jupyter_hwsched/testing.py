@@ -89,6 +89,7 @@ class Pool:
         agent_args: tuple[str, ...] = (),
         node: str | None = None,
         before_agent: Callable[[Pool], None] | None = None,
+        node_timeout: float = 10.0,
     ) -> None:
         Pool._count += 1
         self.workdir = workdir
@@ -119,7 +120,7 @@ class Pool:
                     f"--port={self.port}",
                     f"--db={self.state / 'sched.sqlite'}",
                     f"--lease={LEASE}",
-                    "--node-timeout=10",
+                    f"--node-timeout={node_timeout}",
                     "--SchedulerApp.tick_interval=0.25",
                 ],
                 self.env,
@@ -130,25 +131,7 @@ class Pool:
         if before_agent is not None:
             before_agent(self)
         self.services.append(
-            Service(
-                "agent",
-                [
-                    *me,
-                    "agent",
-                    "--ip=127.0.0.1",
-                    f"--port={self.agent_port}",
-                    f"--node-name={self.node}",
-                    f"--scheduler-url={self.url}",
-                    f"--simulate-gpus={simulate}",  # empty: the real GPUs, from NVML
-                    f"--state-dir={self.state / 'agent'}",
-                    "--AgentApp.heartbeat_interval=0.5",
-                    "--AgentApp.share_check_interval=1",
-                    f"--ServerApp.root_dir={self.state}",
-                    *agent_args,
-                ],
-                self.env,
-                workdir / "agent.log",
-            )
+            self.agent_service(self.node, self.agent_port, simulate, agent_args, "agent")
         )
         self.services[1].wait_line("HWSCHED_AGENT_READY")
         self.services.append(
@@ -167,6 +150,38 @@ class Pool:
             )
         )
         self.services[2].wait_line("HWSCHED_SHARE_READY")
+
+    def agent_service(
+        self, node: str, port: int, simulate: str, args: tuple[str, ...], name: str
+    ) -> Service:
+        return Service(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "jupyter_hwsched.cli.hwsched",
+                "agent",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--node-name={node}",
+                f"--scheduler-url={self.url}",
+                f"--simulate-gpus={simulate}",  # empty: the real GPUs, from NVML
+                f"--state-dir={self.state / name}",
+                "--AgentApp.heartbeat_interval=0.5",
+                "--AgentApp.share_check_interval=1",
+                f"--ServerApp.root_dir={self.state}",
+                *args,
+            ],
+            self.env,
+            self.workdir / f"{name}.log",
+        )
+
+    def add_agent(self, node: str, simulate: str, *args: str) -> Service:
+        """Another node in the same pool; it is stopped with the pool."""
+        service = self.agent_service(node, free_port(), simulate, args, f"agent-{node}")
+        self.services.insert(1, service)
+        service.wait_line("HWSCHED_AGENT_READY")
+        return service
 
     def stop(self) -> None:
         for service in reversed(self.services):

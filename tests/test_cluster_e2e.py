@@ -1,0 +1,95 @@
+"""Several agents on one running scheduler: placement across nodes, and the loss of a node."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from jupyter_hwsched.testing import Pool, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pool, str]]:
+    pool = Pool(tmp_path_factory.mktemp("cluster"), simulate="3xA100-80GB", node_timeout=3)
+    fast = f"fast-{uuid.uuid4().hex[:6]}"
+    pool.add_agent(fast, "2xH100-80GB", "--AgentApp.labels=fastlane")
+    try:
+        yield pool, fast
+    finally:
+        pool.stop()
+
+
+def where(pool: Pool, *args: str) -> str:
+    result = pool.hwrun(["-q", *args, "--", "sh", "-c", "echo $HWSCHED_NODE"], cwd="/")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_type_alternatives_labels_and_best_fit(cluster: tuple[Pool, str]) -> None:
+    pool, fast = cluster
+    assert where(pool, "--gpu-type", "V100|H100") == fast
+    assert where(pool, "--node", "fastlane") == fast
+    assert where(pool, "--gpu-type", "A100") == pool.node
+    # best fit: a 1-GPU request goes to the node with fewer free GPUs, keeping the other whole
+    assert where(pool, "--gpu", "1") == fast
+    assert where(pool, "--gpu", "3") == pool.node
+
+
+def test_lost_node_ends_its_sessions_and_leaves_the_pool(cluster: tuple[Pool, str]) -> None:
+    pool, fast = cluster
+    # one session held through the API (renewed below), one by a running hwrun
+    held = pool.api(
+        "POST", "/api/sessions", {"request": {"node": fast}, "user": "api", "host": "h"}
+    )
+    assert held["node"] == fast
+    proc = pool.popen_hwrun(["-q", "--node", fast, "--", "sh", "-c", "echo up; sleep 300"], cwd="/")
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    agent = next(s for s in pool.services if s.name == f"agent-{fast}")
+    os.kill(agent.proc.pid, signal.SIGKILL)
+    agent.proc.wait()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 125 and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith("hwrun: error: ")
+
+    def ended() -> dict[str, str] | None:
+        session = pool.api("GET", f"/api/sessions/{held['id']}")
+        if session["state"] != "ended":
+            pool.api("POST", f"/api/sessions/{held['id']}/renew")
+            return None
+        return dict(session)
+
+    session = wait_for(ended, 60, "the scheduler to end the session")
+    assert f"node {fast} stopped sending heartbeats" in session["end_reason"]
+    nodes = {n["name"]: n for n in pool.pool()["nodes"]}
+    assert not nodes[fast]["up"]
+    down = pool.hwrun(["--node", fast, "--", "true"], cwd="/")
+    assert down.returncode == 2  # its GPUs are out of the pool until it returns
+    # the node comes back: what the killed agent left (container, mount) is removed at start
+    restarted = pool.agent_service(
+        fast,
+        agent_port := 0 or __import__("jupyter_hwsched.testing").testing.free_port(),
+        "1xH100-80GB",
+        ("--AgentApp.labels=fastlane",),
+        f"agent-{fast}",
+    )
+    pool.services.insert(1, restarted)
+    restarted.wait_line("HWSCHED_AGENT_READY")
+    del agent_port
+    leftovers = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=hwsched.node={fast}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert leftovers == []
+    with open("/proc/self/mounts") as f:
+        assert not [line for line in f if str(pool.state / f"agent-{fast}") in line]
+    assert where(pool, "--node", fast) == fast
+    pool.assert_clean()

@@ -31,7 +31,8 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
     rows = [["NODE", "GPU", "MODEL", "MEMORY", "UTIL", "HELD BY", "SESSION", "FOR"]]
     simulated = False
     for node in pool["nodes"]:
-        name = node["name"] + ("" if node["up"] else " (down)")
+        labels = f" [{','.join(node['labels'])}]" if node.get("labels") else ""
+        name = node["name"] + labels + ("" if node["up"] else " (down)")
         for gpu in node["gpus"]:
             simulated |= bool(gpu.get("simulated"))
             model = gpu["model"] + (" [simulated]" if gpu.get("simulated") else "")

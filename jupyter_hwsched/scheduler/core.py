@@ -153,6 +153,15 @@ class Scheduler(LoggingConfigurable):
     ) -> dict[str, Any]:
         reason = impossible_reason(request, self.node_views())
         if reason:
+            everywhere = [NodeView(n.name, n.gpus, set(), n.labels) for n in self.nodes.values()]
+            if impossible_reason(request, everywhere) is None:
+                down = sorted(
+                    v.name for v in everywhere if len(v.matching(request)) >= request.gpus
+                )
+                raise RequestError(
+                    f"the nodes that could hold this request are down ({', '.join(down)}): "
+                    "their GPUs are back in the pool when their agents send heartbeats again"
+                )
             raise RequestError(reason)
         now = self.clock()
         session = Session(

@@ -191,3 +191,9 @@ def test_a_dropped_share_ends_the_session_cleanly(clean_pool: Pool) -> None:
     assert proc.returncode == 125
     assert "the connection to the developer's share was lost" in err
     assert "Traceback" not in err
+
+
+def test_time_limit_ends_the_run_and_says_so(clean_pool: Pool) -> None:
+    result = clean_pool.hwrun(["--gpu", "1", "--timeout", "2", "--", "sleep", "60"], cwd="/")
+    assert result.returncode == 125
+    assert "time limit of 2 s reached" in result.stderr.splitlines()[-1]

@@ -224,8 +224,10 @@ class AgentApp(ExtensionApp):
         except HwschedError as exc:
             self.log.warning("heartbeat failed: %s", exc)
             return
+        reasons = reply.get("reasons") or {}
         for session_id in reply.get("end", []):
-            await self.end_session(session_id, "ended by the scheduler", tell_scheduler=False)
+            reason = reasons.get(session_id) or "ended by the scheduler"
+            await self.end_session(session_id, reason, tell_scheduler=False)
 
     async def start_session(self, session_id: str, spec: SessionSpec) -> NodeSession:
         if session_id in self.sessions:

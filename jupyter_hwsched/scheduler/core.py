@@ -132,6 +132,14 @@ class Scheduler(LoggingConfigurable):
         self.store.touch_node(node)
         return [sid for sid in live if sid not in self.live or self.live[sid].node != name]
 
+    def end_reasons(self, session_ids: list[str]) -> dict[str, str]:
+        """Why each of these sessions ended, for the node that must tear them down."""
+        reasons = {}
+        for sid in session_ids:
+            ended = self.store.session(sid)
+            reasons[sid] = (ended.end_reason if ended else None) or "unknown to the scheduler"
+        return reasons
+
     def node_views(self) -> list[NodeView]:
         now = self.clock()
         held: dict[str, set[int]] = {}

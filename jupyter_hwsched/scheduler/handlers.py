@@ -90,7 +90,8 @@ class HeartbeatHandler(SchedulerHandler):
         utilization = stats.get("utilization", {}) if isinstance(stats, dict) else None
         if not isinstance(utilization, dict) or not all(_number(v) for v in utilization.values()):
             raise RequestError("field 'stats.utilization' must map GPU indices to percentages")
-        self.write_json({"end": self.scheduler.heartbeat(name, live, stats)})
+        end = self.scheduler.heartbeat(name, live, stats)
+        self.write_json({"end": end, "reasons": self.scheduler.end_reasons(end)})
 
 
 class SessionsHandler(SchedulerHandler):

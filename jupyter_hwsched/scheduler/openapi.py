@@ -239,7 +239,10 @@ SPEC: dict[str, Any] = {
                         {
                             "type": "object",
                             "required": ["end"],
-                            "properties": {"end": {"type": "array", "items": STRING}},
+                            "properties": {
+                                "end": {"type": "array", "items": STRING},
+                                "reasons": {"type": "object", "additionalProperties": STRING},
+                            },
                         },
                         "sessions to end",
                     ),

@@ -84,6 +84,8 @@ class Scheduler(LoggingConfigurable):
             self._add_usage(s.user, s.allocated_seconds(self._usage_at), s.ended or self._usage_at)
         self.wait_histogram = WaitHistogram()
         self._plan = Plan()
+        self._positions: dict[str, int] = {}
+        self._busy_reasons: dict[tuple[Any, ...], str] = {}
         self.schedule()
 
     # nodes
@@ -148,7 +150,7 @@ class Scheduler(LoggingConfigurable):
                 held.setdefault(s.node, set()).update(s.gpu_ids)
         return [
             NodeView(
-                n.name, n.gpus, {g["index"] for g in n.gpus} - held.get(n.name, set()), n.labels
+                n.name, n.gpus, set(n.by_index) - held.get(n.name, set()), n.labels, n.by_index
             )
             for n in self.nodes.values()
             if n.up(now, self.node_timeout)
@@ -203,7 +205,7 @@ class Scheduler(LoggingConfigurable):
         self.store.save_session(session)
         return self.describe(session_id)
 
-    def end(self, session_id: str, reason: str) -> dict[str, Any]:
+    def end(self, session_id: str, reason: str, replan: bool = True) -> dict[str, Any]:
         """End a session and return its GPUs to the pool; ending twice is harmless."""
         session = self.live.pop(session_id, None)
         if session is None:
@@ -215,7 +217,8 @@ class Scheduler(LoggingConfigurable):
         self.store.save_session(session)
         self._add_usage(session.user, session.allocated_seconds(now), now)
         self.log.info("session %s ended: %s", session_id, reason)
-        self.schedule()
+        if replan:
+            self.schedule()
         return self._view(session)
 
     def tick(self) -> None:
@@ -225,11 +228,11 @@ class Scheduler(LoggingConfigurable):
         for s in list(self.live.values()):
             limit = s.request.timeout
             if s.lease_expires < now:
-                self.end(s.id, "lease expired: the client stopped renewing the session")
+                self.end(s.id, "lease expired: the client stopped renewing the session", False)
             elif limit and s.started and now - s.started > limit:
-                self.end(s.id, f"time limit of {limit:g} s reached")
+                self.end(s.id, f"time limit of {limit:g} s reached", False)
             elif s.node and s.node not in up:
-                self.end(s.id, f"node {s.node} stopped sending heartbeats")
+                self.end(s.id, f"node {s.node} stopped sending heartbeats", False)
         self.schedule()
 
     def schedule(self) -> None:
@@ -237,7 +240,8 @@ class Scheduler(LoggingConfigurable):
         now = self.clock()
         queued = [s for s in self.live.values() if s.state == "queued"]
         holding = [s for s in self.live.values() if s.holding]
-        ordered = queue_order(queued, lambda user: self.usage_of(user, now))
+        usage = self.usage_table(now)
+        ordered = queue_order(queued, lambda user: usage.get(user, 0.0))
         self._plan = plan(
             ordered,
             self.node_views(),
@@ -261,6 +265,8 @@ class Scheduler(LoggingConfigurable):
         if self._plan.placements:
             placed = {s.id for s, _, _ in self._plan.placements}
             self._plan.order = [sid for sid in self._plan.order if sid not in placed]
+        self._positions = {sid: i + 1 for i, sid in enumerate(self._plan.order)}
+        self._busy_reasons = {}
 
     def _quota(self, session: Session, users: Counter[str], groups: Counter[str]) -> str | None:
         want = session.request.gpus
@@ -291,12 +297,18 @@ class Scheduler(LoggingConfigurable):
         weight = math.pow(0.5, age / self.fair_share_half_life)
         self._usage[user] = self._usage.get(user, 0.0) + gpu_seconds * weight
 
-    def usage_of(self, user: str, now: float) -> float:
-        """Recent GPU-seconds of a user, halving every ``fair_share_half_life``; what is held
-        now counts in full."""
+    def usage_table(self, now: float) -> dict[str, float]:
+        """Recent GPU-seconds per user, halving every ``fair_share_half_life``; what is held
+        now counts in full. Computed once per scheduling pass."""
         self._decay(now)
-        held = sum(s.allocated_seconds(now) for s in self.live.values() if s.user == user)
-        return self._usage.get(user, 0.0) + held
+        table = dict(self._usage)
+        for s in self.live.values():
+            if s.placed is not None:
+                table[s.user] = table.get(s.user, 0.0) + s.allocated_seconds(now)
+        return table
+
+    def usage_of(self, user: str, now: float) -> float:
+        return self.usage_table(now).get(user, 0.0)
 
     # views
 
@@ -324,8 +336,7 @@ class Scheduler(LoggingConfigurable):
             "end_reason": s.end_reason,
         }
         if s.state == "queued":
-            order = self._plan.order
-            out["position"] = order.index(s.id) + 1 if s.id in order else len(order) + 1
+            out["position"] = self._positions.get(s.id, len(self._positions) + 1)
             out["waiting_for"] = self._plan.waiting.get(s.id) or self._busy_reason(s.request)
             out["estimated_start"] = self._plan.estimates.get(s.id)
         node = self.nodes.get(s.node) if s.node else None
@@ -337,6 +348,13 @@ class Scheduler(LoggingConfigurable):
         return out
 
     def _busy_reason(self, request: HardwareRequest) -> str:
+        """Why a request waits for GPUs; the same for equal requests, so kept per pass."""
+        key = tuple(request.to_json().values())
+        if key not in self._busy_reasons:
+            self._busy_reasons[key] = self._compute_busy_reason(request)
+        return self._busy_reasons[key]
+
+    def _compute_busy_reason(self, request: HardwareRequest) -> str:
         views = self.node_views()
         matching = sum(len(v.matching(request)) for v in views)
         holders = sorted(
@@ -361,6 +379,11 @@ class Scheduler(LoggingConfigurable):
 
     def pool(self) -> dict[str, Any]:
         """Nodes, their GPUs with holders, and the queue: what ``hwsched status`` shows."""
+        queue = [self._view(self.live[sid]) for sid in self._plan.order if sid in self.live]
+        return {"nodes": self.node_list(), "queue": queue, "time": self.clock()}
+
+    def node_list(self) -> list[dict[str, Any]]:
+        """The nodes and their GPUs, each with its holder."""
         now = self.clock()
         holders = {(s.node, i): s for s in self.live.values() if s.holding for i in s.gpu_ids}
         nodes = []
@@ -386,8 +409,7 @@ class Scheduler(LoggingConfigurable):
                     "gpus": gpus,
                 }
             )
-        queue = [self._view(self.live[sid]) for sid in self._plan.order if sid in self.live]
-        return {"nodes": nodes, "queue": queue, "time": now}
+        return nodes
 
     def _live(self, session_id: str) -> Session:
         session = self.live.get(session_id)

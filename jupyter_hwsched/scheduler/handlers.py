@@ -58,7 +58,7 @@ def _gpu(gpu: Any) -> dict[str, Any]:
 
 class NodesHandler(SchedulerHandler):
     def get(self) -> None:
-        self.write_json(self.scheduler.pool()["nodes"])
+        self.write_json(self.scheduler.node_list())
 
 
 class NodeHandler(SchedulerHandler):

@@ -22,6 +22,9 @@ class Node:
     last_seen: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)  # last heartbeat's utilization
 
+    def __post_init__(self) -> None:
+        self.by_index = {g["index"]: g for g in self.gpus}
+
     @property
     def labels(self) -> list[str]:
         return [str(label) for label in self.info.get("labels", [])]

@@ -24,6 +24,12 @@ class NodeView:
     gpus: list[dict[str, Any]]
     free: set[int] = field(default_factory=set)
     labels: list[str] = field(default_factory=list)
+    by_index: dict[int, dict[str, Any]] | None = None  # built on first use when not given
+
+    def gpu(self, index: int) -> dict[str, Any] | None:
+        if self.by_index is None:
+            self.by_index = {g["index"]: g for g in self.gpus}
+        return self.by_index.get(index)
 
     def accepts(self, request: HardwareRequest) -> bool:
         return not request.node or request.node in (self.name, *self.labels)
@@ -31,17 +37,40 @@ class NodeView:
     def matching(self, request: HardwareRequest) -> list[dict[str, Any]]:
         if not self.accepts(request):
             return []
-        return [gpu for gpu in self.gpus if gpu_matches(gpu, request)]
+        match = Matcher(request)
+        return [gpu for gpu in self.gpus if match(gpu)]
 
-    def free_matching(self, request: HardwareRequest) -> list[int]:
-        return sorted(g["index"] for g in self.matching(request) if g["index"] in self.free)
+    def free_matching(self, request: HardwareRequest, match: Matcher | None = None) -> list[int]:
+        """Free GPUs that fit; looks only at the free ones, which are few on a busy pool."""
+        if len(self.free) < request.gpus or not self.accepts(request):
+            return []
+        match = match or Matcher(request)
+        fitting = []
+        for i in self.free:
+            gpu = self.gpu(i)
+            if gpu is not None and match(gpu):
+                fitting.append(i)
+        return sorted(fitting)
+
+
+class Matcher:
+    """Whether a GPU fits a request's type alternatives and memory; prepared once per request."""
+
+    def __init__(self, request: HardwareRequest) -> None:
+        self.types = [t.lower() for t in request.gpu_types()]
+        self.memory = request.gpu_mem or 0
+
+    def __call__(self, gpu: dict[str, Any]) -> bool:
+        if self.memory and int(gpu["memory"]) < self.memory:
+            return False
+        if not self.types:
+            return True
+        model = str(gpu["model"]).lower()
+        return any(model == t or model.startswith(t + "-") for t in self.types)
 
 
 def gpu_matches(gpu: dict[str, Any], request: HardwareRequest) -> bool:
-    types = request.gpu_types()
-    if types and not any(model_matches(str(gpu["model"]), t) for t in types):
-        return False
-    return not (request.gpu_mem and int(gpu["memory"]) < request.gpu_mem)
+    return Matcher(request)(gpu)
 
 
 def model_matches(model: str, wanted: str) -> bool:
@@ -87,8 +116,9 @@ class PackPlacement(PlacementPolicy):
         self, request: HardwareRequest, nodes: list[NodeView]
     ) -> tuple[str, list[int]] | None:
         best: tuple[int, str, NodeView, list[int]] | None = None
+        match = Matcher(request)
         for node in nodes:
-            free = node.free_matching(request)
+            free = node.free_matching(request, match)
             if len(free) < request.gpus:
                 continue
             if best is None or (len(free), node.name) < (best[0], best[1]):
@@ -105,8 +135,9 @@ class SpreadPlacement(PlacementPolicy):
         self, request: HardwareRequest, nodes: list[NodeView]
     ) -> tuple[str, list[int]] | None:
         best: tuple[int, str, NodeView, list[int]] | None = None
+        match = Matcher(request)
         for node in nodes:
-            free = node.free_matching(request)
+            free = node.free_matching(request, match)
             if len(free) < request.gpus:
                 continue
             if best is None or (-len(free), node.name) < (-best[0], best[1]):

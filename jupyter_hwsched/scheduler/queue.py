@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from ..request import HardwareRequest
 from .model import Session
-from .placement import NodeView, PlacementPolicy
+from .placement import Matcher, NodeView, PlacementPolicy
 
 QuotaCheck = Callable[[Session, Counter[str], Counter[str]], str | None]
 
@@ -27,6 +29,7 @@ class Reservation:
     node: str
     gpus: set[int]
     start: float  # the earliest start the reservation protects
+    position: int  # its place in the queue, 1-based
 
 
 @dataclass
@@ -42,31 +45,63 @@ def queue_order(queued: list[Session], usage: Callable[[str], float]) -> list[Se
     return sorted(queued, key=lambda s: (-s.request.priority, usage(s.user), s.seq))
 
 
-def earliest_start(
-    session: Session, views: list[NodeView], holding: list[Session], now: float, runtime: float
-) -> tuple[float, str, set[int]] | None:
-    """When, where and on which GPUs ``session`` could start if nothing else were queued."""
-    best: tuple[float, str, set[int]] | None = None
-    need = session.request.gpus
-    for view in views:
-        matching = {g["index"] for g in view.matching(session.request)}
-        if len(matching) < need:
-            continue
-        available = set(view.free) & matching
-        ends = sorted(
-            (max(s.expected_end(runtime), now), set(s.gpu_ids) & matching)
-            for s in holding
-            if s.node == view.name
-        )
-        when = now
-        for end, ids in ends:
-            if len(available) >= need:
-                break
-            available |= ids
-            when = end
-        if len(available) >= need and (best is None or (when, view.name) < best[:2]):
-            best = (when, view.name, set(sorted(available)[:need]))
-    return best
+class Timeline:
+    """When each node's held GPUs are expected back: the running sessions' time limits, or an
+    estimate. Built once per scheduling pass and shared by every start estimate in it."""
+
+    def __init__(self, holding: list[Session], now: float, runtime: float) -> None:
+        self.now = now
+        self.runtime = runtime
+        self.by_node: dict[str, list[Session]] = {}
+        for s in holding:
+            if s.node:
+                self.by_node.setdefault(s.node, []).append(s)
+        self._ends: dict[str, list[tuple[float, set[int]]]] = {}
+        self._matching: dict[tuple[str, tuple[Any, ...]], set[int]] = {}
+
+    def add(self, session: Session) -> None:
+        assert session.node is not None
+        self.by_node.setdefault(session.node, []).append(session)
+        self._ends.pop(session.node, None)
+
+    def ends(self, node: str) -> list[tuple[float, set[int]]]:
+        if node not in self._ends:
+            self._ends[node] = sorted(
+                (max(s.expected_end(self.runtime), self.now), set(s.gpu_ids))
+                for s in self.by_node.get(node, ())
+            )
+        return self._ends[node]
+
+    def matching(self, view: NodeView, request: HardwareRequest, match: Matcher) -> set[int]:
+        key = (view.name, (request.gpu_type, request.gpu_mem))
+        if key not in self._matching:
+            self._matching[key] = {g["index"] for g in view.gpus if match(g)}
+        return self._matching[key]
+
+    def earliest_start(
+        self, session: Session, views: list[NodeView]
+    ) -> tuple[float, str, set[int]] | None:
+        """When, where and on which GPUs ``session`` could start if nothing else were queued."""
+        best: tuple[float, str, set[int]] | None = None
+        request = session.request
+        need = request.gpus
+        match = Matcher(request)
+        for view in views:
+            if len(view.gpus) < need or not view.accepts(request):
+                continue
+            matching = self.matching(view, request, match)
+            if len(matching) < need:
+                continue
+            available = view.free & matching
+            when = self.now
+            for end, ids in self.ends(view.name):
+                if len(available) >= need:
+                    break
+                available = available | (ids & matching)
+                when = end
+            if len(available) >= need and (best is None or (when, view.name) < best[:2]):
+                best = (when, view.name, set(sorted(available)[:need]))
+        return best
 
 
 def plan(
@@ -89,38 +124,38 @@ def plan(
         users[s.user] += len(s.gpu_ids)
         if s.group:
             groups[s.group] += len(s.gpu_ids)
-    holding = list(holding)
-    free = sum(len(v.free) for v in views)
+    timeline = Timeline(holding, now, runtime)
+    largest = max((len(v.free) for v in views), default=0)  # most free GPUs on one node
     for rank, session in enumerate(ordered):
-        if free == 0 and rank >= estimate_limit:
+        if largest == 0 and rank >= estimate_limit:
             break  # nothing can be placed and no estimate is wanted: the rest simply wait
         why = quota(session, users, groups)
         if why:
             result.waiting[session.id] = why
             continue
         reservation = result.reservation
-        choice = policy.choose(session.request, _usable(views, reservation, session, now))
+        choice = None
+        if session.request.gpus <= largest:  # else no node has room: skip the search
+            choice = policy.choose(session.request, _usable(views, reservation, session, now))
         if choice is not None:
             node, gpu_ids = choice
             by_name[node].free -= set(gpu_ids)
-            free -= len(gpu_ids)
+            largest = max((len(v.free) for v in views), default=0)
             users[session.user] += len(gpu_ids)
             if session.group:
                 groups[session.group] += len(gpu_ids)
             result.placements.append((session, node, gpu_ids))
-            holding.append(_as_holding(session, node, gpu_ids, now))
+            timeline.add(_as_holding(session, node, gpu_ids, now))
             continue
-        start = (
-            earliest_start(session, views, holding, now, runtime) if rank < estimate_limit else None
-        )
+        start = timeline.earliest_start(session, views) if rank < estimate_limit else None
         if start is not None:
             result.estimates[session.id] = max(start[0], reservation.start if reservation else now)
         if reservation is None and start is not None:
-            result.reservation = Reservation(session.id, start[1], start[2], start[0])
+            result.reservation = Reservation(session.id, start[1], start[2], start[0], rank + 1)
             result.estimates[session.id] = start[0]
             result.waiting[session.id] = ""
         elif reservation is not None:
-            position = result.order.index(reservation.session_id) + 1
+            position = reservation.position
             result.waiting[session.id] = (
                 f"the GPUs it could use now are reserved for the request at position "
                 f"{position}, which would otherwise wait"
@@ -150,7 +185,9 @@ def _usable(
     out = []
     for view in views:
         if view.name == reservation.node:
-            view = NodeView(view.name, view.gpus, view.free - reservation.gpus, view.labels)
+            view = NodeView(
+                view.name, view.gpus, view.free - reservation.gpus, view.labels, view.by_index
+            )
         out.append(view)
     return out
 

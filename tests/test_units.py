@@ -72,3 +72,8 @@ def test_status_table_marks_simulated_gpus_and_holders() -> None:
     assert "A100-80GB [simulated]" in text and "ann" in text and "2m" in text
     assert "1. bob wants 1 GPU(s)" in text
     assert "your sessions: s1 on n1 GPU 0" in text
+
+
+def test_simulated_nvlink_groups() -> None:
+    found = parse_simulated("2xH100-80GB:nvlink,2xH100-80GB:nvlink,1xT4-16GB", "n1")
+    assert [g.links for g in found] == [(1,), (0,), (3,), (2,), ()]

@@ -8,12 +8,14 @@ agent, and every place that shows a GPU to a person says so.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from ..errors import RequestError, UnavailableError
 
-_SIM_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*([A-Za-z0-9][A-Za-z0-9_.]*)-(\d+)GB\s*$")
+_SIM_RE = re.compile(
+    r"^\s*(\d+)\s*[xX]\s*([A-Za-z0-9][A-Za-z0-9_.]*)-(\d+)GB(:nvlink)?\s*$", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class GpuInfo:
     name: str  # the full name NVML reports, e.g. "NVIDIA A100-SXM4-80GB"
     memory: int  # bytes
     simulated: bool
+    links: tuple[int, ...] = ()  # indices of the GPUs this one reaches over NVLink
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +85,32 @@ class NvmlInventory(GpuInventory):
             uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
             memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
             out.append(GpuInfo(i, uuid, short_model(name, memory), name, memory, False))
-        return out
+        links = self._nvlinks(len(out))
+        return [replace(g, links=tuple(sorted(links.get(g.index, ())))) for g in out]
+
+    def _nvlinks(self, count: int) -> dict[int, set[int]]:
+        """GPU index -> the GPUs it reaches over an active NVLink, from each link's remote PCI
+        address. A GPU without NVLink (or NVML without the calls) has none."""
+        nvml = self.nvml
+        bus: dict[str, int] = {}
+        for i in range(count):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            bus_id = nvml.nvmlDeviceGetPciInfo(handle).busId
+            bus[(bus_id.decode() if isinstance(bus_id, bytes) else str(bus_id)).lower()] = i
+        links: dict[int, set[int]] = {}
+        for i in range(count):
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            for link in range(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)):
+                try:
+                    if nvml.nvmlDeviceGetNvLinkState(handle, link) != nvml.NVML_FEATURE_ENABLED:
+                        continue
+                    remote = nvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId
+                except nvml.NVMLError:
+                    continue
+                key = (remote.decode() if isinstance(remote, bytes) else str(remote)).lower()
+                if key in bus and bus[key] != i:
+                    links.setdefault(i, set()).add(bus[key])
+        return links
 
     def gpus(self) -> list[GpuInfo]:
         return list(self._gpus)
@@ -122,14 +150,15 @@ def parse_simulated(spec: str, node: str) -> list[GpuInfo]:
         match = _SIM_RE.match(part)
         if not match:
             raise RequestError(
-                f"--simulate-gpus {spec!r}: write COUNTxMODEL-MEMGB, comma-separated, "
-                "e.g. 2xA100-80GB or 2xA100-80GB,1xT4-16GB"
+                f"--simulate-gpus {spec!r}: write COUNTxMODEL-MEMGB[:nvlink], comma-separated, "
+                "e.g. 2xA100-80GB or 4xH100-80GB:nvlink,1xT4-16GB"
             )
         count, base, mem_gb = int(match.group(1)), match.group(2), int(match.group(3))
         if count < 1:
             raise RequestError(f"--simulate-gpus {part.strip()!r}: the count must be at least 1")
-        for _ in range(count):
-            i = len(gpus)
+        first = len(gpus)
+        group = tuple(range(first, first + count)) if match.group(4) else ()
+        for i in range(first, first + count):
             model = f"{base}-{mem_gb}GB"
             gpus.append(
                 GpuInfo(
@@ -139,6 +168,7 @@ def parse_simulated(spec: str, node: str) -> list[GpuInfo]:
                     name=f"{model} (simulated)",
                     memory=mem_gb * 1024**3,
                     simulated=True,
+                    links=tuple(j for j in group if j != i),
                 )
             )
     return gpus

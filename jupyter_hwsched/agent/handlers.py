@@ -103,7 +103,7 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
             loop.call_soon_threadsafe(self._send, frame, True)
 
         def on_exit(code: int) -> None:
-            loop.call_soon_threadsafe(self._finish, code)
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._finish(code)))
 
         await loop.run_in_executor(None, session.exec_command, on_output, on_exit)
 
@@ -113,8 +113,15 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
         except websocket.WebSocketClosedError:
             pass
 
-    def _finish(self, code: int) -> None:
+    async def _finish(self, code: int) -> None:
         reason = self.session.end_reason
+        mount = self.session.mount
+        if reason is None and code != 0 and mount is not None:
+            # a dropped share can kill the command first (SIGBUS on a mapped binary, EIO):
+            # then the exit status is not the command's own doing, so say what happened
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(None, mount.responsive):
+                reason = "the connection to the developer's share was lost"
         # a command killed because its session ended did not exit on its own: say why
         self._send(json.dumps({"ended": reason} if reason else {"exit": code}))
         self.close(1000)

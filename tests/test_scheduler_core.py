@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from jupyter_hwsched.errors import ConflictError, NotFoundError, RequestError, SessionEnded
+from jupyter_hwsched.errors import (
+    ConflictError,
+    NotFoundError,
+    RequestError,
+    SessionEnded,
+    UnavailableError,
+)
 from jupyter_hwsched.request import HardwareRequest
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.store import Store
@@ -103,7 +109,7 @@ def test_type_prefix_and_memory_match(sched: Scheduler) -> None:
 
 def test_no_node_means_a_clear_error(tmp_path: Path, clock: Clock) -> None:
     empty = Scheduler(Store(tmp_path / "e.sqlite"), clock=clock)
-    with pytest.raises(RequestError, match="no GPU node is registered"):
+    with pytest.raises(UnavailableError, match="no GPU node is registered"):
         empty.submit(req(), "ann", "h")
 
 
@@ -168,3 +174,52 @@ def test_state_survives_a_restart(tmp_path: Path, clock: Clock) -> None:
     again = Scheduler(Store(tmp_path / "r.sqlite"), clock=clock)
     assert again.describe(held["id"])["state"] == "placed"
     assert again.describe(waiting["id"])["position"] == 1
+
+
+def test_a_restarted_scheduler_gives_nodes_and_clients_a_full_period(
+    tmp_path: Path, clock: Clock
+) -> None:
+    first = Scheduler(Store(tmp_path / "r.sqlite"), clock=clock, lease_seconds=30, node_timeout=20)
+    first.register_node("a", "http://a", gpus(1))
+    s = first.submit(req(), "ann", "h")
+    first.store.close()
+    clock.now += 60  # the scheduler was down for a minute
+    again = Scheduler(Store(tmp_path / "r.sqlite"), clock=clock, lease_seconds=30, node_timeout=20)
+    again.tick()
+    assert again.describe(s["id"])["state"] == "placed"
+
+
+def test_scheduler_ended_sessions_drain_until_the_node_confirms(
+    sched: Scheduler, clock: Clock
+) -> None:
+    s = sched.submit(req(2), "ann", "h")
+    sched.mark_running(s["id"], "a")
+    clock.now += 31  # the lease lapses
+    sched.heartbeat("a", [s["id"]], {})
+    sched.tick()
+    assert sched.describe(s["id"])["state"] == "ended"
+    waiting = sched.submit(req(1), "bob", "h")
+    assert waiting["state"] == "queued"  # the node has not torn the old session down yet
+    assert sched.heartbeat("a", [s["id"]], {}) == [s["id"]]  # told to end it
+    sched.heartbeat("a", [], {})  # gone from the node: the GPUs come back
+    assert sched.describe(waiting["id"])["state"] == "placed"
+
+
+def test_a_running_session_its_node_forgot_is_ended(sched: Scheduler, clock: Clock) -> None:
+    s = sched.submit(req(), "ann", "h")
+    sched.mark_running(s["id"], "a")
+    sched.heartbeat("a", [], {})  # within the grace: a heartbeat may predate the start
+    assert sched.describe(s["id"])["state"] == "running"
+    clock.now += 6
+    sched.renew(s["id"])
+    sched.heartbeat("a", [], {})  # the agent restarted and lost it
+    assert "no longer runs the session" in sched.describe(s["id"])["end_reason"]
+
+
+def test_time_limit_counts_from_placement(sched: Scheduler, clock: Clock) -> None:
+    s = sched.submit(req(timeout=10), "ann", "h")  # placed, never started
+    clock.now += 11
+    sched.renew(s["id"])
+    sched.heartbeat("a", [], {})
+    sched.tick()
+    assert "time limit of 10 s" in sched.describe(s["id"])["end_reason"]

@@ -17,7 +17,7 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Instance, Int, Type, default
 from traitlets.config import LoggingConfigurable
 
-from ..errors import ConflictError, NotFoundError, RequestError, SessionEnded
+from ..errors import ConflictError, NotFoundError, RequestError, SessionEnded, UnavailableError
 from ..request import HardwareRequest
 from .accounting import WaitHistogram
 from .model import Node, Session
@@ -76,6 +76,14 @@ class Scheduler(LoggingConfigurable):
         self.clock = clock
         self.nodes: dict[str, Node] = {n.name: n for n in store.nodes()}
         self.live: dict[str, Session] = {s.id: s for s in store.live_sessions()}
+        # the scheduler was away, not the nodes and clients: give each a full period to speak
+        start = self.clock()
+        for node in self.nodes.values():
+            node.last_seen = max(node.last_seen, start)
+        for s in self.live.values():
+            s.lease_expires = max(s.lease_expires, start + self.lease_seconds)
+        # GPUs of sessions the scheduler ended, until their node confirms the teardown
+        self.draining: dict[str, tuple[str, list[int]]] = {}
         self._seq = max((s.seq for s in self.live.values()), default=0)
         self._usage: dict[str, float] = {}  # decayed GPU-seconds of ended sessions, at _usage_at
         self._usage_at = self.clock()
@@ -132,6 +140,25 @@ class Scheduler(LoggingConfigurable):
                     s.busy += load * elapsed
                     self.store.save_session(s)
         self.store.touch_node(node)
+        reported = set(live)
+        changed = False
+        for sid, (where, _) in list(self.draining.items()):
+            if where == name and sid not in reported:
+                del self.draining[sid]  # torn down: its GPUs are free now
+                changed = True
+        for s in list(self.live.values()):
+            grace = min(5.0, self.node_timeout / 2)  # a heartbeat may have left before it began
+            if (
+                s.node == name
+                and s.state == "running"
+                and s.id not in reported
+                and now - (s.started or now) > grace
+            ):
+                # a running session its node no longer has (the agent restarted, say)
+                self.end(s.id, f"node {name} no longer runs the session", replan=False)
+                changed = True
+        if changed:
+            self.schedule()
         return [sid for sid in live if sid not in self.live or self.live[sid].node != name]
 
     def end_reasons(self, session_ids: list[str]) -> dict[str, str]:
@@ -148,6 +175,8 @@ class Scheduler(LoggingConfigurable):
         for s in self.live.values():
             if s.holding and s.node:
                 held.setdefault(s.node, set()).update(s.gpu_ids)
+        for where, gpu_ids in self.draining.values():
+            held.setdefault(where, set()).update(gpu_ids)
         return [
             NodeView(
                 n.name, n.gpus, set(n.by_index) - held.get(n.name, set()), n.labels, n.by_index
@@ -168,10 +197,12 @@ class Scheduler(LoggingConfigurable):
                 down = sorted(
                     v.name for v in everywhere if len(v.matching(request)) >= request.gpus
                 )
-                raise RequestError(
+                raise UnavailableError(
                     f"the nodes that could hold this request are down ({', '.join(down)}): "
                     "their GPUs are back in the pool when their agents send heartbeats again"
                 )
+            if not self.nodes:
+                raise UnavailableError(reason)
             raise RequestError(reason)
         now = self.clock()
         session = Session(
@@ -205,14 +236,20 @@ class Scheduler(LoggingConfigurable):
         self.store.save_session(session)
         return self.describe(session_id)
 
-    def end(self, session_id: str, reason: str, replan: bool = True) -> dict[str, Any]:
-        """End a session and return its GPUs to the pool; ending twice is harmless."""
+    def end(
+        self, session_id: str, reason: str, replan: bool = True, drain: bool = False
+    ) -> dict[str, Any]:
+        """End a session and return its GPUs to the pool; ending twice is harmless.
+        ``drain``: the node still has to tear the session down, so its GPUs stay out of the
+        pool until the node's heartbeat no longer lists it."""
         session = self.live.pop(session_id, None)
         if session is None:
             if self.store.session(session_id) is None:
                 raise NotFoundError(f"no session {session_id}")
             return self.describe(session_id)
         now = self.clock()
+        if drain and session.holding and session.node:
+            self.draining[session_id] = (session.node, list(session.gpu_ids))
         session.state, session.ended, session.end_reason = "ended", now, reason
         self.store.save_session(session)
         self._add_usage(session.user, session.allocated_seconds(now), now)
@@ -228,9 +265,10 @@ class Scheduler(LoggingConfigurable):
         for s in list(self.live.values()):
             limit = s.request.timeout
             if s.lease_expires < now:
-                self.end(s.id, "lease expired: the client stopped renewing the session", False)
-            elif limit and s.started and now - s.started > limit:
-                self.end(s.id, f"time limit of {limit:g} s reached", False)
+                reason = "lease expired: the client stopped renewing the session"
+                self.end(s.id, reason, replan=False, drain=True)
+            elif limit and s.placed and now - s.placed > limit:
+                self.end(s.id, f"time limit of {limit:g} s reached", replan=False, drain=True)
             elif s.node and s.node not in up:
                 self.end(s.id, f"node {s.node} stopped sending heartbeats", False)
         self.schedule()

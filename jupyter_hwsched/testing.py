@@ -169,6 +169,7 @@ class Pool:
                 f"--state-dir={self.state / name}",
                 "--AgentApp.heartbeat_interval=0.5",
                 "--AgentApp.share_check_interval=1",
+                "--AgentApp.allow_root=True",  # most tests run their clients as root
                 f"--ServerApp.root_dir={self.state}",
                 *args,
             ],

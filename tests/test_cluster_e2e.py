@@ -7,10 +7,11 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from jupyter_hwsched.testing import Pool, wait_for
+from jupyter_hwsched.testing import DEV_USER, Pool, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,6 +41,20 @@ def test_type_alternatives_labels_and_best_fit(cluster: tuple[Pool, str]) -> Non
     # best fit: a 1-GPU request goes to the node with fewer free GPUs, keeping the other whole
     assert where(pool, "--gpu", "1") == fast
     assert where(pool, "--gpu", "3") == pool.node
+
+
+def test_a_node_refuses_root_unless_allowed(cluster: tuple[Pool, str], dev_workspace: Path) -> None:
+    pool, _ = cluster
+    strict = f"strict-{uuid.uuid4().hex[:6]}"
+    pool.add_agent(strict, "1xT4-16GB", "--AgentApp.allow_root=False")
+    as_root = pool.hwrun(["--node", strict, "--", "true"], cwd="/")
+    assert as_root.returncode == 2
+    assert "does not run work as root" in as_root.stderr
+    as_dev = pool.hwrun(
+        ["-q", "--node", strict, "--", "id", "-u"], user=DEV_USER, cwd=str(dev_workspace)
+    )
+    assert as_dev.returncode == 0, as_dev.stderr
+    pool.assert_clean()
 
 
 def test_lost_node_ends_its_sessions_and_leaves_the_pool(cluster: tuple[Pool, str]) -> None:
@@ -74,15 +89,10 @@ def test_lost_node_ends_its_sessions_and_leaves_the_pool(cluster: tuple[Pool, st
     assert f"the nodes that could hold this request are down ({fast})" in down.stderr
     # the node comes back: what the killed agent left (container, mount) is removed at start
     restarted = pool.agent_service(
-        fast,
-        agent_port := 0 or __import__("jupyter_hwsched.testing").testing.free_port(),
-        "1xH100-80GB",
-        ("--AgentApp.labels=fastlane",),
-        f"agent-{fast}",
+        fast, free_port(), "2xH100-80GB", ("--AgentApp.labels=fastlane",), f"agent-{fast}"
     )
     pool.services.insert(1, restarted)
     restarted.wait_line("HWSCHED_AGENT_READY")
-    del agent_port
     leftovers = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=hwsched.node={fast}"],
         capture_output=True,

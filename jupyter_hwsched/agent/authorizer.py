@@ -1,7 +1,8 @@
 """What a token holder may do on a node agent: kernels, nothing else.
 
 The agent is a jupyter_server running as root on the GPU node; its contents, terminals and
-sessions APIs would hand out the node itself, so they are refused.
+sessions APIs would hand out the node itself, and its shutdown would stop every session, so
+they are refused.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from jupyter_server.auth.authorizer import Authorizer
 
-ALLOWED_RESOURCES = frozenset({"kernels", "kernelspecs", "api", "server"})
+ALLOWED_RESOURCES = frozenset({"kernels", "kernelspecs", "api"})
 
 
 class NodeAuthorizer(Authorizer):

@@ -152,20 +152,29 @@ class DockerRunner(Runner):
         command = list(self.keepalive)
         if self.init_binary:
             command = [INIT, "-s", "--", *command]
-        container = self.client.containers.run(
-            self.base_image,
-            command,
-            detach=True,
-            name=f"hwsched-{spec.session_id}",
-            labels={SESSION_LABEL: spec.session_id, NODE_LABEL: spec.node},
-            user=f"{spec.uid}:{spec.gid}",
-            group_add=[str(g) for g in spec.groups if g != spec.gid],
-            network_mode=self.network_mode,
-            volumes=self.binds(spec),
-            devices=[f"{d}:{d}:rwm" for d in spec.devices],
-            working_dir="/",
-            environment={"HWSCHED_SESSION": spec.session_id},
-        )
+        try:
+            container = self.client.containers.run(
+                self.base_image,
+                command,
+                detach=True,
+                name=f"hwsched-{spec.session_id}",
+                labels={SESSION_LABEL: spec.session_id, NODE_LABEL: spec.node},
+                user=f"{spec.uid}:{spec.gid}",
+                group_add=[str(g) for g in spec.groups if g != spec.gid],
+                network_mode=self.network_mode,
+                volumes=self.binds(spec),
+                devices=[f"{d}:{d}:rwm" for d in spec.devices],
+                working_dir="/",
+                environment={"HWSCHED_SESSION": spec.session_id},
+                # the developer's own work needs no privilege beyond their uid
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+            )
+        except self.docker.errors.DockerException as exc:
+            self.remove_session(spec.session_id, spec.node)  # created, then failed to start
+            raise UnavailableError(
+                f"the container engine could not start the session: {exc}"
+            ) from None
         return str(container.id)
 
     def exec(

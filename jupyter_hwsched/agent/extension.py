@@ -20,10 +20,17 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import PeriodicCallback
-from traitlets import Float, List, Type, Unicode, default
+from traitlets import Bool, Float, List, Type, Unicode, default
 
 from ..client.api import SchedulerAPI
-from ..errors import ConflictError, HwschedError, NotFoundError, UnavailableError
+from ..errors import (
+    ConflictError,
+    ForbiddenError,
+    HwschedError,
+    NotFoundError,
+    SessionEnded,
+    UnavailableError,
+)
 from .docker_runner import DockerRunner
 from .gpus import GpuInventory, discover
 from .handlers import handlers
@@ -62,6 +69,12 @@ class AgentApp(ExtensionApp):
         Unicode(), [], config=True, help="Labels of this node, which requests can ask for (--node)."
     )
     heartbeat_interval = Float(2.0, config=True, help="Seconds between heartbeats.")
+    allow_root = Bool(
+        False,
+        config=True,
+        help="Run sessions whose developer is root (uid 0). Off on a shared node; 'hwsched up' "
+        "turns it on, since there the developer and the node are the same machine.",
+    )
     share_check_interval = Float(
         5.0, config=True, help="Seconds between checks that each session's share still answers."
     )
@@ -130,8 +143,16 @@ class AgentApp(ExtensionApp):
         for point in mounts_under(state / "mnt"):
             self.log.warning("unmounting leftover share %s", point)
             unmount(point)
+        stuck = mounts_under(state / "mnt")
+        if stuck:
+            # never walk into a live mount: that is a developer's disk
+            raise UnavailableError(f"cannot unmount leftover shares {stuck}; unmount them by hand")
         shutil.rmtree(state / "sessions", ignore_errors=True)
-        shutil.rmtree(state / "mnt", ignore_errors=True)
+        for leftover in (state / "mnt").glob("*"):
+            try:
+                leftover.rmdir()  # empty mount points only
+            except OSError as exc:
+                self.log.warning("leaving %s: %s", leftover, exc)
         (state / "mnt").mkdir(parents=True, exist_ok=True, mode=0o700)
         (state / "sessions").mkdir(parents=True, exist_ok=True, mode=0o711)
 
@@ -243,6 +264,11 @@ class AgentApp(ExtensionApp):
                 f"node {self.node_name} runs work on its own filesystem (no container engine), "
                 f"so it takes sessions only from its own host, not from {placed['host']}"
             )
+        if spec.uid == 0 and not self.allow_root:
+            raise ForbiddenError(
+                "this node does not run work as root: run the client as your own user "
+                "(or start the agent with --AgentApp.allow_root=True)"
+            )
         session = NodeSession(
             id=session_id,
             node=self.node_name,
@@ -254,37 +280,62 @@ class AgentApp(ExtensionApp):
         )
         self.sessions[session_id] = session
         loop = asyncio.get_running_loop()
+        session.starting = loop.create_future()
         try:
             await loop.run_in_executor(None, session.prepare)
+            self._still_wanted(session)
             if spec.kind == "kernel":
                 session.kernel_id = await self.kernel_manager.start_kernel(
                     kernel_name=CONTAINER_KERNEL, hwsched_session=session
                 )
+                self._still_wanted(session)
             await self.scheduler.request(
                 "POST", f"/api/sessions/{session_id}/running", {"node": self.node_name}
             )
         except BaseException as exc:
-            reason = f"the node could not start the session: {exc}"
-            await self.end_session(session_id, reason)
+            # this path undoes what it made, also when end_session came in meanwhile
+            reason = session.end_reason or f"the node could not start the session: {exc}"
+            self.sessions.pop(session_id, None)
+            await self._teardown(session)
+            try:
+                await self.scheduler.end(session_id, reason)
+            except HwschedError as report:
+                self.log.warning("could not report the end of %s: %s", session_id, report)
             if isinstance(exc, HwschedError):
                 raise
             raise UnavailableError(reason) from exc
+        finally:
+            session.starting.set_result(None)
         self.log.info("session %s running (%s) for uid %d", session_id, spec.kind, spec.uid)
         return session
+
+    @staticmethod
+    def _still_wanted(session: NodeSession) -> None:
+        if session.end_reason is not None:
+            raise SessionEnded(f"the session ended while it started: {session.end_reason}")
+
+    async def _teardown(self, session: NodeSession) -> None:
+        """Kernel, command, container, mount, files: once, whatever state the session is in."""
+        if session.torn_down:
+            return
+        session.torn_down = True
+        if session.kernel_id:
+            try:
+                await self.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
+            except Exception as exc:  # the container goes anyway
+                self.log.warning("kernel of session %s: %s", session.id, exc)
+        if session.command is not None:
+            session.command.signal(signal.SIGKILL)
+        await asyncio.get_running_loop().run_in_executor(None, session.close)
 
     async def end_session(self, session_id: str, reason: str, tell_scheduler: bool = True) -> None:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
         session.end_reason = reason
-        if session.kernel_id:
-            try:
-                await self.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
-            except Exception as exc:  # the container goes anyway
-                self.log.warning("kernel of session %s: %s", session_id, exc)
-        if session.command is not None:
-            session.command.signal(signal.SIGKILL)
-        await asyncio.get_running_loop().run_in_executor(None, session.close)
+        if session.starting is not None and not session.starting.done():
+            await asyncio.shield(session.starting)  # the start path sees the reason, undoes
+        await self._teardown(session)
         self.log.info("session %s ended: %s", session_id, reason)
         if tell_scheduler:
             try:

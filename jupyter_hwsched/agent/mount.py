@@ -7,6 +7,7 @@ The session's private key and the share's pinned host key live in the session's 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,17 +28,23 @@ DEFAULT_OPTIONS = [
 ]
 
 
-def mounted(path: str | Path) -> bool:
-    target = str(path)
+def _unescape(field: str) -> str:
+    """/proc/self/mounts writes space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points() -> list[str]:
     with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == target for line in f)
+        return [_unescape(line.split()[1]) for line in f]
+
+
+def mounted(path: str | Path) -> bool:
+    return str(path) in mount_points()
 
 
 def mounts_under(base: str | Path) -> list[str]:
     prefix = str(base).rstrip("/") + "/"
-    with open("/proc/self/mounts") as f:
-        points = [line.split()[1] for line in f]
-    return [p for p in points if p.startswith(prefix)]
+    return [p for p in mount_points() if p.startswith(prefix)]
 
 
 def unmount(path: str | Path) -> None:

@@ -102,3 +102,9 @@ class Runner(LoggingConfigurable):
     def containers(self, node: str) -> dict[str, str]:
         """Session id -> environment id for everything of this node's (for leftover removal)."""
         raise NotImplementedError
+
+    def remove_session(self, session_id: str, node: str) -> None:
+        """Remove whatever environment of this session exists, found by its labels."""
+        found = self.containers(node).get(session_id)
+        if found:
+            self.remove(found)

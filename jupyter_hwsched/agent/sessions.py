@@ -7,6 +7,7 @@ reverse order, and may be called any number of times.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..errors import RequestError
 from .gpus import GpuInfo, driver_libraries
-from .mount import SshfsMount
+from .mount import SshfsMount, mounted
 from .runner import (
     AGENT_DIR,
     ContainerSpec,
@@ -106,6 +107,8 @@ class NodeSession:
     started: float = field(default_factory=time.time)
     closed: bool = False
     end_reason: str | None = None
+    starting: asyncio.Future[None] | None = None  # done once the start path has finished
+    torn_down: bool = False
 
     @property
     def uid(self) -> int:
@@ -243,13 +246,22 @@ class NodeSession:
         return self.command
 
     def close(self) -> None:
-        """Destroy the container, unmount, remove the session's files (blocking)."""
+        """Destroy the container, unmount, remove the session's files (blocking). Each step
+        runs even if one before it failed; the files go only once nothing is mounted."""
         self.closed = True
-        if self.container_id:
-            self.runner.remove(self.container_id)
-            self.container_id = None
+        try:
+            if self.container_id:
+                self.runner.remove(self.container_id)
+                self.container_id = None
+            else:
+                self.runner.remove_session(self.id, self.node)  # one made before a failure
+        except Exception as exc:
+            self.runner.log.error("session %s: removing its container failed: %s", self.id, exc)
         if self.mount is not None:
             self.mount.unmount()
+            if mounted(self.mountpoint):
+                self.runner.log.error("session %s: %s is still mounted", self.id, self.mountpoint)
+                return
             self.mount = None
         shutil.rmtree(self.base, ignore_errors=True)
 

@@ -16,7 +16,7 @@ from ..client.command import exit_status, run_command
 from ..client.config import HwschedClient
 from ..client.options import add_request_arguments, request_from_args
 from ..client.session import describe_gpus
-from ..errors import AuthError, HwschedError, RequestError
+from ..errors import AuthError, ForbiddenError, HwschedError, RequestError
 
 USAGE_ERROR = 2
 POOL_ERROR = 125
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         request = request_from_args(args)
         settings = HwschedClient()
         code = asyncio.run(run_command(settings, request, command, progress))
-    except (RequestError, AuthError) as exc:
+    except (RequestError, AuthError, ForbiddenError) as exc:
         print(f"hwrun: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except HwschedError as exc:

@@ -126,6 +126,7 @@ def up(argv: list[str]) -> int:
                     f"--port={args.agent_port}",
                     f"--node-name={args.node_name}",
                     f"--scheduler-url={url}",
+                    "--AgentApp.allow_root=True",  # one machine: the developer may be root
                     *gpus,
                 ],
                 env,

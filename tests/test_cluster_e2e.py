@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_hwsched.testing import DEV_USER, Pool, wait_for
+from jupyter_hwsched.testing import DEV_USER, Pool, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -27,6 +27,7 @@ class GpuInfo:
     memory: int  # bytes
     simulated: bool
     links: tuple[int, ...] = ()  # indices of the GPUs this one reaches over NVLink
+    minor: int | None = None  # N of /dev/nvidiaN, which need not equal the NVML index
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +85,12 @@ class NvmlInventory(GpuInventory):
             uuid = nvml.nvmlDeviceGetUUID(handle)
             uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
             memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-            out.append(GpuInfo(i, uuid, short_model(name, memory), name, memory, False))
+            try:
+                minor: int | None = int(nvml.nvmlDeviceGetMinorNumber(handle))
+            except nvml.NVMLError:
+                minor = None
+            model = short_model(name, memory)
+            out.append(GpuInfo(i, uuid, model, name, memory, False, minor=minor))
         links = self._nvlinks(len(out))
         return [replace(g, links=tuple(sorted(links.get(g.index, ())))) for g in out]
 

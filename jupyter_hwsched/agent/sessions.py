@@ -204,7 +204,7 @@ class NodeSession:
         """Device nodes of the allocated real GPUs; simulated GPUs have none."""
         if not self.gpus or self.gpus[0].simulated:
             return [], {}
-        devices = [f"/dev/nvidia{g.index}" for g in self.gpus]
+        devices = [f"/dev/nvidia{g.index if g.minor is None else g.minor}" for g in self.gpus]
         for extra in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
             if os.path.exists(extra):
                 devices.append(extra)

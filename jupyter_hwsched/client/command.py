@@ -9,7 +9,7 @@ import sys
 from typing import Any, BinaryIO
 
 from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import websocket_connect
+from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from ..errors import SessionEnded, UnavailableError
 from ..request import HardwareRequest
@@ -36,8 +36,13 @@ async def run_command(
     ws: Any = None
 
     def forward(signum: int) -> None:
+        if session.releasing:
+            return  # already cleaning up: let it finish, so that nothing is left behind
         if ws is not None:
-            ws.write_message(json.dumps({"signal": signum}))
+            try:
+                ws.write_message(json.dumps({"signal": signum}))
+            except WebSocketClosedError:
+                pass
         elif main is not None:
             main.cancel()  # still queued or starting: give up and release
 
@@ -76,11 +81,14 @@ async def run_command(
                 progress("exited", {"exit": code})
                 return code
     finally:
-        for sig in FORWARDED_SIGNALS:
-            loop.remove_signal_handler(sig)
         if ws is not None:
             ws.close()
-        await asyncio.shield(session.release())
+        try:
+            await session.release()
+        finally:
+            # only now: a Ctrl-C during the release must not cut it short
+            for sig in FORWARDED_SIGNALS:
+                loop.remove_signal_handler(sig)
 
 
 def exit_status(code: int) -> int:

@@ -92,10 +92,12 @@ def run_remote_cell(
                 raise SessionEnded(f"the session ended: {reason}") from None
             raise
         finally:
-            if kernel is not None:
-                await kernel.close()
-            await session.release()
-            events.put(("phase", "released", session.info))
+            try:
+                if kernel is not None:
+                    await kernel.close()
+                await session.release()
+            finally:
+                events.put(("phase", "released", session.info))
 
     future = loop.submit(work())
     interrupts = 0
@@ -116,9 +118,11 @@ def run_remote_cell(
             if interrupts == 1 and session.kernel_id and session.agent is not None:
                 status.show("interrupting the remote cell")
                 loop.submit(session.agent.interrupt(session.kernel_id))
-            else:
-                status.show("cancelling")
+            elif not future.cancelled():
+                status.show("cancelling; releasing the GPU")
                 future.cancel()
+            else:
+                status.show("releasing the GPU; nothing will be left behind")
     try:
         reply = future.result(timeout=5)
     except concurrent.futures.CancelledError:

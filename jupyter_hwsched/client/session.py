@@ -82,7 +82,7 @@ class RemoteSession:
         self.share: ShareAPI | None = None
         self.agent: AgentAPI | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._released = False
+        self._release_task: asyncio.Future[None] | None = None
 
     async def acquire(self, progress: ProgressCallback) -> dict[str, Any]:
         """Queue, wait for placement, open the share, start on the node. Releases on failure."""
@@ -160,10 +160,17 @@ class RemoteSession:
         return str(info["end_reason"]) if info["state"] == "ended" else None
 
     async def release(self, reason: str = "released by the client") -> None:
-        """End the session everywhere; what is already gone is skipped."""
-        if self._released:
-            return
-        self._released = True
+        """End the session everywhere; what is already gone is skipped. Every call waits for
+        the same one release, which a cancelled caller does not cut short."""
+        if self._release_task is None:
+            self._release_task = asyncio.ensure_future(self._release(reason))
+        await asyncio.shield(self._release_task)
+
+    @property
+    def releasing(self) -> bool:
+        return self._release_task is not None
+
+    async def _release(self, reason: str) -> None:
         self.timings.ended = time.time()
         if self._renewer is not None:
             self._renewer.cancel()

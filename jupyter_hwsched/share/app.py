@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import signal
 import socket
 import struct
 from pathlib import Path
 from typing import Any
 
+import psutil
 from jupyter_core.paths import jupyter_runtime_dir
 from tornado import httpserver, ioloop, web
 from tornado.netutil import bind_unix_socket
@@ -84,15 +86,19 @@ class ShareAgent:
         self.app = app
         self.log = app.log
         self.shares: dict[str, SftpShare] = {}
-        self.scheduler = SchedulerAPI(app.scheduler_url, app.token) if app.scheduler_url else None
+        self.scheduler = SchedulerAPI(app.scheduler_url, app.token)
 
     async def open(self, session_id: str, user: pwd.struct_passwd) -> dict[str, Any]:
         if session_id in self.shares:
             raise RequestError(f"session {session_id} already has a share")
-        if self.scheduler is not None:
-            session = await self.scheduler.session(session_id)
-            if session["state"] == "ended":
-                raise RequestError(f"session {session_id} has ended; ask for a new one")
+        assert self.scheduler is not None
+        session = await self.scheduler.session(session_id)
+        if session["state"] not in ("placed", "running"):
+            raise RequestError(
+                f"session {session_id} is {session['state']}: a share opens once it is placed"
+            )
+        if user.pw_uid != 0 and session["user"] != user.pw_name:
+            raise ForbiddenError(f"session {session_id} belongs to another user")
         check_share_user(user)
         share = SftpShare(
             session_id=session_id,
@@ -122,8 +128,7 @@ class ShareAgent:
 
     async def watch(self) -> None:
         """Close shares whose session the scheduler reports ended or unknown."""
-        if self.scheduler is None:
-            return
+        assert self.scheduler is not None
         for session_id in list(self.shares):
             try:
                 session = await self.scheduler.session(session_id)
@@ -188,9 +193,31 @@ class ShareAgentApp(Application):
         return os.environ.get("HWSCHED_TOKEN", "")
 
     def start(self) -> None:
+        if not self.scheduler_url:
+            # without the scheduler no share could be checked against its session, nor closed
+            # when a killed client leaves it open
+            self.log.critical("set --scheduler-url (or HWSCHED_URL): the share agent needs it")
+            self.exit(2)
         asyncio.run(self.serve())
 
+    def remove_leftovers(self) -> None:
+        """Shares of a previous run of this agent (it was killed): stop their sshd, drop keys."""
+        state = Path(self.state_dir)
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if "sshd" in cmd and f"{state}/" in cmd and "sshd_config" in cmd:
+                    self.log.warning("stopping a leftover share server: %s", cmd)
+                    for victim in [*proc.children(recursive=True), proc]:
+                        victim.kill()
+            except psutil.Error:
+                continue
+        for leftover in state.glob("*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
     async def serve(self) -> None:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.remove_leftovers()
         agent = ShareAgent(self)
         kw = {"agent": agent}
         app = web.Application(

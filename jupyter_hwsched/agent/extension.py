@@ -10,6 +10,7 @@ live sessions and bring back the ones to end, and the start and end of each sess
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ from ..errors import (
     SessionEnded,
     UnavailableError,
 )
+from .authorizer import secret_hash
 from .docker_runner import DockerRunner
 from .gpus import GpuInventory, discover
 from .handlers import handlers
@@ -49,6 +51,7 @@ class AgentApp(ExtensionApp):
         "allow_root": True,  # mounting, containers and signals need root on a GPU node
         "kernel_spec_manager_class": "jupyter_hwsched.agent.kernelspecs.NodeKernelSpecManager",
         "authorizer_class": "jupyter_hwsched.agent.authorizer.NodeAuthorizer",
+        "identity_provider_class": "jupyter_hwsched.agent.authorizer.NodeIdentityProvider",
         "terminals_enabled": False,
     }
 
@@ -250,10 +253,24 @@ class AgentApp(ExtensionApp):
             reason = reasons.get(session_id) or "ended by the scheduler"
             await self.end_session(session_id, reason, tell_scheduler=False)
 
-    async def start_session(self, session_id: str, spec: SessionSpec) -> NodeSession:
+    async def placed_session(self, session_id: str, secret: str | None) -> dict[str, Any]:
+        """The scheduler's record of a session about to start here, once the caller has shown
+        its secret (``None``: the caller showed the cluster token)."""
+        placed: dict[str, Any] = await self.scheduler.session(session_id)
+        expected = placed.get("secret_sha256") or ""
+        if secret is not None and not (
+            expected and hmac.compare_digest(secret_hash(secret), expected)
+        ):
+            raise ForbiddenError(f"that credential is not session {session_id}'s")
+        return placed
+
+    async def start_session(
+        self, session_id: str, spec: SessionSpec, placed: dict[str, Any]
+    ) -> NodeSession:
+        """Start a placed session (``placed``: from ``placed_session``)."""
         if session_id in self.sessions:
             raise ConflictError(f"session {session_id} is already running on this node")
-        placed = await self.scheduler.session(session_id)
+        expected = placed.get("secret_sha256") or ""
         if placed["state"] != "placed" or placed["node"] != self.node_name:
             raise ConflictError(
                 f"session {session_id} is {placed['state']} on {placed['node'] or 'no node'}, "
@@ -271,6 +288,7 @@ class AgentApp(ExtensionApp):
             )
         session = NodeSession(
             id=session_id,
+            secret_hash=expected,
             node=self.node_name,
             spec=spec,
             gpus=[self.gpus[i] for i in placed["gpu_ids"]],

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web, websocket
 
-from ..errors import HwschedError, NotFoundError, RequestError
+from ..errors import ForbiddenError, HwschedError, NotFoundError, RequestError
+from .authorizer import ADMIN, session_of
 from .sessions import SessionSpec
 
 if TYPE_CHECKING:
@@ -46,28 +47,63 @@ class AgentHandler(APIHandler):
             raise RequestError("the request body is not valid JSON") from None
 
 
+def admin_only(handler: JupyterHandler) -> None:
+    user = handler.current_user
+    if user is None or user.username != ADMIN:
+        raise ForbiddenError("only the pool's token may list this node's sessions")
+
+
 class NodeHandler(AgentHandler):
     @web.authenticated
     def get(self) -> None:
+        admin_only(self)
         self.finish(json.dumps(self.agent.describe()))
 
 
 class SessionsHandler(AgentHandler):
     @web.authenticated
     def get(self) -> None:
+        admin_only(self)
         self.finish(json.dumps([s.describe() for s in self.agent.sessions.values()]))
 
 
+def own_session(handler: JupyterHandler, session_id: str) -> None:
+    """The cluster token may act on any session; a session's secret only on that session."""
+    user = handler.current_user
+    if user is None:
+        raise web.HTTPError(403, "a valid token is required")
+    if user.username != ADMIN and session_of(user) != session_id:
+        raise ForbiddenError(f"your credential does not cover session {session_id}")
+
+
 class SessionHandler(AgentHandler):
-    @web.authenticated
     async def post(self, session_id: str) -> None:
+        """Start a placed session. Not yet known here, so its client is checked against the
+        scheduler's record of the secret instead of the live sessions."""
+        user = self.current_user
+        secret = None if user is not None and user.username == ADMIN else self.token_shown()
+        if not secret and (user is None or user.username != ADMIN):
+            raise web.HTTPError(403, "a token or the session's secret is required")
+        placed = await self.agent.placed_session(session_id, secret)  # credential first
         spec = SessionSpec.from_json(self.json_body())
-        session = await self.agent.start_session(session_id, spec)
+        session = await self.agent.start_session(session_id, spec, placed)
         self.set_status(201)
         self.finish(json.dumps(session.describe()))
 
+    def check_xsrf_cookie(self) -> None:
+        # XSRF rides on cookies a browser sends by itself; a request that carries its own
+        # Authorization header (checked in post) cannot be forged that way
+        if self.token_shown():
+            return None
+        return super().check_xsrf_cookie()
+
+    def token_shown(self) -> str:
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        return value.strip() if scheme.lower() in ("token", "bearer") else ""
+
     @web.authenticated
     async def delete(self, session_id: str) -> None:
+        own_session(self, session_id)
         if session_id not in self.agent.sessions:
             raise NotFoundError(f"no session {session_id} on this node")
         reason = self.get_argument("reason", "released by the client")
@@ -79,8 +115,7 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
     """Runs a command session's command and streams its output."""
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        if self.current_user is None:
-            raise web.HTTPError(403, "a valid token is required")
+        own_session(self, args[0] if args else "")
         await super().get(*args, **kwargs)
 
     def check_origin(self, origin_to_satisfy_tornado: str = "") -> bool:

@@ -94,6 +94,7 @@ class SessionSpec:
 @dataclass
 class NodeSession:
     id: str
+    secret_hash: str  # of the secret its client holds; see authorizer.py
     node: str
     spec: SessionSpec
     gpus: list[GpuInfo]

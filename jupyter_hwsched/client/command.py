@@ -55,7 +55,7 @@ async def run_command(
             ws = await websocket_connect(
                 HTTPRequest(
                     f"{url}/hwsched/sessions/{session.id}/command",
-                    headers={"Authorization": f"token {settings.token}"},
+                    headers={"Authorization": f"token {session.secret}"},
                 )
             )
         except (OSError, HTTPClientError) as exc:

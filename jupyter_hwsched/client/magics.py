@@ -83,7 +83,7 @@ def run_remote_cell(
         try:
             await session.acquire(lambda phase, info: events.put(("phase", phase, info)))
             assert session.kernel_id is not None
-            kernel = GatewayKernel(session.info["agent_url"], settings.token, session.kernel_id)
+            kernel = GatewayKernel(session.info["agent_url"], session.secret, session.kernel_id)
             await kernel.connect()
             return await kernel.execute(code, lambda msg: events.put(("iopub", msg, None)))
         except SessionEnded:

@@ -71,6 +71,7 @@ class RemoteSession:
     cwd: str = field(default_factory=os.getcwd)
     env: dict[str, str] = field(default_factory=caller_env)
     id: str | None = None
+    secret: str = ""  # the session's own credential with the node agent
     info: dict[str, Any] = field(default_factory=dict)
     kernel_id: str | None = None
     ended_reason: str | None = None
@@ -97,6 +98,7 @@ class RemoteSession:
         me = caller_identity()
         info = await self.scheduler.submit(self.request, me["name"], caller_host(), me["group"])
         self.id = info["id"]
+        self.secret = str(info.get("secret") or self.settings.token)
         lease = max(1.0, float(info["lease_expires"]) - float(info["created"]))
         self._renewer = asyncio.create_task(self._renew(lease / 3))
         last_position = None
@@ -121,7 +123,7 @@ class RemoteSession:
             self.share = ShareAPI(self.settings.share_socket)
             credentials = await self.share.open(self.id)
         progress("sharing", info)
-        self.agent = AgentAPI(info["agent_url"], self.settings.token)
+        self.agent = AgentAPI(info["agent_url"], self.secret)
         started = await self.agent.start(
             self.id,
             {

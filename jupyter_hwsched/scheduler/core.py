@@ -7,6 +7,7 @@ order and accounting. Everything runs on the service's event loop.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import time
@@ -216,11 +217,14 @@ class Scheduler(LoggingConfigurable):
             created=now,
             lease_expires=now + self.lease_seconds,
         )
+        secret = secrets.token_urlsafe(24)
+        session.secret_hash = hashlib.sha256(secret.encode()).hexdigest()
         session.seq = self.store.add_session(session)
         self.live[session.id] = session
         self.log.info("session %s queued for %s@%s: %s", session.id, user, host, request)
         self.schedule()
-        return self.describe(session.id)
+        # the secret goes to the client that asked, once; node agents check it by its hash
+        return {**self.describe(session.id), "secret": secret}
 
     def renew(self, session_id: str) -> dict[str, Any]:
         session = self._live(session_id)
@@ -372,6 +376,7 @@ class Scheduler(LoggingConfigurable):
             "ended": s.ended,
             "lease_expires": s.lease_expires,
             "end_reason": s.end_reason,
+            "secret_sha256": s.secret_hash,
         }
         if s.state == "queued":
             out["position"] = self._positions.get(s.id, len(self._positions) + 1)

@@ -55,6 +55,7 @@ class Session:
     ended: float | None = None
     end_reason: str | None = None
     busy: float = 0.0  # GPU-seconds the allocated GPUs were busy, from NVML samples
+    secret_hash: str = ""  # sha256 of the secret its client shows the node agent
 
     @property
     def live(self) -> bool:
@@ -91,6 +92,7 @@ class Session:
             "lease_expires": self.lease_expires,
             "end_reason": self.end_reason,
             "busy": self.busy,
+            "secret_hash": self.secret_hash,
         }
 
     @classmethod
@@ -112,4 +114,5 @@ class Session:
             ended=row["ended"],
             end_reason=row["end_reason"],
             busy=row.get("busy") or 0.0,
+            secret_hash=row.get("secret_hash") or "",
         )

@@ -67,6 +67,8 @@ SESSION = {
         "ended": _nullable(NUMBER),
         "lease_expires": NUMBER,
         "end_reason": _nullable(STRING),
+        "secret": {"type": "string", "description": "only in the answer to its creation"},
+        "secret_sha256": STRING,
         "position": {"type": "integer", "minimum": 1, "description": "queued only"},
         "waiting_for": {"type": "string", "description": "queued only: what holds it back"},
         "estimated_start": _nullable(NUMBER),

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     ended          REAL,
     lease_expires  REAL NOT NULL,
     end_reason     TEXT,
-    busy           REAL NOT NULL DEFAULT 0
+    busy           REAL NOT NULL DEFAULT 0,
+    secret_hash    TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_ended ON sessions(ended);
@@ -50,6 +51,7 @@ MIGRATIONS = [
     ("nodes", "info", "TEXT NOT NULL DEFAULT '{}'"),
     ("sessions", "grp", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "busy", "REAL NOT NULL DEFAULT 0"),
+    ("sessions", "secret_hash", "TEXT NOT NULL DEFAULT ''"),
 ]
 
 

@@ -181,7 +181,7 @@ def up(argv: list[str]) -> int:
                     + ("  <- SIMULATED GPUs: NVML found no GPU here" if simulated else ""),
                     f"  share       {share_socket}",
                     *([f"  JupyterLab  {lab_url}"] if lab_url else []),
-                    "Try: hwrun --gpu 1 -- nvidia-smi -L || hwrun --gpu 1 -- env | grep VISIBLE",
+                    "Try: hwrun --gpu 1 -- sh -c 'hostname; echo GPUs $CUDA_VISIBLE_DEVICES'",
                     "     in a notebook: %load_ext jupyter_hwsched, then %%hwrun --gpu 1",
                     "Stop with Ctrl-C.",
                     "",

@@ -31,6 +31,7 @@ class SchedulerApp(Application):
     tick_interval = Float(1.0, config=True, help="Seconds between lease and node checks.")
 
     aliases = {
+        "config": "SchedulerApp.config_file",
         "ip": "SchedulerApp.ip",
         "port": "SchedulerApp.port",
         "db": "SchedulerApp.db",
@@ -39,6 +40,15 @@ class SchedulerApp(Application):
         "node-timeout": "Scheduler.node_timeout",
     }
     classes = [Scheduler]
+
+    config_file = Unicode("", config=True, help="A traitlets config file (Python) to load.")
+
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            path = Path(self.config_file)
+            self.load_config_file(path.name, path=str(path.parent.resolve()))
+            self.update_config(self.cli_config)  # the command line wins over the file
 
     @default("db")
     def _db_default(self) -> str:

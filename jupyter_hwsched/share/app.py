@@ -164,6 +164,7 @@ class ShareAgentApp(Application):
     check_interval = Float(2.0, config=True, help="Seconds between checks of the open sessions.")
 
     aliases = {
+        "config": "ShareAgentApp.config_file",
         "socket": "ShareAgentApp.socket_path",
         "state-dir": "ShareAgentApp.state_dir",
         "listen-ip": "ShareAgentApp.listen_ip",
@@ -171,6 +172,15 @@ class ShareAgentApp(Application):
         "scheduler-url": "ShareAgentApp.scheduler_url",
         "token": "ShareAgentApp.token",
     }
+
+    config_file = Unicode("", config=True, help="A traitlets config file (Python) to load.")
+
+    def initialize(self, argv: Any = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            path = Path(self.config_file)
+            self.load_config_file(path.name, path=str(path.parent.resolve()))
+            self.update_config(self.cli_config)  # the command line wins over the file
 
     @default("socket_path")
     def _socket_default(self) -> str:

@@ -1,0 +1,40 @@
+"""The example deployment configs in server/ load into the real applications."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jupyter_hwsched.scheduler.app import SchedulerApp
+from jupyter_hwsched.scheduler.core import Scheduler
+from jupyter_hwsched.share.app import ShareAgentApp
+
+SERVER = Path(__file__).parent.parent / "server"
+
+
+def test_scheduler_config_loads_and_the_command_line_wins() -> None:
+    app = SchedulerApp()
+    app.initialize([f"--config={SERVER / 'scheduler_config.py'}", "--port=9999"])
+    assert app.port == 9999  # from the command line
+    assert app.ip == "0.0.0.0"  # from the file
+    assert app.config.Scheduler.user_gpu_quota == 4
+    scheduler_traits = Scheduler.class_trait_names(config=True)
+    assert set(app.config.Scheduler) <= set(scheduler_traits)  # no misspelt setting
+
+
+def test_share_config_loads() -> None:
+    app = ShareAgentApp()
+    app.initialize([f"--config={SERVER / 'share_config.py'}"])
+    assert app.listen_ip == "10.0.0.21"
+    assert app.scheduler_url.startswith("http://")
+
+
+def test_agent_config_names_real_settings() -> None:
+    from jupyter_server.serverapp import ServerApp
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from jupyter_hwsched.agent.extension import AgentApp
+
+    config = PyFileConfigLoader("agent_config.py", path=str(SERVER)).load_config()
+    assert set(config.AgentApp) <= set(AgentApp.class_trait_names(config=True))
+    assert set(config.ServerApp) <= set(ServerApp.class_trait_names(config=True))
+    assert config.AgentApp.labels == ["nvlink", "rack-3"]

@@ -1,0 +1,170 @@
+"""Local ZMQ kernel sockets in front of a kernel on a node agent.
+
+Jupyter clients on the developer's machine talk ZMQ to the ports of a connection file. The
+bridge binds those ports and relays every message to the node agent's Kernel Gateway channels
+websocket and back, re-signing with the local connection key. Replies go back to the client
+that asked (ROUTER identities are remembered by message id); iopub is published to all.
+A ``shutdown_request`` is handed to ``on_shutdown`` instead of the remote kernel, so that
+the provisioner decides between a restart in place and a release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+from tornado.httpclient import HTTPClientError, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from ..errors import UnavailableError
+
+log = logging.getLogger(__name__)
+
+ShutdownHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class KernelBridge:
+    def __init__(
+        self,
+        connection: dict[str, Any],
+        agent_url: str,
+        kernel_id: str,
+        secret: str,
+        on_shutdown: ShutdownHandler,
+    ) -> None:
+        self.connection = connection
+        self.url = (
+            agent_url.rstrip("/").replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
+        )
+        self.secret = secret
+        self.on_shutdown = on_shutdown
+        key = connection.get("key", b"")
+        self.session = Session(
+            key=key.encode() if isinstance(key, str) else key,
+            signature_scheme=connection.get("signature_scheme", "hmac-sha256"),
+        )
+        self.context = zmq.asyncio.Context()
+        self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        self.routes: dict[str, list[bytes]] = {}  # msg_id -> identities of the asker
+        self.tasks: list[asyncio.Task[None]] = []
+        self.ws: WebSocketClientConnection | None = None
+        self.closed = asyncio.Event()
+
+    def _bind(self, name: str, kind: int) -> zmq.asyncio.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        ip = self.connection.get("ip", "127.0.0.1")
+        sock.bind(f"tcp://{ip}:{self.connection[name + '_port']}")
+        self.sockets[name] = sock
+        return sock
+
+    async def start(self) -> None:
+        request = HTTPRequest(
+            self.url + f"?session_id={self.session.session}",
+            headers={"Authorization": f"token {self.secret}"},
+            connect_timeout=10,
+        )
+        try:
+            self.ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
+        except (OSError, HTTPClientError) as exc:
+            raise UnavailableError(f"cannot reach the kernel on the node: {exc}") from None
+        for name in ("shell", "control", "stdin"):
+            sock = self._bind(name, zmq.ROUTER)
+            self.tasks.append(asyncio.create_task(self._from_clients(name, sock)))
+        self._bind("iopub", zmq.PUB)
+        hb = self._bind("hb", zmq.REP)
+        self.tasks.append(asyncio.create_task(self._heartbeat(hb)))
+        self.tasks.append(asyncio.create_task(self._from_kernel()))
+
+    async def _heartbeat(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            await sock.send_multipart(await sock.recv_multipart())
+
+    async def _from_clients(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart(copy=True)
+            try:
+                idents, rest = self.session.feed_identities(frames)
+                msg = self.session.deserialize(rest, content=True)
+            except Exception as exc:  # a bad signature or frame: drop it, as a kernel would
+                log.warning("dropping a malformed message on %s: %s", channel, exc)
+                continue
+            msg_id = msg["header"]["msg_id"]
+            self.routes[msg_id] = list(idents)
+            if msg["header"]["msg_type"] == "shutdown_request":
+                await self.on_shutdown(msg)
+                continue
+            await self._to_kernel(channel, msg)
+
+    async def _to_kernel(self, channel: str, msg: dict[str, Any]) -> None:
+        assert self.ws is not None
+        wire: dict[str, object] = {
+            "header": _jsonable(msg["header"]),
+            "parent_header": _jsonable(msg.get("parent_header") or {}),
+            "metadata": msg.get("metadata") or {},
+            "content": msg.get("content") or {},
+            "channel": channel,
+            "buffers": [],
+        }
+        await self.ws.write_message(json.dumps(wire))
+
+    def reply(
+        self, channel: str, parent: dict[str, Any], msg_type: str, content: dict[str, Any]
+    ) -> None:
+        """Answer a client directly (e.g. a shutdown_reply), as the kernel would."""
+        idents = self.routes.pop(parent["header"]["msg_id"], [])
+        self.session.send(self.sockets[channel], msg_type, content, parent=parent, ident=idents)
+
+    async def _from_kernel(self) -> None:
+        assert self.ws is not None
+        while True:
+            raw = await self.ws.read_message()
+            if raw is None:
+                break
+            if isinstance(raw, bytes):
+                continue  # binary frames carry buffers; not used by text outputs
+            msg = json.loads(raw)
+            channel = msg.pop("channel", "iopub")
+            msg.pop("buffers", None)
+            if channel == "iopub":
+                self.session.send(self.sockets["iopub"], msg)
+            elif channel in ("shell", "control", "stdin"):
+                parent_id = (msg.get("parent_header") or {}).get("msg_id", "")
+                idents = (
+                    self.routes.get(parent_id, [])
+                    if channel == "stdin"
+                    else self.routes.pop(parent_id, [])
+                )
+                self.session.send(self.sockets[channel], msg, ident=idents)
+        self.closed.set()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.sockets.clear()
+        self.context.term()
+        self.closed.set()
+
+
+def _jsonable(header: dict[str, Any]) -> dict[str, Any]:
+    out = dict(header)
+    date = out.get("date")
+    if date is not None and not isinstance(date, str):
+        out["date"] = date.isoformat()
+    return out

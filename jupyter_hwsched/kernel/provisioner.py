@@ -1,0 +1,169 @@
+"""``hwsched-remote``: the kernel provisioner of the "Remote GPU (shared env)" kernelspec.
+
+Launching asks the scheduler for GPUs and waits through the queue for as long as it takes
+(the start is the provisioner's own coroutine, so no client-side start timeout cuts it
+short), opens the developer's share, has the node agent start the kernel in a container
+rooted at it, then binds the connection file's ports locally with a :class:`KernelBridge`.
+Restart happens in place: same allocation, container and mount, a new kernel process on the
+node. Shutdown releases everything at once.
+
+Config comes from the kernelspec (``metadata.kernel_provisioner.config``: ``gpus``,
+``gpu_type``, ``gpu_mem``, ``timeout``, ``node``, ``priority``) and from traitlets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import typing as t
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from traitlets import Any
+
+from ..client.api import AgentAPI
+from ..client.config import HwschedClient
+from ..client.environment import caller_env
+from ..client.session import RemoteSession, describe_gpus, kernel_argv
+from ..errors import HwschedError
+from ..request import HardwareRequest, make_request
+from .bridge import KernelBridge
+
+
+class RemoteGpuProvisioner(LocalProvisioner):
+    """A kernel on a pooled GPU node, in the developer's own environment."""
+
+    # the kernelspec's metadata.kernel_provisioner.config arrives as these traits
+    gpus = Any(1, config=True, help="GPUs for the kernel.")
+    gpu_type = Any(None, allow_none=True, config=True, help="GPU model, or A100|H100.")
+    gpu_mem = Any(None, allow_none=True, config=True, help="Minimum memory per GPU, e.g. 40G.")
+    timeout = Any(None, allow_none=True, config=True, help="Seconds the session may run.")
+    node = Any(None, allow_none=True, config=True, help="A node name or label.")
+    priority = Any(0, config=True, help="Queue priority, -100..100.")
+
+    remote: RemoteSession | None = None
+    bridge: KernelBridge | None = None
+
+    def request(self) -> HardwareRequest:
+        return make_request(
+            gpus=self.gpus,
+            gpu_type=self.gpu_type,
+            gpu_mem=self.gpu_mem,
+            timeout=self.timeout,
+            node=self.node,
+            priority=self.priority,
+        )
+
+    def phase(self, phase: str, info: dict[str, t.Any]) -> None:
+        """Progress, in the server log: queued with position, placed, started."""
+        if phase == "queued":
+            self.log.info(
+                "Remote GPU kernel %s: queued, position %s: %s",
+                self.kernel_id,
+                info.get("position"),
+                info.get("waiting_for"),
+            )
+        elif phase in ("placed", "ready"):
+            self.log.info(
+                "Remote GPU kernel %s: %s on %s, %s",
+                self.kernel_id,
+                phase,
+                info.get("node"),
+                describe_gpus(info),
+            )
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
+        if self.remote is None:
+            self.remote = RemoteSession(
+                HwschedClient(parent=self),
+                self.request(),
+                "kernel",
+                kernel_argv(),
+                cwd=kwargs.get("cwd") or os.getcwd(),
+                env=caller_env(kwargs.get("env") or dict(os.environ)),
+            )
+            try:
+                await self.remote.acquire(self.phase)
+            except BaseException:
+                self.remote = None  # acquire released whatever it had made
+                raise
+        await self._attach()
+        return self.connection_info
+
+    async def _attach(self) -> None:
+        assert self.remote is not None and self.remote.kernel_id is not None
+        self.bridge = KernelBridge(
+            dict(self.connection_info),
+            self.remote.info["agent_url"],
+            self.remote.kernel_id,
+            self.remote.secret,
+            self._on_shutdown,
+        )
+        await self.bridge.start()
+        self.pid = None
+
+    async def _on_shutdown(self, msg: dict[str, t.Any]) -> None:
+        """A client asked the kernel to shut down: restart in place, or let it go."""
+        restart = bool((msg.get("content") or {}).get("restart"))
+        assert self.bridge is not None
+        self.bridge.reply("control", msg, "shutdown_reply", {"status": "ok", "restart": restart})
+        if restart:
+            await self._restart_remote()
+        await self.bridge.stop()
+
+    async def _restart_remote(self) -> None:
+        assert self.remote is not None and self.remote.kernel_id is not None
+        agent = AgentAPI(self.remote.info["agent_url"], self.remote.secret)
+        try:
+            await agent.request("POST", f"/api/kernels/{self.remote.kernel_id}/restart")
+        finally:
+            agent.close()
+
+    @property
+    def has_process(self) -> bool:
+        return self.bridge is not None
+
+    async def poll(self) -> int | None:
+        if self.bridge is None or self.bridge.closed.is_set():
+            return 0
+        return None
+
+    async def wait(self) -> int | None:
+        if self.bridge is not None:
+            await self.bridge.closed.wait()
+        return 0
+
+    async def send_signal(self, signum: int) -> None:
+        """SIGINT interrupts the remote kernel (the fallback of message-mode interrupts)."""
+        if signum == signal.SIGINT and self.remote is not None and self.remote.agent:
+            assert self.remote.kernel_id is not None
+            await self.remote.agent.interrupt(self.remote.kernel_id)
+        elif signum in (signal.SIGKILL, signal.SIGTERM):
+            await self.kill()
+
+    async def kill(self, restart: bool = False) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
+        if restart and self.remote is not None and not self.remote.releasing:
+            try:
+                await self._restart_remote()
+            except HwschedError as exc:
+                self.log.warning("restarting the remote kernel failed: %s", exc)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.kill(restart=restart)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
+            self.bridge = None
+        if not restart and self.remote is not None:
+            await self.remote.release("the kernel was shut down")
+            self.remote = None
+        await super().cleanup(restart=restart)
+
+    async def get_provisioner_info(self) -> dict[str, t.Any]:
+        info: dict[str, t.Any] = await super().get_provisioner_info()
+        if self.remote is not None:
+            info["hwsched_session"] = self.remote.id
+        return info

@@ -1,0 +1,88 @@
+"""The "Remote GPU (shared env)" kernelspec through jupyter_client's kernel manager."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+
+from jupyter_hwsched.testing import Pool, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def workspace() -> Iterator[Path]:
+    path = Path("/var/lib/hwsched-test") / f"rk-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def run(kc: Any, code: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    return reply["content"], "".join(out)
+
+
+def test_remote_kernel_lifecycle(clean_pool: Pool, workspace: Path) -> None:
+    async def scenario() -> None:
+        os.environ.update(
+            HWSCHED_URL=clean_pool.url,
+            HWSCHED_TOKEN=clean_pool.token,
+            HWSCHED_SHARE_SOCKET=clean_pool.share_socket,
+        )
+        km = AsyncKernelManager(kernel_name="hwsched-remote")
+        assert km.kernel_spec is not None
+        assert km.kernel_spec.display_name == "Remote GPU (shared env)"
+        await km.start_kernel(cwd=str(workspace))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=120)
+            reply, out = await run(
+                kc,
+                "import os\nprint(os.getcwd(), os.environ['CUDA_VISIBLE_DEVICES'])\n"
+                "print(any(' /usr fuse.sshfs ' in l for l in open('/proc/mounts')))\nx = 41",
+            )
+            assert reply["status"] == "ok", reply
+            assert out.split() == [str(workspace), "0", "True"]
+            [held] = clean_pool.held_gpus()
+            session_before = clean_pool.pool()["nodes"][0]["gpus"][held]["session"]
+
+            # interrupt: a busy loop stops, the kernel stays usable
+            msg_id = kc.execute("while True: pass")
+            await asyncio.sleep(1.0)
+            await km.interrupt_kernel()
+            reply = await kc._async_get_shell_msg(timeout=30)
+            assert reply["parent_header"]["msg_id"] == msg_id
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+            reply, out = await run(kc, "print(x + 1)")
+            assert out.strip() == "42"
+
+            # restart in place: same allocation, fresh interpreter
+            await km.restart_kernel()
+            await kc.wait_for_ready(timeout=120)
+            reply, out = await run(kc, "print('x' in globals())")
+            assert out.strip() == "False"
+            assert clean_pool.held_gpus() == [held]
+            assert clean_pool.pool()["nodes"][0]["gpus"][held]["session"] == session_before
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+        wait_for(lambda: not clean_pool.held_gpus(), 30, "the GPU to be released")
+
+    asyncio.run(scenario())
+    clean_pool.assert_clean()

@@ -86,3 +86,53 @@ def test_remote_kernel_lifecycle(clean_pool: Pool, workspace: Path) -> None:
 
     asyncio.run(scenario())
     clean_pool.assert_clean()
+
+
+def test_idle_release_warns_then_frees_the_gpu(clean_pool: Pool, workspace: Path) -> None:
+    from traitlets.config import Config
+
+    async def scenario() -> list[str]:
+        os.environ.update(
+            HWSCHED_URL=clean_pool.url,
+            HWSCHED_TOKEN=clean_pool.token,
+            HWSCHED_SHARE_SOCKET=clean_pool.share_socket,
+        )
+        config = Config(
+            {
+                "RemoteGpuProvisioner": {
+                    "idle_timeout": 4.0,
+                    "idle_warning": 2.0,
+                    "idle_check_interval": 0.2,
+                }
+            }
+        )
+        km = AsyncKernelManager(kernel_name="hwsched-remote", config=config)
+        await km.start_kernel(cwd=str(workspace))
+        kc = km.client()
+        kc.start_channels()
+        told: list[str] = []
+        try:
+            await kc.wait_for_ready(timeout=120)
+            # a silent computation longer than the idle timeout is not idle
+            reply, _ = await run(kc, "import time\ntime.sleep(6)\nprint('done')")
+            assert reply["status"] == "ok"
+            assert clean_pool.held_gpus()
+            deadline = asyncio.get_running_loop().time() + 60
+            while asyncio.get_running_loop().time() < deadline:
+                try:
+                    msg = await kc.get_iopub_msg(timeout=1)
+                except Exception:
+                    if not clean_pool.held_gpus() and any("shut down" in t for t in told):
+                        break
+                    continue
+                if msg["msg_type"] == "stream":
+                    told.append(msg["content"]["text"])
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+        return told
+
+    told = asyncio.run(scenario())
+    assert any("unless a cell runs" in t for t in told), told  # the warning came first
+    assert any("given back to the pool" in t and "Restart the kernel" in t for t in told), told
+    clean_pool.assert_clean()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,8 +55,13 @@ class KernelBridge:
         self.sockets: dict[str, zmq.asyncio.Socket] = {}
         self.routes: dict[str, list[bytes]] = {}  # msg_id -> identities of the asker
         self.tasks: list[asyncio.Task[None]] = []
+        self.reader: asyncio.Task[None] | None = None
         self.ws: WebSocketClientConnection | None = None
         self.closed = asyncio.Event()
+        # activity, for the idle release: requests in flight, and when the last one ended
+        self.in_flight: set[str] = set()
+        self.last_activity = time.monotonic()
+        self.last_request: dict[str, Any] | None = None  # the cell that messages are shown in
 
     def _bind(self, name: str, kind: int) -> zmq.asyncio.Socket:
         sock = self.context.socket(kind)
@@ -81,7 +87,8 @@ class KernelBridge:
         self._bind("iopub", zmq.PUB)
         hb = self._bind("hb", zmq.REP)
         self.tasks.append(asyncio.create_task(self._heartbeat(hb)))
-        self.tasks.append(asyncio.create_task(self._from_kernel()))
+        self.reader = asyncio.create_task(self._from_kernel())
+        self.tasks.append(self.reader)
 
     async def _heartbeat(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -98,6 +105,10 @@ class KernelBridge:
                 continue
             msg_id = msg["header"]["msg_id"]
             self.routes[msg_id] = list(idents)
+            if msg["header"]["msg_type"] == "execute_request":
+                self.in_flight.add(msg_id)
+                self.last_request = msg
+                self.last_activity = time.monotonic()
             if msg["header"]["msg_type"] == "shutdown_request":
                 await self.on_shutdown(msg)
                 continue
@@ -114,6 +125,23 @@ class KernelBridge:
             "buffers": [],
         }
         await self.ws.write_message(json.dumps(wire))
+
+    def idle_for(self) -> float:
+        """Seconds with no execution in flight (0 while a cell runs, however silent)."""
+        return 0.0 if self.in_flight else time.monotonic() - self.last_activity
+
+    def notify(self, text: str, state: str | None = None) -> None:
+        """Tell the notebook: a line in the output area of the last cell, and a status."""
+        parent = self.last_request or {}
+        if "iopub" not in self.sockets:
+            return
+        self.session.send(
+            self.sockets["iopub"], "stream", {"name": "stderr", "text": text + "\n"}, parent=parent
+        )
+        if state:
+            self.session.send(
+                self.sockets["iopub"], "status", {"execution_state": state}, parent=parent
+            )
 
     def reply(
         self, channel: str, parent: dict[str, Any], msg_type: str, content: dict[str, Any]
@@ -137,6 +165,9 @@ class KernelBridge:
                 self.session.send(self.sockets["iopub"], msg)
             elif channel in ("shell", "control", "stdin"):
                 parent_id = (msg.get("parent_header") or {}).get("msg_id", "")
+                if msg["header"].get("msg_type") == "execute_reply":
+                    self.in_flight.discard(parent_id)
+                    self.last_activity = time.monotonic()
                 idents = (
                     self.routes.get(parent_id, [])
                     if channel == "stdin"
@@ -146,6 +177,11 @@ class KernelBridge:
         self.closed.set()
 
     async def stop(self) -> None:
+        if self.ws is not None:
+            self.ws.close()  # then let the reader see the close, so the socket really shuts
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                if self.reader is not None:
+                    await asyncio.wait_for(asyncio.shield(self.reader), 2.0)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

@@ -13,13 +13,14 @@ Config comes from the kernelspec (``metadata.kernel_provisioner.config``: ``gpus
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import typing as t
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
-from traitlets import Any
+from traitlets import Any, Float
 
 from ..client.api import AgentAPI
 from ..client.config import HwschedClient
@@ -40,9 +41,20 @@ class RemoteGpuProvisioner(LocalProvisioner):
     timeout = Any(None, allow_none=True, config=True, help="Seconds the session may run.")
     node = Any(None, allow_none=True, config=True, help="A node name or label.")
     priority = Any(0, config=True, help="Queue priority, -100..100.")
+    idle_timeout = Float(
+        900.0,
+        config=True,
+        help="Seconds with no execution in flight after which the kernel is shut down and its "
+        "GPUs released (0: never).",
+    )
+    idle_warning = Float(
+        120.0, config=True, help="Seconds before the idle release that the notebook is warned."
+    )
+    idle_check_interval = Float(1.0, config=True, help="Seconds between idle checks.")
 
     remote: RemoteSession | None = None
     bridge: KernelBridge | None = None
+    _idle_task: asyncio.Future[None] | None = None
 
     def request(self) -> HardwareRequest:
         return make_request(
@@ -101,6 +113,43 @@ class RemoteGpuProvisioner(LocalProvisioner):
         )
         await self.bridge.start()
         self.pid = None
+        if self.idle_timeout > 0 and self._idle_task is None:
+            self._idle_task = asyncio.ensure_future(self._watch_idle())
+
+    async def _watch_idle(self) -> None:
+        warned = False
+        while self.remote is not None:
+            await asyncio.sleep(self.idle_check_interval)
+            bridge = self.bridge
+            if bridge is None or bridge.closed.is_set():
+                continue
+            idle = bridge.idle_for()
+            if idle >= self.idle_timeout:
+                await self._idle_release(bridge)
+                return
+            if not warned and idle >= self.idle_timeout - self.idle_warning:
+                left = self.idle_timeout - idle
+                bridge.notify(
+                    f"[hwsched] This kernel has run nothing for a while: it will be shut down "
+                    f"and its GPU given back to the pool in {left:.0f} s unless a cell runs."
+                )
+                warned = True
+            elif idle < self.idle_timeout - self.idle_warning:
+                warned = False
+
+    async def _idle_release(self, bridge: KernelBridge) -> None:
+        self.log.info("Remote GPU kernel %s: idle, releasing its GPU", self.kernel_id)
+        bridge.notify(
+            f"[hwsched] This kernel ran nothing for {self.idle_timeout / 60:g} min, so it was "
+            "shut down and its GPU given back to the pool. Restart the kernel to get a GPU again.",
+            state="dead",
+        )
+        parent = self.parent
+        if parent is not None and hasattr(parent, "stop_restarter"):
+            parent.stop_restarter()  # a released kernel must not come back by itself
+        await bridge.stop()
+        if self.remote is not None:
+            await self.remote.release("idle: no execution for the idle timeout")
 
     async def _on_shutdown(self, msg: dict[str, t.Any]) -> None:
         """A client asked the kernel to shut down: restart in place, or let it go."""
@@ -160,6 +209,9 @@ class RemoteGpuProvisioner(LocalProvisioner):
         if not restart and self.remote is not None:
             await self.remote.release("the kernel was shut down")
             self.remote = None
+        if not restart and self._idle_task is not None:
+            self._idle_task.cancel()
+            self._idle_task = None
         await super().cleanup(restart=restart)
 
     async def get_provisioner_info(self) -> dict[str, t.Any]:

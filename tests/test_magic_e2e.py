@@ -201,3 +201,45 @@ def test_queued_cell_shows_its_position(notebook: Notebook, clean_pool: Pool) ->
     ]
     assert any("queued, position 1" in p and "held by root" in p for p in phases), phases
     assert "after the wait" in text(result["outputs"])
+
+
+def test_keep_push_pull_release(notebook: Notebook, clean_pool: Pool) -> None:
+    assert notebook.run("weights = [1, 2, 3]\nscale = 10")["status"] == "ok"
+    first = notebook.run(
+        "%%hwrun --keep --push weights,scale --pull total\n"
+        "import os\nhost_pid = os.getpid()\ntotal = sum(w * scale for w in weights)"
+    )
+    assert first["status"] == "ok", first
+    assert text(notebook.run("print(total)")["outputs"]).strip() == "60"
+    held = clean_pool.held_gpus()
+    assert len(held) == 1  # kept between cells
+    second = notebook.run("%%hwrun --pull same\nsame = host_pid == os.getpid()")
+    assert second["status"] == "ok", second
+    assert text(notebook.run("print(same)")["outputs"]).strip() == "True"  # the same kernel
+    assert clean_pool.held_gpus() == held
+    # what cannot be transferred is named
+    bad = notebook.run("gen = (i for i in range(3))")
+    assert bad["status"] == "ok"
+    refused = notebook.run("%%hwrun --push gen\nprint(1)")
+    assert refused["status"] == "error" and "--push gen" in refused["reply"]["evalue"]
+    missing = notebook.run("%%hwrun --pull nothing_here\nprint(1)")
+    assert missing["status"] == "error" and "NameError" in missing["reply"]["evalue"]
+    released = notebook.run("%hwrun --release")
+    assert "released the kept session" in text(released["outputs"])
+    wait_for(lambda: not clean_pool.held_gpus(), 30, "the kept GPU to be released")
+
+
+def test_a_kept_session_is_released_when_idle(notebook: Notebook, clean_pool: Pool) -> None:
+    assert notebook.run("get_ipython().config.HwschedClient.idle_timeout = 2.0")["status"] == "ok"
+    assert notebook.run("%%hwrun --keep\nx = 1")["status"] == "ok"
+    assert clean_pool.held_gpus()
+    wait_for(lambda: not clean_pool.held_gpus(), 60, "the idle kept GPU to be released")
+    again = notebook.run("%%hwrun\nprint('x' in globals())")
+    assert again["status"] == "ok", again
+    phases = " ".join(
+        o["data"].get("text/plain", "")
+        for o in again["outputs"]
+        if o["type"] in ("display_data", "update_display_data")
+    )
+    assert "the kept session ended" in phases
+    assert text(again["outputs"]).strip() == "False"  # a fresh kernel

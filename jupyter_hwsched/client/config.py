@@ -25,6 +25,11 @@ class HwschedClient(LoggingConfigurable):
         config=True, help="The local share agent's unix socket (env HWSCHED_SHARE_SOCKET)."
     )
     poll_interval = Float(0.25, config=True, help="Seconds between queue position checks.")
+    idle_timeout = Float(
+        900.0,
+        config=True,
+        help="Seconds after its last cell that a session kept with %%hwrun --keep is released.",
+    )
 
     @default("url")
     def _url_default(self) -> str:

@@ -105,7 +105,12 @@ class GatewayKernel:
             if queue is not None:
                 queue.put_nowait(msg)
 
-    async def execute(self, code: str, on_iopub: MessageCallback) -> dict[str, Any]:
+    async def execute(
+        self,
+        code: str,
+        on_iopub: MessageCallback,
+        user_expressions: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """Run code; pass each output message on as it comes; return the execute_reply content."""
         msg = self.message(
             "execute_request",
@@ -113,7 +118,7 @@ class GatewayKernel:
                 "code": code,
                 "silent": False,
                 "store_history": True,
-                "user_expressions": {},
+                "user_expressions": user_expressions or {},
                 "allow_stdin": False,
                 "stop_on_error": True,
             },

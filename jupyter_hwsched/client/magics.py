@@ -7,16 +7,19 @@ published from the main thread, into the cell that asked for it.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import queue
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import DisplayHandle, display
 
-from ..errors import HwschedError, SessionEnded
+from ..errors import HwschedError, RequestError, SessionEnded
 from ..request import HardwareRequest
 from .config import HwschedClient
 from .kernel import GatewayKernel
@@ -25,6 +28,7 @@ from .options import request_arguments, request_from_args
 from .outputs import OutputRelay, RemoteError, RemoteResult
 from .session import RemoteSession, describe_gpus, kernel_argv
 from .status import render_pool
+from .transfer import PULL_EXPRESSION, names, pack, pull_expression, unpack
 
 
 class StatusLine:
@@ -59,6 +63,10 @@ def phase_text(phase: str, info: dict[str, Any], session: RemoteSession) -> str:
         return f"placed on {where}; starting the kernel"
     if phase == "ready":
         return f"running on {where} (waited {session.timings.waited():.1f} s)"
+    if phase == "kept":
+        return f"running on {where} (kept session)"
+    if phase == "kept-idle":
+        return f"kept {where} for the next %%hwrun cells; %hwrun --release gives it back"
     if phase == "released":
         t = session.timings
         return (
@@ -69,40 +77,76 @@ def phase_text(phase: str, info: dict[str, Any], session: RemoteSession) -> str:
     return phase
 
 
+@dataclass
+class KeptKernel:
+    """A remote kernel kept for the following cells of this notebook (``--keep``)."""
+
+    session: RemoteSession
+    kernel: GatewayKernel
+    last_used: float = field(default_factory=time.monotonic)
+    idle_task: concurrent.futures.Future[None] | None = None
+
+
 def run_remote_cell(
-    settings: HwschedClient, request: HardwareRequest, code: str, status: StatusLine
-) -> RemoteResult | None:
-    """Run ``code`` in a fresh remote kernel; relay its output; release; fail like the cell."""
+    settings: HwschedClient,
+    request: HardwareRequest,
+    code: str,
+    status: StatusLine,
+    kept: KeptKernel | None = None,
+    keep: bool = False,
+    prelude: str | None = None,
+    pull: list[str] | None = None,
+) -> tuple[RemoteResult | None, dict[str, Any], KeptKernel | None]:
+    """Run ``code`` remotely; relay its output; release unless kept; fail like the cell.
+    Returns the cell's value, the execute_reply, and the kernel if it is kept."""
     loop = BackgroundLoop.instance()
     events: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
     relay = OutputRelay()
-    session = RemoteSession(settings, request, "kernel", kernel_argv())
+    session = kept.session if kept else RemoteSession(settings, request, "kernel", kernel_argv())
+    holder: dict[str, GatewayKernel | None] = {"kernel": kept.kernel if kept else None}
 
     async def work() -> dict[str, Any]:
-        kernel: GatewayKernel | None = None
+        keeping = False
         try:
-            await session.acquire(lambda phase, info: events.put(("phase", phase, info)))
-            assert session.kernel_id is not None
-            kernel = GatewayKernel(session.info["agent_url"], session.secret, session.kernel_id)
-            await kernel.connect()
-            return await kernel.execute(code, lambda msg: events.put(("iopub", msg, None)))
+            kernel = holder["kernel"]
+            if kernel is None:
+                await session.acquire(lambda phase, info: events.put(("phase", phase, info)))
+                assert session.kernel_id is not None
+                kernel = GatewayKernel(session.info["agent_url"], session.secret, session.kernel_id)
+                holder["kernel"] = kernel
+                await kernel.connect()
+            else:
+                events.put(("phase", "kept", session.info))
+            if prelude:
+                pushed = await kernel.execute(prelude, lambda msg: None)
+                if pushed.get("status") != "ok":
+                    raise RequestError(f"--push failed remotely: {pushed.get('evalue', '')}")
+            expressions = {PULL_EXPRESSION: pull_expression(pull)} if pull else None
+            reply = await kernel.execute(
+                code, lambda msg: events.put(("iopub", msg, None)), expressions
+            )
+            keeping = keep
+            return reply
         except SessionEnded:
             reason = await session.why_ended()
             if reason:
                 raise SessionEnded(f"the session ended: {reason}") from None
             raise
         finally:
-            try:
-                if kernel is not None:
-                    await kernel.close()
-                await session.release()
-            finally:
-                events.put(("phase", "released", session.info))
+            if keeping:
+                events.put(("phase", "kept-idle", session.info))
+            else:
+                try:
+                    if holder["kernel"] is not None:
+                        await holder["kernel"].close()
+                    await session.release()
+                finally:
+                    events.put(("phase", "released", session.info))
 
     future = loop.submit(work())
     interrupts = 0
-    released = False
-    while not released:
+    done = None
+    while done is None:
         try:
             try:
                 kind, first, second = events.get(timeout=0.05)
@@ -112,7 +156,7 @@ def run_remote_cell(
                 relay(first)
             else:
                 status.show(phase_text(first, second, session))
-                released = first == "released"
+                done = first if first in ("released", "kept-idle") else None
         except KeyboardInterrupt:
             interrupts += 1
             if interrupts == 1 and session.kernel_id and session.agent is not None:
@@ -133,7 +177,9 @@ def run_remote_cell(
         raise relay.error or RemoteError(
             reply.get("ename", "Error"), reply.get("evalue", ""), reply.get("traceback", [])
         )
-    return relay.result
+    kernel = holder["kernel"]
+    handle = kept or (KeptKernel(session, kernel) if done == "kept-idle" and kernel else None)
+    return relay.result, reply, handle
 
 
 @magics_class
@@ -143,21 +189,99 @@ class HwschedMagics(Magics):
     def settings(self) -> HwschedClient:
         return HwschedClient(parent=self.shell, config=self.shell.config if self.shell else None)
 
+    kept: KeptKernel | None = None
+
     @magic_arguments()
     @request_arguments
-    @cell_magic
-    def hwrun(self, line: str, cell: str) -> RemoteResult | None:
-        """Run this cell on a GPU from the pool, in your own environment, and release it."""
+    @argument("--keep", action="store_true", help="keep the remote kernel for the next cells")
+    @argument("--release", action="store_true", help="(%%hwrun --release) end the kept kernel")
+    @argument("--push", default=None, metavar="A,B", help="send these variables first")
+    @argument("--pull", default=None, metavar="C", help="bring these variables back after")
+    @line_cell_magic
+    def hwrun(self, line: str, cell: str | None = None) -> RemoteResult | None:
+        """Run this cell on a GPU from the pool, in your own environment, and release it
+        (or keep it for the next cells with --keep; %hwrun --release gives it back)."""
         args = parse_argstring(self.hwrun, line)
+        if cell is None:
+            if not args.release:
+                raise UsageError("as a line magic, write %hwrun --release; run cells with %%hwrun")
+            self.release_kept("released by %hwrun --release", say=True)
+            return None
         try:
             request = request_from_args(args)
             settings = self.settings()
             settings.check()
+            prelude = pack(self.namespace(), names(args.push)) if args.push else None
+            pull = names(args.pull)
         except HwschedError as exc:
             raise UsageError(str(exc)) from None
         status = StatusLine()
-        status.show(f"asking for {request.gpus} GPU(s)")
-        return run_remote_cell(settings, request, cell, status)
+        kept = self.kept
+        if kept is not None and kept.session.ended_reason:
+            status.show(f"the kept session ended ({kept.session.ended_reason}); asking anew")
+            self.kept = kept = None
+        if kept is None:
+            status.show(f"asking for {request.gpus} GPU(s)")
+        else:
+            kept.last_used = time.monotonic()
+        try:
+            result, reply, handle = run_remote_cell(
+                settings,
+                request,
+                cell,
+                status,
+                kept=kept,
+                keep=args.keep or kept is not None,
+                prelude=prelude,
+                pull=pull,
+            )
+        except BaseException:
+            self.kept = None if kept is None or kept.session.releasing else kept
+            raise
+        if handle is not None and handle is not kept:
+            self.kept = handle
+            self._watch_idle(handle, settings.idle_timeout)
+        if handle is not None:
+            handle.last_used = time.monotonic()
+        if pull:
+            try:
+                self.namespace().update(unpack(reply, pull))
+            except HwschedError as exc:
+                raise UsageError(str(exc)) from None
+        return result
+
+    def namespace(self) -> dict[str, Any]:
+        assert self.shell is not None, "magics are registered on a shell"
+        ns: dict[str, Any] = self.shell.user_ns
+        return ns
+
+    def _watch_idle(self, handle: KeptKernel, timeout: float) -> None:
+        async def watch() -> None:
+            while not handle.session.releasing:
+                left = handle.last_used + timeout - time.monotonic()
+                if left <= 0:
+                    await handle.kernel.close()
+                    await handle.session.release(f"idle for {timeout:g} s after its last cell")
+                    handle.session.ended_reason = f"released after {timeout:g} s idle"
+                    return
+                await asyncio.sleep(min(left, 5.0))
+
+        handle.idle_task = BackgroundLoop.instance().submit(watch())
+
+    def release_kept(self, reason: str, say: bool = False) -> None:
+        kept, self.kept = self.kept, None
+        if kept is None:
+            if say:
+                print("[hwrun] no kept session to release")
+            return
+
+        async def release() -> None:
+            await kept.kernel.close()
+            await kept.session.release(reason)
+
+        BackgroundLoop.instance().run(release(), timeout=120)
+        if say:
+            print(f"[hwrun] released the kept session on {kept.session.info.get('node')}")
 
     @magic_arguments()
     @argument("--json", action="store_true", help="print the raw JSON")

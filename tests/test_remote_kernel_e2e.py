@@ -136,3 +136,39 @@ def test_idle_release_warns_then_frees_the_gpu(clean_pool: Pool, workspace: Path
     assert any("unless a cell runs" in t for t in told), told  # the warning came first
     assert any("given back to the pool" in t and "Restart the kernel" in t for t in told), told
     clean_pool.assert_clean()
+
+
+def test_a_dropped_connection_loses_and_duplicates_nothing(
+    clean_pool: Pool, workspace: Path
+) -> None:
+    async def scenario() -> str:
+        os.environ.update(
+            HWSCHED_URL=clean_pool.url,
+            HWSCHED_TOKEN=clean_pool.token,
+            HWSCHED_SHARE_SOCKET=clean_pool.share_socket,
+        )
+        km = AsyncKernelManager(kernel_name="hwsched-remote")
+        await km.start_kernel(cwd=str(workspace))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=120)
+            code = (
+                "import time\nfor i in range(60):\n    print(i, flush=True)\n    time.sleep(0.03)"
+            )
+            task = asyncio.ensure_future(run(kc, code))
+            for _ in range(3):  # cut the link to the node three times while lines stream
+                await asyncio.sleep(0.4)
+                bridge = km.provisioner.bridge  # type: ignore[union-attr]
+                assert bridge is not None and bridge.ws is not None
+                bridge.ws.close()
+            reply, out = await task
+            assert reply["status"] == "ok"
+            return out
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    out = asyncio.run(scenario())
+    assert [int(n) for n in out.split()] == list(range(60))
+    clean_pool.assert_clean()

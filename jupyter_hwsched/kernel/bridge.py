@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from ..errors import UnavailableError
 
@@ -39,6 +39,7 @@ class KernelBridge:
         kernel_id: str,
         secret: str,
         on_shutdown: ShutdownHandler,
+        reconnect_for: float = 30.0,
     ) -> None:
         self.connection = connection
         self.url = (
@@ -58,6 +59,9 @@ class KernelBridge:
         self.reader: asyncio.Task[None] | None = None
         self.ws: WebSocketClientConnection | None = None
         self.closed = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.stopping = False
+        self.reconnect_for = reconnect_for
         # activity, for the idle release: requests in flight, and when the last one ended
         self.in_flight: set[str] = set()
         self.last_activity = time.monotonic()
@@ -71,7 +75,9 @@ class KernelBridge:
         self.sockets[name] = sock
         return sock
 
-    async def start(self) -> None:
+    async def _connect(self) -> None:
+        # the same session id on every connection: while we are away the node's server keeps
+        # the kernel's messages for us, and replays them when we come back
         request = HTTPRequest(
             self.url + f"?session_id={self.session.session}",
             headers={"Authorization": f"token {self.secret}"},
@@ -81,6 +87,27 @@ class KernelBridge:
             self.ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
         except (OSError, HTTPClientError) as exc:
             raise UnavailableError(f"cannot reach the kernel on the node: {exc}") from None
+        self.connected.set()
+
+    async def _reconnect(self) -> bool:
+        """After a dropped connection: try again for ``reconnect_for`` seconds."""
+        self.connected.clear()
+        self.ws = None
+        deadline = time.monotonic() + self.reconnect_for
+        delay = 0.1
+        while not self.stopping and time.monotonic() < deadline:
+            try:
+                await self._connect()
+                log.info("reconnected to the remote kernel")
+                return True
+            except UnavailableError as exc:
+                log.warning("reconnecting to the remote kernel: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        return False
+
+    async def start(self) -> None:
+        await self._connect()
         for name in ("shell", "control", "stdin"):
             sock = self._bind(name, zmq.ROUTER)
             self.tasks.append(asyncio.create_task(self._from_clients(name, sock)))
@@ -115,7 +142,6 @@ class KernelBridge:
             await self._to_kernel(channel, msg)
 
     async def _to_kernel(self, channel: str, msg: dict[str, Any]) -> None:
-        assert self.ws is not None
         wire: dict[str, object] = {
             "header": _jsonable(msg["header"]),
             "parent_header": _jsonable(msg.get("parent_header") or {}),
@@ -124,7 +150,18 @@ class KernelBridge:
             "channel": channel,
             "buffers": [],
         }
-        await self.ws.write_message(json.dumps(wire))
+        text = json.dumps(wire)
+        for _ in range(2):  # once more after a reconnect
+            try:
+                await asyncio.wait_for(self.connected.wait(), self.reconnect_for)
+            except asyncio.TimeoutError:
+                return
+            try:
+                assert self.ws is not None
+                await self.ws.write_message(text)
+                return
+            except WebSocketClosedError:
+                await asyncio.sleep(0.1)
 
     def idle_for(self) -> float:
         """Seconds with no execution in flight (0 while a cell runs, however silent)."""
@@ -151,11 +188,12 @@ class KernelBridge:
         self.session.send(self.sockets[channel], msg_type, content, parent=parent, ident=idents)
 
     async def _from_kernel(self) -> None:
-        assert self.ws is not None
         while True:
-            raw = await self.ws.read_message()
+            raw = await self.ws.read_message() if self.ws is not None else None
             if raw is None:
-                break
+                if self.stopping or not await self._reconnect():
+                    break
+                continue
             if isinstance(raw, bytes):
                 continue  # binary frames carry buffers; not used by text outputs
             msg = json.loads(raw)
@@ -177,6 +215,7 @@ class KernelBridge:
         self.closed.set()
 
     async def stop(self) -> None:
+        self.stopping = True
         if self.ws is not None:
             self.ws.close()  # then let the reader see the close, so the socket really shuts
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):

@@ -53,6 +53,7 @@ class AgentApp(ExtensionApp):
         "authorizer_class": "jupyter_hwsched.agent.authorizer.NodeAuthorizer",
         "identity_provider_class": "jupyter_hwsched.agent.authorizer.NodeIdentityProvider",
         "terminals_enabled": False,
+        "kernel_websocket_connection_class": "jupyter_hwsched.agent.websocket.NoDelayConnection",
     }
 
     node_name = Unicode(config=True, help="Name of this node in the pool (default: hostname).")

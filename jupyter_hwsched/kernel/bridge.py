@@ -87,6 +87,8 @@ class KernelBridge:
             self.ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
         except (OSError, HTTPClientError) as exc:
             raise UnavailableError(f"cannot reach the kernel on the node: {exc}") from None
+        # small messages both ways, each waited for: Nagle's delay would add ~40 ms a cell
+        self.ws.protocol.set_nodelay(True)  # type: ignore[union-attr]
         self.connected.set()
 
     async def _reconnect(self) -> bool:
@@ -122,8 +124,11 @@ class KernelBridge:
             await sock.send_multipart(await sock.recv_multipart())
 
     async def _from_clients(self, channel: str, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart(copy=True)
+        while not self.stopping:
+            try:
+                frames = await sock.recv_multipart(copy=True)
+            except zmq.ZMQError:
+                return  # closed by stop()
             try:
                 idents, rest = self.session.feed_identities(frames)
                 msg = self.session.deserialize(rest, content=True)
@@ -137,7 +142,7 @@ class KernelBridge:
                 self.last_request = msg
                 self.last_activity = time.monotonic()
             if msg["header"]["msg_type"] == "shutdown_request":
-                await self.on_shutdown(msg)
+                await self.on_shutdown(msg)  # may stop this bridge, this task included
                 continue
             await self._to_kernel(channel, msg)
 
@@ -221,9 +226,11 @@ class KernelBridge:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 if self.reader is not None:
                     await asyncio.wait_for(asyncio.shield(self.reader), 2.0)
-        for task in self.tasks:
+        me = asyncio.current_task()
+        others = [task for task in self.tasks if task is not me]
+        for task in others:
             task.cancel()
-        for task in self.tasks:
+        for task in others:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.tasks.clear()

@@ -11,6 +11,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .serverext.app import HwschedServerApp
+
+    return [{"module": "jupyter_hwsched.serverext.app", "app": HwschedServerApp}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     from .client.magics import HwschedMagics
 

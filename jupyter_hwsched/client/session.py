@@ -140,6 +140,36 @@ class RemoteSession:
         progress("ready", info)
         return info
 
+    def state(self) -> dict[str, Any]:
+        """What a later process needs to attach to this session again."""
+        return {
+            "id": self.id,
+            "secret": self.secret,
+            "info": self.info,
+            "kernel_id": self.kernel_id,
+        }
+
+    async def attach(self, state: dict[str, Any]) -> None:
+        """Take over a live session saved by ``state()`` (a restarted Jupyter server)."""
+        self.id, self.secret = state["id"], state["secret"]
+        self.info, self.kernel_id = state["info"], state["kernel_id"]
+        info = await self.scheduler.renew(str(self.id))  # raises SessionEnded if it is gone
+        self.agent = AgentAPI(self.info["agent_url"], self.secret)
+        self.timings.submitted = self.timings.placed = self.timings.ready = time.time()
+        lease = max(1.0, float(info["lease_expires"]) - time.time())
+        self._renewer = asyncio.create_task(self._renew(max(1.0, lease / 3)))
+
+    async def detach(self) -> None:
+        """Stop using the session without ending it: it stays with its lease running."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        for client in (self.agent, self.share, self.scheduler):
+            if client is not None:
+                client.close()
+
     async def _renew(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)

@@ -28,6 +28,7 @@ from ..client.environment import caller_env
 from ..client.session import RemoteSession, describe_gpus, kernel_argv
 from ..errors import HwschedError
 from ..request import HardwareRequest, make_request
+from . import registry
 from .bridge import KernelBridge
 
 
@@ -67,7 +68,9 @@ class RemoteGpuProvisioner(LocalProvisioner):
         )
 
     def phase(self, phase: str, info: dict[str, t.Any]) -> None:
-        """Progress, in the server log: queued with position, placed, started."""
+        """Progress, in the server log and for the server extension: queued with position,
+        placed, started."""
+        registry.record(str(self.kernel_id), phase, info)
         if phase == "queued":
             self.log.info(
                 "Remote GPU kernel %s: queued, position %s: %s",
@@ -84,7 +87,18 @@ class RemoteGpuProvisioner(LocalProvisioner):
                 describe_gpus(info),
             )
 
+    async def pre_launch(self, **kwargs: t.Any) -> dict[str, t.Any]:
+        self._attach_state = kwargs.pop("hwsched_attach", None)
+        result: dict[str, t.Any] = await super().pre_launch(**kwargs)
+        return result
+
     async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
+        state = getattr(self, "_attach_state", None)
+        if self.remote is None and state is not None:
+            # a restarted server takes over a remote kernel that kept running
+            self.remote = RemoteSession(HwschedClient(parent=self), self.request(), "kernel", [])
+            await self.remote.attach(state)
+            registry.record(str(self.kernel_id), "reattached", self.remote.info)
         if self.remote is None:
             self.remote = RemoteSession(
                 HwschedClient(parent=self),
@@ -99,6 +113,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
             except BaseException:
                 self.remote = None  # acquire released whatever it had made
                 raise
+            registry.save(str(self.kernel_id), self.remote.state())
         await self._attach()
         return self.connection_info
 
@@ -150,6 +165,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
         await bridge.stop()
         if self.remote is not None:
             await self.remote.release("idle: no execution for the idle timeout")
+            registry.forget(str(self.kernel_id))
 
     async def _on_shutdown(self, msg: dict[str, t.Any]) -> None:
         """A client asked the kernel to shut down: restart in place, or let it go."""
@@ -207,7 +223,11 @@ class RemoteGpuProvisioner(LocalProvisioner):
             await self.bridge.stop()
             self.bridge = None
         if not restart and self.remote is not None:
-            await self.remote.release("the kernel was shut down")
+            if registry.KEEP_ON_EXIT["active"] and not self.remote.releasing:
+                await self.remote.detach()  # the server restarts; the kernel stays
+            else:
+                await self.remote.release("the kernel was shut down")
+                registry.forget(str(self.kernel_id))
             self.remote = None
         if not restart and self._idle_task is not None:
             self._idle_task.cancel()

@@ -1,0 +1,100 @@
+"""A Jupyter server restarted while a remote GPU kernel runs takes it over again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_hwsched.client.kernel import GatewayKernel
+from jupyter_hwsched.testing import Pool, Service, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def jupyter_server(
+    pool: Pool, root: Path, runtime: Path, port: int, token: str, log: Path
+) -> Service:
+    env = {**pool.env, "JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_TOKEN": token}
+    service = Service(
+        "jupyter-server",
+        [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ip=127.0.0.1",
+            f"--ServerApp.root_dir={root}",
+        ],
+        env,
+        log,
+    )
+    wait_for(lambda: "is running at" in log.read_text(errors="replace"), 120, "the Jupyter server")
+    return service
+
+
+def call(url: str, method: str, path: str, token: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"token {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+async def run_code(url: str, token: str, kernel_id: str, code: str) -> str:
+    kernel = GatewayKernel(url, token, kernel_id)
+    await kernel.connect()
+    out: list[str] = []
+    try:
+        await kernel.execute(
+            code,
+            lambda m: (
+                out.append(m["content"].get("text", ""))
+                if m["header"]["msg_type"] == "stream"
+                else None
+            ),
+        )
+    finally:
+        await kernel.close()
+    return "".join(out)
+
+
+def test_restarted_server_keeps_the_remote_kernel(clean_pool: Pool, tmp_path: Path) -> None:
+    root = clean_pool.state / "nb-root"
+    root.mkdir()
+    runtime = tmp_path / "runtime"
+    port, token = free_port(), secrets.token_hex(8)
+    url = f"http://127.0.0.1:{port}"
+    server = jupyter_server(clean_pool, root, runtime, port, token, tmp_path / "s1.log")
+    try:
+        kernel = call(url, "POST", "/api/kernels", token, {"name": "hwsched-remote"})
+        progress = call(url, "GET", f"/hwsched/kernels/{kernel['id']}/progress", token)
+        assert [e["phase"] for e in progress["events"]][-1] == "ready"
+        assert asyncio.run(run_code(url, token, kernel["id"], "x = 6 * 7\nprint('set')")) == "set\n"
+        held = clean_pool.held_gpus()
+        assert held
+    finally:
+        server.stop()
+    # the server is gone; within the lease the remote kernel lives on
+    server = jupyter_server(clean_pool, root, runtime, port, token, tmp_path / "s2.log")
+    try:
+        kernels = call(url, "GET", "/api/kernels", token)
+        assert [k["id"] for k in kernels] == [kernel["id"]]
+        assert asyncio.run(run_code(url, token, kernel["id"], "print(x)")) == "42\n"
+        assert clean_pool.held_gpus() == held
+        call(url, "DELETE", f"/api/kernels/{kernel['id']}", token)
+        wait_for(lambda: not clean_pool.held_gpus(), 30, "the GPU to be released")
+    finally:
+        server.stop()

@@ -83,9 +83,8 @@ def main() -> None:
     for name, values in results.items():
         values = sorted(values)
         p90 = values[int(0.9 * (len(values) - 1))]
-        print(
-            f"{name:<16} {len(values):>5} {1000 * statistics.median(values):>10.2f} {1000 * p90:>8.2f}"
-        )
+        median = 1000 * statistics.median(values)
+        print(f"{name:<16} {len(values):>5} {median:>10.2f} {1000 * p90:>8.2f}")
     for what in ("cell", "restart"):
         ratio = statistics.median(results[f"{what} remote"]) / statistics.median(
             results[f"{what} local"]

@@ -90,6 +90,7 @@ class Pool:
         node: str | None = None,
         before_agent: Callable[[Pool], None] | None = None,
         node_timeout: float = 10.0,
+        lease: float = LEASE,
     ) -> None:
         Pool._count += 1
         self.workdir = workdir
@@ -119,7 +120,7 @@ class Pool:
                     "scheduler",
                     f"--port={self.port}",
                     f"--db={self.state / 'sched.sqlite'}",
-                    f"--lease={LEASE}",
+                    f"--lease={lease}",
                     f"--node-timeout={node_timeout}",
                     "--SchedulerApp.tick_interval=0.25",
                 ],

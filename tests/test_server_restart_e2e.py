@@ -7,6 +7,7 @@ import json
 import secrets
 import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,18 @@ async def run_code(url: str, token: str, kernel_id: str, code: str) -> str:
     return "".join(out)
 
 
-def test_restarted_server_keeps_the_remote_kernel(clean_pool: Pool, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def long_lease_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    # a server restart takes seconds; the lease must outlast it, as it does by default (30 s)
+    pool = Pool(tmp_path_factory.mktemp("restart-pool"), lease=30.0)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def test_restarted_server_keeps_the_remote_kernel(long_lease_pool: Pool, tmp_path: Path) -> None:
+    clean_pool = long_lease_pool
     root = clean_pool.state / "nb-root"
     root.mkdir()
     runtime = tmp_path / "runtime"

@@ -102,7 +102,10 @@ def test_restarted_server_keeps_the_remote_kernel(long_lease_pool: Pool, tmp_pat
     # the server is gone; within the lease the remote kernel lives on
     server = jupyter_server(clean_pool, root, runtime, port, token, tmp_path / "s2.log")
     try:
-        kernels = call(url, "GET", "/api/kernels", token)
+        # the extension takes the kernel over once the server is up
+        kernels = wait_for(
+            lambda: call(url, "GET", "/api/kernels", token), 120, "the kernel to be taken over"
+        )
         assert [k["id"] for k in kernels] == [kernel["id"]]
         assert asyncio.run(run_code(url, token, kernel["id"], "print(x)")) == "42\n"
         assert clean_pool.held_gpus() == held

@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import sys
+from typing import Any
+from urllib.parse import urlencode
 
 from ..errors import HwschedError
 
@@ -61,34 +63,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def status(argv: list[str]) -> int:
+def fetch(path: str, query: dict[str, str] | None = None) -> Any:
+    """GET one scheduler resource with the client's settings (for status and usage)."""
     from ..client.api import SchedulerAPI
     from ..client.config import HwschedClient
+
+    async def get() -> Any:
+        settings = HwschedClient()
+        settings.check()
+        api = SchedulerAPI(settings.url, settings.token)
+        try:
+            return await api.request("GET", path + (f"?{urlencode(query)}" if query else ""))
+        finally:
+            api.close()
+
+    return asyncio.run(get())
+
+
+def status(argv: list[str]) -> int:
     from ..client.environment import caller_identity
     from ..client.status import render_pool
 
     parser = argparse.ArgumentParser(prog="hwsched status", description=SUBCOMMANDS["status"])
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(argv)
-
-    async def fetch() -> dict[str, object]:
-        settings = HwschedClient()
-        settings.check()
-        api = SchedulerAPI(settings.url, settings.token)
-        try:
-            return await api.pool()
-        finally:
-            api.close()
-
     try:
-        pool = asyncio.run(fetch())
+        pool = fetch("/api/pool")
     except HwschedError as exc:
         print(f"hwsched status: error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(pool, indent=1))
-    else:
-        print(render_pool(pool, me=caller_identity()["name"]))
+    print(
+        json.dumps(pool, indent=1) if args.json else render_pool(pool, me=caller_identity()["name"])
+    )
     return 0
 
 
@@ -109,8 +115,6 @@ def parse_duration(text: str) -> float:
 
 
 def usage(argv: list[str]) -> int:
-    from ..client.api import SchedulerAPI
-    from ..client.config import HwschedClient
     from ..client.status import render_usage
 
     parser = argparse.ArgumentParser(prog="hwsched usage", description=SUBCOMMANDS["usage"])
@@ -119,21 +123,8 @@ def usage(argv: list[str]) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(argv)
-
-    async def fetch() -> dict[str, object]:
-        settings = HwschedClient()
-        settings.check()
-        api = SchedulerAPI(settings.url, settings.token)
-        try:
-            result: dict[str, object] = await api.request(
-                "GET", "/api/usage", since=str(args.since)
-            )
-            return result
-        finally:
-            api.close()
-
     try:
-        report = asyncio.run(fetch())
+        report = fetch("/api/usage", {"since": str(args.since)})
     except HwschedError as exc:
         print(f"hwsched usage: error: {exc}", file=sys.stderr)
         return 1

@@ -13,14 +13,14 @@ from jupyter_core.paths import jupyter_data_dir
 from tornado import httpserver, ioloop, web
 from tornado.netutil import bind_sockets
 from traitlets import Float, Integer, Unicode, default
-from traitlets.config import Application
 
+from ..appconfig import ConfigFileApp
 from .core import Scheduler
 from .handlers import NotFoundHandler, handlers
 from .store import Store
 
 
-class SchedulerApp(Application):
+class SchedulerApp(ConfigFileApp):
     name = "hwsched-scheduler"
     description = "Serve the GPU pool's queue and placement over HTTP."
 
@@ -40,15 +40,6 @@ class SchedulerApp(Application):
         "node-timeout": "Scheduler.node_timeout",
     }
     classes = [Scheduler]
-
-    config_file = Unicode("", config=True, help="A traitlets config file (Python) to load.")
-
-    def initialize(self, argv: Any = None) -> None:
-        super().initialize(argv)
-        if self.config_file:
-            path = Path(self.config_file)
-            self.load_config_file(path.name, path=str(path.parent.resolve()))
-            self.update_config(self.cli_config)  # the command line wins over the file
 
     @default("db")
     def _db_default(self) -> str:

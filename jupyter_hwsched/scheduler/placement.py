@@ -108,43 +108,43 @@ class PlacementPolicy(LoggingConfigurable):
         raise NotImplementedError
 
 
-class PackPlacement(PlacementPolicy):
-    """Best fit: the node with the fewest free matching GPUs that still fits the request, and
-    NVLink-connected GPUs there. Packing keeps other nodes whole for large requests."""
+class _FitPlacement(PlacementPolicy):
+    """Pick the node whose count of free fitting GPUs ranks first by ``rank``; then the
+    NVLink-connected GPUs there."""
+
+    def rank(self, free: int) -> int:
+        raise NotImplementedError
 
     def choose(
         self, request: HardwareRequest, nodes: list[NodeView]
     ) -> tuple[str, list[int]] | None:
-        best: tuple[int, str, NodeView, list[int]] | None = None
+        best: tuple[tuple[int, str], NodeView, list[int]] | None = None
         match = Matcher(request)
         for node in nodes:
             free = node.free_matching(request, match)
             if len(free) < request.gpus:
                 continue
-            if best is None or (len(free), node.name) < (best[0], best[1]):
-                best = (len(free), node.name, node, free)
+            key = (self.rank(len(free)), node.name)
+            if best is None or key < best[0]:
+                best = (key, node, free)
         if best is None:
             return None
-        return best[1], linked_choice(best[2], best[3], request.gpus)
+        return best[1].name, linked_choice(best[1], best[2], request.gpus)
 
 
-class SpreadPlacement(PlacementPolicy):
+class PackPlacement(_FitPlacement):
+    """Best fit: the node with the fewest free matching GPUs that still fits the request.
+    Packing keeps other nodes whole for large requests."""
+
+    def rank(self, free: int) -> int:
+        return free
+
+
+class SpreadPlacement(_FitPlacement):
     """Worst fit: the node with the most free matching GPUs, spreading load over nodes."""
 
-    def choose(
-        self, request: HardwareRequest, nodes: list[NodeView]
-    ) -> tuple[str, list[int]] | None:
-        best: tuple[int, str, NodeView, list[int]] | None = None
-        match = Matcher(request)
-        for node in nodes:
-            free = node.free_matching(request, match)
-            if len(free) < request.gpus:
-                continue
-            if best is None or (-len(free), node.name) < (-best[0], best[1]):
-                best = (len(free), node.name, node, free)
-        if best is None:
-            return None
-        return best[1], linked_choice(best[2], best[3], request.gpus)
+    def rank(self, free: int) -> int:
+        return -free
 
 
 def impossible_reason(request: HardwareRequest, nodes: list[NodeView]) -> str | None:

@@ -23,8 +23,8 @@ from jupyter_core.paths import jupyter_runtime_dir
 from tornado import httpserver, ioloop, web
 from tornado.netutil import bind_unix_socket
 from traitlets import Float, Unicode, default
-from traitlets.config import Application
 
+from ..appconfig import ConfigFileApp
 from ..client.api import SchedulerAPI
 from ..errors import ForbiddenError, HwschedError, NotFoundError, RequestError
 from ..web import JsonHandler
@@ -146,7 +146,7 @@ class ShareAgent:
             await self.close(session_id, "the share agent is stopping")
 
 
-class ShareAgentApp(Application):
+class ShareAgentApp(ConfigFileApp):
     name = "hwsched-share"
     description = "Export this machine's root over SFTP to GPU nodes, one session at a time."
 
@@ -172,15 +172,6 @@ class ShareAgentApp(Application):
         "scheduler-url": "ShareAgentApp.scheduler_url",
         "token": "ShareAgentApp.token",
     }
-
-    config_file = Unicode("", config=True, help="A traitlets config file (Python) to load.")
-
-    def initialize(self, argv: Any = None) -> None:
-        super().initialize(argv)
-        if self.config_file:
-            path = Path(self.config_file)
-            self.load_config_file(path.name, path=str(path.parent.resolve()))
-            self.update_config(self.cli_config)  # the command line wins over the file
 
     @default("socket_path")
     def _socket_default(self) -> str:

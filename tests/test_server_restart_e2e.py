@@ -38,8 +38,18 @@ def jupyter_server(
         env,
         log,
     )
-    wait_for(lambda: "is running at" in log.read_text(errors="replace"), 120, "the Jupyter server")
+    # jupyter_server logs "is running at" before it binds its port: wait until it answers
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: answers(url, token), 120, "the Jupyter server to answer")
     return service
+
+
+def answers(url: str, token: str) -> bool:
+    try:
+        call(url, "GET", "/api/status", token)
+    except OSError:
+        return False
+    return True
 
 
 def call(url: str, method: str, path: str, token: str, body: Any = None) -> Any:

@@ -166,6 +166,8 @@ class AgentApp(ExtensionApp):
                 serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else socket.gethostname()
             )
             self.public_url = f"http://{host}:{serverapp.port}"
+        local = serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
+        await self._until_listening(local, serverapp.port)
         await self.register(wait=True)
         self._heartbeat = PeriodicCallback(self.heartbeat, self.heartbeat_interval * 1000)
         self._heartbeat.start()
@@ -177,6 +179,19 @@ class AgentApp(ExtensionApp):
             f"gpus={len(self.gpus)} ({kind})",
             flush=True,
         )
+
+    async def _until_listening(self, host: str, port: int, timeout: float = 30.0) -> None:
+        """jupyter_server binds its port in a loop callback after this hook may run; tell the
+        scheduler (and print READY) only once clients can connect."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
 
     async def register(self, wait: bool = False) -> None:
         gpus = [g.to_json() for g in self.gpus.values()]

@@ -65,18 +65,18 @@ def call(url: str, method: str, path: str, token: str, body: Any = None) -> Any:
 
 
 async def run_code(url: str, token: str, kernel_id: str, code: str) -> str:
+    """Run code through the Jupyter server's kernel websocket; return what it printed to
+    stdout (a warning on stderr is not the cell's output)."""
     kernel = GatewayKernel(url, token, kernel_id)
     await kernel.connect()
     out: list[str] = []
+
+    def on_iopub(msg: dict[str, Any]) -> None:
+        if msg["header"]["msg_type"] == "stream" and msg["content"].get("name") == "stdout":
+            out.append(msg["content"]["text"])
+
     try:
-        await kernel.execute(
-            code,
-            lambda m: (
-                out.append(m["content"].get("text", ""))
-                if m["header"]["msg_type"] == "stream"
-                else None
-            ),
-        )
+        await kernel.execute(code, on_iopub)
     finally:
         await kernel.close()
     return "".join(out)
@@ -117,7 +117,9 @@ def test_restarted_server_keeps_the_remote_kernel(long_lease_pool: Pool, tmp_pat
             lambda: call(url, "GET", "/api/kernels", token), 120, "the kernel to be taken over"
         )
         assert [k["id"] for k in kernels] == [kernel["id"]]
-        assert asyncio.run(run_code(url, token, kernel["id"], "print(x)")) == "42\n"
+        printed = asyncio.run(run_code(url, token, kernel["id"], "print(x)"))
+        log = (tmp_path / "s2.log").read_text(errors="replace")[-3000:]
+        assert printed == "42\n", f"printed {printed!r}; server log:\n{log}"
         assert clean_pool.held_gpus() == held
         call(url, "DELETE", f"/api/kernels/{kernel['id']}", token)
         wait_for(lambda: not clean_pool.held_gpus(), 30, "the GPU to be released")

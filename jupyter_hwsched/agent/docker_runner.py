@@ -209,7 +209,6 @@ class DockerRunner(Runner):
             except self.docker.errors.DockerException:
                 code = None
             proc.exit_code = 255 if code is None else int(code)
-            proc.done.set()
             on_exit(proc.exit_code)
 
         threading.Thread(target=pump, name=f"exec-{exec_id[:12]}", daemon=True).start()

@@ -78,7 +78,6 @@ class HostRunner(Runner):
                 pump.join()
             code = proc.wait()
             handle.exit_code = 128 - code if code < 0 else code  # killed by a signal: 128+N
-            handle.done.set()
             on_exit(handle.exit_code)
 
         threading.Thread(target=reap, daemon=True).start()

@@ -9,7 +9,6 @@ workstation that is also the developer's machine and has no container engine.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +50,6 @@ class ExecProcess:
         self.pid = pid
         self.exec_id = exec_id
         self.exit_code: int | None = None
-        self.done = threading.Event()
 
     def signal(self, signum: int) -> None:
         """Signal the process if it still runs; pid 0 or 1 would hit the wrong processes."""

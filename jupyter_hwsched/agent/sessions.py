@@ -106,7 +106,6 @@ class NodeSession:
     kernel_id: str | None = None
     command: ExecProcess | None = None
     started: float = field(default_factory=time.time)
-    closed: bool = False
     end_reason: str | None = None
     starting: asyncio.Future[None] | None = None  # done once the start path has finished
     torn_down: bool = False
@@ -249,7 +248,6 @@ class NodeSession:
     def close(self) -> None:
         """Destroy the container, unmount, remove the session's files (blocking). Each step
         runs even if one before it failed; the files go only once nothing is mounted."""
-        self.closed = True
         try:
             if self.container_id:
                 self.runner.remove(self.container_id)

@@ -8,13 +8,13 @@ import signal
 import sys
 from typing import Any, BinaryIO
 
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClosedError, websocket_connect
+from tornado.websocket import WebSocketClosedError
 
-from ..errors import SessionEnded, UnavailableError
+from ..errors import SessionEnded
 from ..request import HardwareRequest
 from .config import HwschedClient
 from .session import ProgressCallback, RemoteSession
+from .websocket import open_websocket
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -50,16 +50,9 @@ async def run_command(
         loop.add_signal_handler(sig, forward, int(sig))
     try:
         await session.acquire(progress)
-        url = session.info["agent_url"].rstrip("/").replace("http", "ws", 1)
-        try:
-            ws = await websocket_connect(
-                HTTPRequest(
-                    f"{url}/hwsched/sessions/{session.id}/command",
-                    headers={"Authorization": f"token {session.secret}"},
-                )
-            )
-        except (OSError, HTTPClientError) as exc:
-            raise UnavailableError(f"cannot reach the node agent: {exc}") from None
+        ws = await open_websocket(
+            session.info["agent_url"], f"/hwsched/sessions/{session.id}/command", session.secret
+        )
         while True:
             message = await ws.read_message()
             if message is None:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+from tornado.websocket import WebSocketClientConnection
 
 from ..errors import SessionEnded, UnavailableError
+from .websocket import open_websocket
 
 MessageCallback = Callable[[dict[str, Any]], None]
 
@@ -48,16 +48,11 @@ class GatewayKernel:
         }
 
     async def connect(self, timeout: float = 60.0) -> None:
-        url = self.agent_url.replace("http", "ws", 1)
-        request = HTTPRequest(
-            f"{url}/api/kernels/{self.kernel_id}/channels?session_id={self.session}",
-            headers={"Authorization": f"token {self.token}"},
-            connect_timeout=10,
+        self.ws = await open_websocket(
+            self.agent_url,
+            f"/api/kernels/{self.kernel_id}/channels?session_id={self.session}",
+            self.token,
         )
-        try:
-            self.ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
-        except (OSError, HTTPClientError) as exc:
-            raise UnavailableError(f"cannot reach the kernel on the node: {exc}") from None
         self._reader = asyncio.create_task(self._read())
         await self._wait_ready(timeout)
 

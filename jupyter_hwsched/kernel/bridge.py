@@ -21,9 +21,9 @@ from typing import Any
 import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
-from tornado.httpclient import HTTPClientError, HTTPRequest
-from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
+from ..client.websocket import open_websocket
 from ..errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ class KernelBridge:
         reconnect_for: float = 30.0,
     ) -> None:
         self.connection = connection
-        self.url = (
-            agent_url.rstrip("/").replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
-        )
+        self.agent_url = agent_url
+        self.path = f"/api/kernels/{kernel_id}/channels"
         self.secret = secret
         self.on_shutdown = on_shutdown
         key = connection.get("key", b"")
@@ -78,17 +77,9 @@ class KernelBridge:
     async def _connect(self) -> None:
         # the same session id on every connection: while we are away the node's server keeps
         # the kernel's messages for us, and replays them when we come back
-        request = HTTPRequest(
-            self.url + f"?session_id={self.session.session}",
-            headers={"Authorization": f"token {self.secret}"},
-            connect_timeout=10,
+        self.ws = await open_websocket(
+            self.agent_url, f"{self.path}?session_id={self.session.session}", self.secret
         )
-        try:
-            self.ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
-        except (OSError, HTTPClientError) as exc:
-            raise UnavailableError(f"cannot reach the kernel on the node: {exc}") from None
-        # small messages both ways, each waited for: Nagle's delay would add ~40 ms a cell
-        self.ws.protocol.set_nodelay(True)  # type: ignore[union-attr]
         self.connected.set()
 
     async def _reconnect(self) -> bool:

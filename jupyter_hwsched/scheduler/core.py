@@ -22,7 +22,7 @@ from ..errors import ConflictError, NotFoundError, RequestError, SessionEnded, U
 from ..request import HardwareRequest
 from .accounting import WaitHistogram
 from .model import Node, Session
-from .placement import NodeView, PackPlacement, PlacementPolicy, gpu_matches, impossible_reason
+from .placement import Matcher, NodeView, PackPlacement, PlacementPolicy, impossible_reason
 from .queue import Plan, plan, queue_order
 from .store import Store
 
@@ -400,13 +400,14 @@ class Scheduler(LoggingConfigurable):
     def _compute_busy_reason(self, request: HardwareRequest) -> str:
         views = self.node_views()
         matching = sum(len(v.matching(request)) for v in views)
+        match = Matcher(request)
         holders = sorted(
             {
                 s.user
                 for s in self.live.values()
                 if s.holding and s.node in self.nodes
-                for g in self.nodes[s.node].gpus
-                if g["index"] in s.gpu_ids and gpu_matches(g, request)
+                for i in s.gpu_ids
+                if i in self.nodes[s.node].by_index and match(self.nodes[s.node].by_index[i])
             }
         )
         held_by = f" (held by {', '.join(holders)})" if holders else ""

@@ -69,10 +69,6 @@ class Matcher:
         return any(model == t or model.startswith(t + "-") for t in self.types)
 
 
-def gpu_matches(gpu: dict[str, Any], request: HardwareRequest) -> bool:
-    return Matcher(request)(gpu)
-
-
 def model_matches(model: str, wanted: str) -> bool:
     """``A100`` matches ``A100-80GB``; matching ignores case."""
     model, wanted = model.lower(), wanted.lower()

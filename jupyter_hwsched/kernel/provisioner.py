@@ -92,6 +92,13 @@ class RemoteGpuProvisioner(LocalProvisioner):
         result: dict[str, t.Any] = await super().pre_launch(**kwargs)
         return result
 
+    def default_cwd(self) -> str:
+        """A kernel started without a notebook path runs in the server's root directory
+        (the server process's own directory says nothing about the notebooks)."""
+        manager = getattr(self.parent, "parent", None)
+        root = getattr(manager, "root_dir", None)
+        return str(root) if root else os.getcwd()
+
     async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
         state = getattr(self, "_attach_state", None)
         if self.remote is None and state is not None:
@@ -105,7 +112,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
                 self.request(),
                 "kernel",
                 kernel_argv(),
-                cwd=kwargs.get("cwd") or os.getcwd(),
+                cwd=kwargs.get("cwd") or self.default_cwd(),
                 env=caller_env(kwargs.get("env") or dict(os.environ)),
             )
             try:

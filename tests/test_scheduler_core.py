@@ -168,11 +168,13 @@ def test_only_the_placed_node_may_mark_running(sched: Scheduler) -> None:
 def test_state_survives_a_restart(tmp_path: Path, clock: Clock) -> None:
     first = Scheduler(Store(tmp_path / "r.sqlite"), clock=clock)
     first.register_node("a", "http://a", gpus(1))
-    held = first.submit(req(), "ann", "h")
+    held = first.submit(req(), "ann", "h", notebook="/home/ann/train.ipynb")
     waiting = first.submit(req(), "bob", "h")
     first.store.close()
     again = Scheduler(Store(tmp_path / "r.sqlite"), clock=clock)
     assert again.describe(held["id"])["state"] == "placed"
+    assert again.describe(held["id"])["notebook"] == "/home/ann/train.ipynb"
+    assert again.describe(waiting["id"])["notebook"] == ""
     assert again.describe(waiting["id"])["position"] == 1
 
 

@@ -18,9 +18,15 @@ class SchedulerAPI(JsonClient):
         )
 
     async def submit(
-        self, request: HardwareRequest, user: str, host: str, group: str = ""
+        self, request: HardwareRequest, user: str, host: str, group: str = "", notebook: str = ""
     ) -> dict[str, Any]:
-        body = {"request": request.to_json(), "user": user, "host": host, "group": group}
+        body = {
+            "request": request.to_json(),
+            "user": user,
+            "host": host,
+            "group": group,
+            "notebook": notebook,
+        }
         result: dict[str, Any] = await self.request("POST", "/api/sessions", body)
         return result
 

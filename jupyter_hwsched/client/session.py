@@ -70,6 +70,9 @@ class RemoteSession:
     argv: list[str]
     cwd: str = field(default_factory=os.getcwd)
     env: dict[str, str] = field(default_factory=caller_env)
+    #: the notebook the work comes from (a kernel's JPY_SESSION_NAME), so that JupyterLab
+    #: can show what each notebook holds
+    notebook: str = field(default_factory=lambda: os.environ.get("JPY_SESSION_NAME", ""))
     id: str | None = None
     secret: str = ""  # the session's own credential with the node agent
     info: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +99,9 @@ class RemoteSession:
     async def _acquire(self, progress: ProgressCallback) -> dict[str, Any]:
         self.timings.submitted = time.time()
         me = caller_identity()
-        info = await self.scheduler.submit(self.request, me["name"], caller_host(), me["group"])
+        info = await self.scheduler.submit(
+            self.request, me["name"], caller_host(), me["group"], self.notebook
+        )
         self.id = info["id"]
         self.secret = str(info.get("secret") or self.settings.token)
         lease = max(1.0, float(info["lease_expires"]) - float(info["created"]))

@@ -107,13 +107,15 @@ class RemoteGpuProvisioner(LocalProvisioner):
             await self.remote.attach(state)
             registry.record(str(self.kernel_id), "reattached", self.remote.info)
         if self.remote is None:
+            env = kwargs.get("env") or dict(os.environ)
             self.remote = RemoteSession(
                 HwschedClient(parent=self),
                 self.request(),
                 "kernel",
                 kernel_argv(),
                 cwd=kwargs.get("cwd") or self.default_cwd(),
-                env=caller_env(kwargs.get("env") or dict(os.environ)),
+                env=caller_env(env),
+                notebook=env.get("JPY_SESSION_NAME", ""),
             )
             try:
                 await self.remote.acquire(self.phase)

@@ -189,7 +189,7 @@ class Scheduler(LoggingConfigurable):
     # sessions
 
     def submit(
-        self, request: HardwareRequest, user: str, host: str, group: str = ""
+        self, request: HardwareRequest, user: str, host: str, group: str = "", notebook: str = ""
     ) -> dict[str, Any]:
         reason = impossible_reason(request, self.node_views())
         if reason:
@@ -216,6 +216,7 @@ class Scheduler(LoggingConfigurable):
             state="queued",
             created=now,
             lease_expires=now + self.lease_seconds,
+            notebook=notebook,
         )
         secret = secrets.token_urlsafe(24)
         session.secret_hash = hashlib.sha256(secret.encode()).hexdigest()
@@ -377,6 +378,7 @@ class Scheduler(LoggingConfigurable):
             "lease_expires": s.lease_expires,
             "end_reason": s.end_reason,
             "secret_sha256": s.secret_hash,
+            "notebook": s.notebook,
         }
         if s.state == "queued":
             out["position"] = self._positions.get(s.id, len(self._positions) + 1)

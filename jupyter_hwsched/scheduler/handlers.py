@@ -18,6 +18,7 @@ from .core import Scheduler
 from .openapi import SPEC
 
 MAX_NAME = 200
+MAX_PATH = 4096
 
 
 class SchedulerHandler(JsonHandler):
@@ -29,10 +30,12 @@ class SchedulerHandler(JsonHandler):
             raise RequestError("the request body must be a JSON object")
         return body
 
-    def text(self, body: dict[str, Any], name: str, default: str | None = None) -> str:
+    def text(
+        self, body: dict[str, Any], name: str, default: str | None = None, limit: int = MAX_NAME
+    ) -> str:
         value = body.get(name, default)
-        if not isinstance(value, str) or (default is None and not value) or len(value) > MAX_NAME:
-            raise RequestError(f"field {name!r} must be a non-empty string of at most {MAX_NAME}")
+        if not isinstance(value, str) or (default is None and not value) or len(value) > limit:
+            raise RequestError(f"field {name!r} must be a non-empty string of at most {limit}")
         return value
 
 
@@ -107,6 +110,7 @@ class SessionsHandler(SchedulerHandler):
             user=self.text(body, "user"),
             host=self.text(body, "host"),
             group=self.text(body, "group", ""),
+            notebook=self.text(body, "notebook", "", limit=MAX_PATH),
         )
         self.write_json(session, status=201)
 

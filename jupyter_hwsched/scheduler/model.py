@@ -56,6 +56,7 @@ class Session:
     end_reason: str | None = None
     busy: float = 0.0  # GPU-seconds the allocated GPUs were busy, from NVML samples
     secret_hash: str = ""  # sha256 of the secret its client shows the node agent
+    notebook: str = ""  # the notebook the work comes from, where it comes from one
 
     @property
     def live(self) -> bool:
@@ -93,6 +94,7 @@ class Session:
             "end_reason": self.end_reason,
             "busy": self.busy,
             "secret_hash": self.secret_hash,
+            "notebook": self.notebook,
         }
 
     @classmethod
@@ -115,4 +117,5 @@ class Session:
             end_reason=row["end_reason"],
             busy=row.get("busy") or 0.0,
             secret_hash=row.get("secret_hash") or "",
+            notebook=row.get("notebook") or "",
         )

@@ -69,6 +69,7 @@ SESSION = {
         "end_reason": _nullable(STRING),
         "secret": {"type": "string", "description": "only in the answer to its creation"},
         "secret_sha256": STRING,
+        "notebook": {"type": "string", "description": "the notebook the work comes from, or ''"},
         "position": {"type": "integer", "minimum": 1, "description": "queued only"},
         "waiting_for": {"type": "string", "description": "queued only: what holds it back"},
         "estimated_start": _nullable(NUMBER),
@@ -296,6 +297,7 @@ SPEC: dict[str, Any] = {
                             "user": {"type": "string", "minLength": 1, "maxLength": 200},
                             "host": {"type": "string", "minLength": 1, "maxLength": 200},
                             "group": {"type": "string", "maxLength": 200},
+                            "notebook": {"type": "string", "maxLength": 4096},
                         },
                     }
                 ),

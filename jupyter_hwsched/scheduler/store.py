@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     lease_expires  REAL NOT NULL,
     end_reason     TEXT,
     busy           REAL NOT NULL DEFAULT 0,
-    secret_hash    TEXT NOT NULL DEFAULT ''
+    secret_hash    TEXT NOT NULL DEFAULT '',
+    notebook       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_ended ON sessions(ended);
@@ -52,6 +53,7 @@ MIGRATIONS = [
     ("sessions", "grp", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "busy", "REAL NOT NULL DEFAULT 0"),
     ("sessions", "secret_hash", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "notebook", "TEXT NOT NULL DEFAULT ''"),
 ]
 
 

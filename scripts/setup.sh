@@ -12,9 +12,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need=()
-for pkg in docker.io sshfs openssh-server openssh-sftp-server fuse3 python3-venv python3-dev procps psmisc iproute2; do
+for pkg in docker.io sshfs openssh-server openssh-sftp-server fuse3 python3-venv python3-dev procps psmisc iproute2 chromium fonts-dejavu-core; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Node.js and npm build the JupyterLab extension (any Node >= 18; Debian's when none is there)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ "${#need[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

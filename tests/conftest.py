@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from jupyter_hwsched.testing import DEV_USER, Pool
+from jupyter_hwsched.testing import DEV_USER, Pool, Service, free_port
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 
 def _need_e2e() -> None:
@@ -63,3 +69,42 @@ def dev_workspace() -> Iterator[Path]:
     os.chown(path, user.pw_uid, user.pw_gid)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A real scheduler process with one registered 4-GPU node that has no agent behind it:
+    enough for its API and for what clients read of it. Yields (url, token)."""
+    work = tmp_path_factory.mktemp("api")
+    token = secrets.token_hex(8)
+    port = free_port()
+    service = Service(
+        "scheduler",
+        [
+            sys.executable,
+            "-m",
+            "jupyter_hwsched.cli.hwsched",
+            "scheduler",
+            f"--port={port}",
+            f"--db={work / 's.sqlite'}",
+            "--node-timeout=100000",
+        ],
+        {"HWSCHED_TOKEN": token, "PATH": "/usr/bin:/bin"},
+        work / "scheduler.log",
+    )
+    try:
+        service.wait_line("HWSCHED_SCHEDULER_READY")
+        url = f"http://127.0.0.1:{port}"
+        gpus = [{"index": i, "model": "A100-80GB", "memory": 80 * 1024**3} for i in range(4)]
+        request = urllib.request.Request(
+            f"{url}/api/nodes/node-a",
+            method="PUT",
+            data=json.dumps({"url": "http://127.0.0.1:1", "gpus": gpus}).encode(),
+            headers={"Authorization": f"token {token}"},
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+        yield url, token
+    finally:
+        service.stop()
+        log = (work / "scheduler.log").read_text()
+        assert "Traceback" not in log, log[-3000:]

@@ -102,7 +102,7 @@ def test_restarted_server_keeps_the_remote_kernel(long_lease_pool: Pool, tmp_pat
     server = jupyter_server(clean_pool, root, runtime, port, token, tmp_path / "s1.log")
     try:
         kernel = call(url, "POST", "/api/kernels", token, {"name": "hwsched-remote"})
-        progress = call(url, "GET", f"/hwsched/kernels/{kernel['id']}/progress", token)
+        progress = call(url, "GET", f"/hwsched/api/kernels/{kernel['id']}/progress", token)
         assert [e["phase"] for e in progress["events"]][-1] == "ready"
         assert asyncio.run(run_code(url, token, kernel["id"], "x = 6 * 7\nprint('set')")) == "set\n"
         held = clean_pool.held_gpus()

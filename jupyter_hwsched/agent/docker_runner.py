@@ -250,6 +250,19 @@ class DockerRunner(Runner):
                 continue
         return None
 
+    def memory_bytes(self, container_id: str) -> int | None:
+        """From the container's cgroup (v2 memory.current, or v1 memory.usage_in_bytes)."""
+        for path in (
+            f"/sys/fs/cgroup/docker/{container_id}/memory.current",
+            f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/memory.current",
+            f"/sys/fs/cgroup/memory/docker/{container_id}/memory.usage_in_bytes",
+        ):
+            try:
+                return int(Path(path).read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
     def remove(self, container_id: str) -> None:
         """Destroy a container; one that is already gone is fine."""
         try:

@@ -248,11 +248,28 @@ class AgentApp(ExtensionApp):
             del self._cpu_samples[gone]
         return out
 
+    def memory_used(self) -> dict[str, int]:
+        """Bytes in use per GPU index: NVML's reading for real GPUs; for simulated GPUs, the
+        memory of the session holding them (spread over its GPUs, capped at their size)."""
+        if not self.inventory.simulated:
+            return {str(k): v for k, v in self.inventory.memory_used().items()}
+        out: dict[str, int] = {}
+        for session in self.sessions.values():
+            used = self.runner.memory_bytes(session.container_id) if session.container_id else None
+            if used is None or not session.gpus:
+                continue
+            for gpu in session.gpus:
+                out[str(gpu.index)] = min(gpu.memory, used // len(session.gpus))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"utilization": self.utilization(), "memory_used": self.memory_used()}
+
     async def heartbeat(self) -> None:
         loop = asyncio.get_running_loop()
         body = {
             "sessions": list(self.sessions),
-            "stats": {"utilization": await loop.run_in_executor(None, self.utilization)},
+            "stats": await loop.run_in_executor(None, self.stats),
         }
         try:
             reply = await self.scheduler.request(

@@ -45,6 +45,10 @@ class GpuInventory:
         """Percent busy per GPU index, as NVML last sampled it."""
         return {}
 
+    def memory_used(self) -> dict[int, int]:
+        """Bytes of memory in use per GPU index, as NVML reports it."""
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -127,6 +131,16 @@ class NvmlInventory(GpuInventory):
             try:
                 handle = self.nvml.nvmlDeviceGetHandleByIndex(gpu.index)
                 out[gpu.index] = float(self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            except self.nvml.NVMLError:
+                continue
+        return out
+
+    def memory_used(self) -> dict[int, int]:
+        out = {}
+        for gpu in self._gpus:
+            try:
+                handle = self.nvml.nvmlDeviceGetHandleByIndex(gpu.index)
+                out[gpu.index] = int(self.nvml.nvmlDeviceGetMemoryInfo(handle).used)
             except self.nvml.NVMLError:
                 continue
         return out

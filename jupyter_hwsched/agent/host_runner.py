@@ -101,6 +101,16 @@ class HostRunner(Runner):
                 continue
         return total
 
+    def memory_bytes(self, container_id: str) -> int | None:
+        total = 0
+        for proc in self._groups.get(container_id, []):
+            try:
+                root = psutil.Process(proc.pid)
+                total += sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+            except psutil.Error:
+                continue
+        return total
+
     def containers(self, node: str) -> dict[str, str]:
         return {}  # nothing of a host session outlives the agent's process groups
 

@@ -97,6 +97,11 @@ class Runner(LoggingConfigurable):
         It stands in for GPU load where the GPUs are simulated."""
         return None
 
+    def memory_bytes(self, container_id: str) -> int | None:
+        """Memory in use by everything in the environment, if the runner can tell. It stands
+        in for GPU memory use where the GPUs are simulated."""
+        return None
+
     def containers(self, node: str) -> dict[str, str]:
         """Session id -> environment id for everything of this node's (for leftover removal)."""
         raise NotImplementedError

@@ -89,6 +89,10 @@ class RemoteGpuProvisioner(LocalProvisioner):
 
     async def pre_launch(self, **kwargs: t.Any) -> dict[str, t.Any]:
         self._attach_state = kwargs.pop("hwsched_attach", None)
+        asked = kwargs.pop("hwsched_request", None)  # "Run on GPU": its own GPU count and type
+        if asked:
+            self.gpus = asked.get("gpus", self.gpus)
+            self.gpu_type = asked.get("gpu_type", self.gpu_type)
         result: dict[str, t.Any] = await super().pre_launch(**kwargs)
         return result
 
@@ -108,6 +112,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
             registry.record(str(self.kernel_id), "reattached", self.remote.info)
         if self.remote is None:
             env = kwargs.get("env") or dict(os.environ)
+            registry.started_for(str(self.kernel_id), env.get("JPY_SESSION_NAME", ""))
             self.remote = RemoteSession(
                 HwschedClient(parent=self),
                 self.request(),

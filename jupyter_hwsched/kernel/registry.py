@@ -1,7 +1,7 @@
 """What the Jupyter server process knows of its remote GPU kernels.
 
 ``PROGRESS``: each kernel's start phases (queued with position, placed, ready), which the
-server extension serves to JupyterLab. The saved sessions, one file per kernel in the Jupyter
+server extension serves to JupyterLab, found by kernel id or by notebook (``NOTEBOOKS``). The saved sessions, one file per kernel in the Jupyter
 runtime directory (readable by the user alone), let a restarted server attach again to
 remote kernels that kept running; ``KEEP_ON_EXIT`` is set while the server stops, so that its
 kernels' shutdown detaches from their sessions instead of releasing them.
@@ -18,6 +18,8 @@ from typing import Any
 from jupyter_core.paths import jupyter_runtime_dir
 
 PROGRESS: dict[str, list[dict[str, Any]]] = {}
+#: kernel id -> the notebook it was started for (absolute path, as in JPY_SESSION_NAME)
+NOTEBOOKS: dict[str, str] = {}
 KEEP_ON_EXIT = {"active": False}
 
 
@@ -27,6 +29,18 @@ def record(kernel_id: str, phase: str, info: dict[str, Any]) -> None:
         if info.get(key) is not None:
             event[key] = info[key]
     PROGRESS.setdefault(kernel_id, []).append(event)
+
+
+def started_for(kernel_id: str, notebook: str) -> None:
+    PROGRESS[kernel_id] = []
+    if notebook:
+        NOTEBOOKS[kernel_id] = notebook
+
+
+def latest_for(notebook: str) -> str | None:
+    """The kernel started last for a notebook, whose phases JupyterLab shows while it starts."""
+    found = [kid for kid, path in NOTEBOOKS.items() if path == notebook]
+    return found[-1] if found else None
 
 
 def saved_dir() -> Path:
@@ -44,6 +58,7 @@ def save(kernel_id: str, state: dict[str, Any]) -> None:
 def forget(kernel_id: str) -> None:
     (saved_dir() / f"{kernel_id}.json").unlink(missing_ok=True)
     PROGRESS.pop(kernel_id, None)
+    NOTEBOOKS.pop(kernel_id, None)
 
 
 def saved() -> dict[str, dict[str, Any]]:

@@ -444,6 +444,7 @@ class Scheduler(LoggingConfigurable):
                         session=holder.id if holder else None,
                         since=holder.placed if holder else None,
                         utilization=node.utilization(gpu["index"]),
+                        memory_used=node.memory_used(gpu["index"]),
                     )
                 )
             nodes.append(

@@ -93,6 +93,9 @@ class HeartbeatHandler(SchedulerHandler):
         utilization = stats.get("utilization", {}) if isinstance(stats, dict) else None
         if not isinstance(utilization, dict) or not all(_number(v) for v in utilization.values()):
             raise RequestError("field 'stats.utilization' must map GPU indices to percentages")
+        memory = stats.get("memory_used", {})
+        if not isinstance(memory, dict) or not all(_number(v) for v in memory.values()):
+            raise RequestError("field 'stats.memory_used' must map GPU indices to bytes")
         end = self.scheduler.heartbeat(name, live, stats)
         self.write_json({"end": end, "reasons": self.scheduler.end_reasons(end)})
 

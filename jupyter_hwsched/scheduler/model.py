@@ -36,6 +36,10 @@ class Node:
         value = self.stats.get("utilization", {}).get(str(index))
         return None if value is None else float(value)
 
+    def memory_used(self, index: int) -> int | None:
+        value = self.stats.get("memory_used", {}).get(str(index))
+        return None if value is None else int(value)
+
 
 @dataclass
 class Session:

@@ -88,6 +88,7 @@ POOL_GPU = {
                 "session": _nullable(STRING),
                 "since": _nullable(NUMBER),
                 "utilization": _nullable(NUMBER),
+                "memory_used": _nullable(NUMBER),
             },
         },
     ]
@@ -264,7 +265,11 @@ SPEC: dict[str, Any] = {
                                     "utilization": {
                                         "type": "object",
                                         "additionalProperties": NUMBER,
-                                    }
+                                    },
+                                    "memory_used": {
+                                        "type": "object",
+                                        "additionalProperties": NUMBER,
+                                    },
                                 },
                             },
                         },

@@ -1,43 +1,82 @@
 """``jupyter_hwsched`` as a jupyter_server extension (enabled when the package is installed).
 
-- ``GET /hwsched/kernels/{kernel_id}/progress``: the start phases of a "Remote GPU (shared
-  env)" kernel (queued with position and reason, placed on which node and GPUs, ready), so the
-  front end can show them instead of a silent spinner.
-- At start, kernels whose remote sessions outlived the previous server run are taken over
-  again, under their old kernel ids, with the remote kernel's state intact; at stop, remote
-  kernels are detached from rather than released, so a restart within the lease keeps them.
+It serves JupyterLab's GPU features (see :mod:`.handlers`): the pool with live GPU use and
+the queue, the user's sessions with cancel, "Run on GPU" runs, and the start phases of
+"Remote GPU (shared env)" kernels. At start, kernels whose remote sessions outlived the
+previous server run are taken over again, under their old kernel ids, with the remote
+kernel's state intact; at stop, remote kernels are detached from rather than released, so a
+restart within the lease keeps them.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.application import ExtensionApp
-from tornado import web
+from traitlets import Unicode, default
 
+from ..client.config import HwschedClient
 from ..kernel import registry
-
-
-class ProgressHandler(APIHandler):
-    @web.authenticated
-    def get(self, kernel_id: str) -> None:
-        self.finish(
-            json.dumps({"kernel_id": kernel_id, "events": registry.PROGRESS.get(kernel_id, [])})
-        )
+from .cluster import ClusterService
+from .handlers import HANDLERS
+from .runs import RunService
 
 
 class HwschedServerApp(ExtensionApp):
     name = "jupyter_hwsched"
+    description = "GPU pool features for JupyterLab: Run on GPU, the GPU cluster sidebar"
 
-    def initialize_handlers(self) -> None:
-        self.handlers.extend([(r"/hwsched/kernels/([^/]+)/progress", ProgressHandler)])
+    scheduler_url = Unicode(
+        config=True,
+        help="The GPU scheduler's URL. Default: c.HwschedClient.url, HWSCHED_URL, or the pool "
+        "that 'hwsched up' started for this user.",
+    )
+    scheduler_token = Unicode(
+        config=True,
+        help="The GPU scheduler's token. Default: c.HwschedClient.token, HWSCHED_TOKEN, or "
+        "the pool that 'hwsched up' started for this user.",
+    )
+
+    @default("scheduler_url")
+    def _scheduler_url_default(self) -> str:
+        return str(HwschedClient(parent=self.serverapp).url)
+
+    @default("scheduler_token")
+    def _scheduler_token_default(self) -> str:
+        return str(HwschedClient(parent=self.serverapp).token)
 
     def on_a_node(self) -> bool:
         """Whether this server is a node agent (which runs no remote kernels of its own)."""
         assert self.serverapp is not None
         return "hwsched_agent" in self.serverapp.web_app.settings
+
+    def initialize_settings(self) -> None:
+        assert self.serverapp is not None
+        root = self.serverapp.root_dir
+        kernels = self.serverapp.kernel_manager
+        self.runs = RunService(kernels, root)
+        self.cluster = ClusterService(
+            self.scheduler_url, self.scheduler_token, root, self._release_kernel
+        )
+        self.settings.update(hwsched_cluster=self.cluster, hwsched_runs=self.runs)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(HANDLERS)
+
+    async def _release_kernel(self, session_id: str) -> bool:
+        """Shut down the kernel of this server that holds a session, if one does."""
+        assert self.serverapp is not None
+        kernels = self.serverapp.kernel_manager
+        for kernel_id in list(kernels.list_kernel_ids()):
+            provisioner = getattr(kernels.get_kernel(kernel_id), "provisioner", None)
+            remote = getattr(provisioner, "remote", None)
+            if remote is not None and remote.id == session_id:
+                if kernel_id in self.runs.runs:
+                    await self.runs.end(kernel_id)
+                else:
+                    await kernels.shutdown_kernel(kernel_id, now=True)
+                return True
+        return False
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         if self.on_a_node():
@@ -54,5 +93,8 @@ class HwschedServerApp(ExtensionApp):
                 registry.forget(kernel_id)
 
     async def stop_extension(self) -> None:
-        if not self.on_a_node():
-            registry.KEEP_ON_EXIT["active"] = True
+        if self.on_a_node():
+            return
+        await self.runs.end_all()  # a run belongs to the page that started it
+        self.cluster.close()
+        registry.KEEP_ON_EXIT["active"] = True

@@ -21,7 +21,7 @@ from .cluster import ClusterService
 from .runs import RunService
 
 #: the package's errors as this server reports them, where that differs from their own status
-STATUS_FOR = {AuthError: 502}
+STATUS_FOR: dict[type[HwschedError], int] = {AuthError: 502}
 
 
 class HwschedAPIHandler(APIHandler):

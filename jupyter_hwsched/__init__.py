@@ -11,6 +11,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where ``jupyter labextension develop`` finds the built JupyterLab extension."""
+    return [{"src": "labextension", "dest": "jupyter-hwsched"}]
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .serverext.app import HwschedServerApp
 

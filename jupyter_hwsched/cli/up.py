@@ -23,6 +23,10 @@ from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 from ..discovery import remove_discovery, write_discovery
 
 DEFAULT_SIMULATED = "2xA100-80GB"
+RUNNERS = {
+    "docker": [],
+    "host": ["--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner"],
+}
 
 
 def free_port() -> int:
@@ -84,6 +88,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=30.0, help="session lease in seconds")
     p.add_argument("--node-name", default=socket.gethostname(), help="this node's name in the pool")
     p.add_argument("--share-root", default="/", help="directory exported as the container root")
+    p.add_argument(
+        "--runner",
+        choices=["docker", "host"],
+        default="docker",
+        help="run work in a container rooted at the share (docker, the default), or as plain "
+        "processes on this machine (host: for machines without a container engine, such as a "
+        "binder; the environment is this machine's own, so nothing is lost)",
+    )
     p.add_argument("--lab", action="store_true", help="also run JupyterLab")
     p.add_argument("--lab-port", type=int, default=8888, help="JupyterLab port (default 8888)")
     return p
@@ -127,7 +139,10 @@ def up(argv: list[str]) -> int:
                     f"--node-name={args.node_name}",
                     f"--scheduler-url={url}",
                     "--AgentApp.allow_root=True",  # one machine: the developer may be root
+                    # a second's heartbeat: the GPU cluster sidebar shows live use
+                    "--AgentApp.heartbeat_interval=1.0",
                     *gpus,
+                    *RUNNERS[args.runner],
                 ],
                 env,
                 "HWSCHED_AGENT_READY",
@@ -165,6 +180,7 @@ def up(argv: list[str]) -> int:
                 f"--IdentityProvider.token={lab_token}",
                 # no calls out of the machine for update checks
                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.news_url=None",
             ]
             if os.geteuid() == 0:
                 lab.append("--allow-root")

@@ -126,6 +126,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
                 await self.remote.acquire(self.phase)
             except BaseException:
                 self.remote = None  # acquire released whatever it had made
+                registry.forget(str(self.kernel_id))
                 raise
             registry.save(str(self.kernel_id), self.remote.state())
         await self._attach()

@@ -25,7 +25,7 @@ KERNEL_NAME = "hwsched-remote"
 
 @dataclass
 class Run:
-    id: str  # also the kernel's id
+    id: str  # also the kernel's id (a dashed UUID: the kernels API routes only those)
     path: str  # the notebook, relative to the server's root
     request: dict[str, Any]
     created: float = field(default_factory=time.time)
@@ -58,7 +58,7 @@ class RunService:
     def start(self, path: str, gpus: Any, gpu_type: Any = None) -> dict[str, Any]:
         request = make_request(gpus=gpus, gpu_type=gpu_type or None)  # RequestError: a 400
         path = path.strip("/")
-        run = Run(uuid.uuid4().hex, path, {"gpus": request.gpus, "gpu_type": request.gpu_type})
+        run = Run(str(uuid.uuid4()), path, {"gpus": request.gpus, "gpu_type": request.gpu_type})
         run.task = asyncio.create_task(self._start(run))
         self.runs[run.id] = run
         return run.view()

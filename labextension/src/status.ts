@@ -1,0 +1,87 @@
+/**
+ * The status bar item: what the current notebook holds ("1 x A100-80GB on node-3, 12 min"),
+ * what it waits for, or "no GPU"; while a "Remote GPU (shared env)" kernel of the notebook
+ * starts, its phases (queued with position, placed, starting) instead of a silent spinner.
+ */
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { Widget } from '@lumino/widgets';
+
+import { api } from './api';
+import { describeStart, IPhaseEvent, statusText } from './model';
+
+const POLL_MS = 2000;
+const STARTING_POLL_MS = 700;
+
+export class GpuStatusItem extends Widget {
+  private timer: number | null = null;
+  private disposedFlag = false;
+
+  constructor(private tracker: INotebookTracker) {
+    super();
+    this.addClass('jp-hwsched-StatusItem');
+    this.node.title = 'GPUs held by this notebook (jupyter-hwsched)';
+    this.node.textContent = 'no GPU';
+    tracker.currentChanged.connect(() => void this.refresh());
+    void this.tick();
+  }
+
+  dispose(): void {
+    this.disposedFlag = true;
+    if (this.timer !== null) {
+      window.clearTimeout(this.timer);
+    }
+    super.dispose();
+  }
+
+  private async tick(): Promise<void> {
+    let starting = false;
+    try {
+      starting = await this.refresh();
+    } finally {
+      if (!this.disposedFlag) {
+        this.timer = window.setTimeout(() => void this.tick(), starting ? STARTING_POLL_MS : POLL_MS);
+      }
+    }
+  }
+
+  /** Update the text; true while the notebook's remote kernel is starting. */
+  async refresh(): Promise<boolean> {
+    const panel = this.tracker.currentWidget;
+    if (!panel) {
+      this.display('no GPU', 'none');
+      return false;
+    }
+    const path = panel.context.path;
+    try {
+      // a "Remote GPU (shared env)" kernel of this notebook that is starting, if any
+      const progress = await api.kernelProgress(path);
+      const phases = describeKernelStart(progress.events);
+      if (phases) {
+        this.display(`GPU starting: ${phases}`, 'starting');
+        return true;
+      }
+      const [sessions, pool] = await Promise.all([api.sessions(path), api.pool()]);
+      const text = statusText(sessions, pool.nodes, pool.time);
+      const simulated = text !== 'no GPU' && pool.simulated ? ' (simulated)' : '';
+      this.display(text + simulated, text === 'no GPU' ? 'none' : 'held');
+    } catch (error) {
+      this.display('GPU scheduler unreachable', 'unreachable');
+      this.node.title = String((error as Error).message ?? error);
+    }
+    return false;
+  }
+
+  private display(text: string, state: string): void {
+    this.node.textContent = text;
+    this.node.dataset.state = state;
+  }
+}
+
+/** The phases of a kernel that is still starting, or '' once it is ready. */
+export function describeKernelStart(events: IPhaseEvent[]): string {
+  const last = events[events.length - 1];
+  if (!last || last.phase === 'ready' || last.phase === 'reattached') {
+    return '';
+  }
+  return describeStart(events);
+}

@@ -186,6 +186,15 @@ export function describeStart(events: IPhaseEvent[]): string {
   }
 }
 
+/** The phases of a kernel that is still starting, or '' once it is ready. */
+export function describeKernelStart(events: IPhaseEvent[]): string {
+  const last = events[events.length - 1];
+  if (!last || last.phase === 'ready' || last.phase === 'reattached') {
+    return '';
+  }
+  return describeStart(events);
+}
+
 /** Where a run landed: "node-1, GPU 0", from its events. */
 export function placement(events: IPhaseEvent[]): string {
   const placed = [...events].reverse().find(e => e.node);

@@ -7,7 +7,7 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import { api } from './api';
-import { describeStart, IPhaseEvent, statusText } from './model';
+import { describeKernelStart, statusText } from './model';
 
 const POLL_MS = 2000;
 const STARTING_POLL_MS = 700;
@@ -75,13 +75,4 @@ export class GpuStatusItem extends Widget {
     this.node.textContent = text;
     this.node.dataset.state = state;
   }
-}
-
-/** The phases of a kernel that is still starting, or '' once it is ready. */
-export function describeKernelStart(events: IPhaseEvent[]): string {
-  const last = events[events.length - 1];
-  if (!last || last.phase === 'ready' || last.phase === 'reattached') {
-    return '';
-  }
-  return describeStart(events);
 }

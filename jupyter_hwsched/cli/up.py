@@ -180,7 +180,6 @@ def up(argv: list[str]) -> int:
                 f"--IdentityProvider.token={lab_token}",
                 # no calls out of the machine for update checks
                 "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                "--LabApp.news_url=None",
             ]
             if os.geteuid() == 0:
                 lab.append("--allow-root")

@@ -131,6 +131,9 @@ export class GpuRun {
     const code = cell.model.sharedModel.getSource();
     const started = now();
     const show = (state: 'running' | 'done' | 'error', live: boolean) => {
+      if (this.cancelled) {
+        return; // cancel() owns the badge from now on
+      }
       const ranFor = `ran ${formatDuration(now() - started)}`;
       const verb = state === 'running' ? 'running on' : state === 'done' ? 'ran on' : 'failed on';
       badge.set(state, `${verb} ${where} · ${this.waitedText} · ${ranFor}`, live);
@@ -170,13 +173,13 @@ export class GpuRun {
     }
     this.cancelled = true;
     this.badges.forEach(b => {
-      if (!['done', 'error', 'skipped'].includes(b.state)) {
+      if (!['done', 'error', 'skipped', 'released'].includes(b.state)) {
         b.set('cancelled', 'cancelling: giving the GPU back…', false);
       }
     });
     await this.release();
     this.badges.forEach(b => {
-      if (b.state === 'cancelled') {
+      if (!['done', 'error', 'skipped', 'released'].includes(b.state)) {
         b.set('cancelled', `cancelled; the GPU was given back${this.waitedSuffix()}`, false);
       }
     });

@@ -131,39 +131,31 @@ export class ClusterSidebar extends Widget {
     const section = el('section', 'jp-hwsched-Node');
     section.dataset.node = name;
     section.append(el('h3', '', up ? name : `${name} (down)`));
-    const table = el('table', 'jp-hwsched-Gpus');
-    const head = el('tr');
-    for (const title of ['GPU', 'Model', 'Util', 'Memory', 'Held by']) {
-      head.append(el('th', '', title));
-    }
-    table.append(head);
     for (const row of rows) {
-      const tr = el('tr', 'jp-hwsched-Gpu');
-      tr.dataset.gpu = String(row.index);
-      tr.dataset.holder = row.holder;
-      const model = el('td', 'jp-hwsched-Model', row.model);
+      const gpu = el('div', 'jp-hwsched-Gpu');
+      gpu.dataset.gpu = String(row.index);
+      gpu.dataset.holder = row.holder;
+      const head = el('div', 'jp-hwsched-Gpu-head');
+      head.append(el('strong', '', `GPU ${row.index}`), el('span', 'jp-hwsched-Model', row.model));
       if (row.simulated) {
-        model.append(el('span', 'jp-hwsched-SimTag', 'simulated'));
+        head.append(el('span', 'jp-hwsched-SimTag', 'simulated'));
       }
-      const util = el('td');
-      util.append(
-        bar(
-          row.utilization === null ? null : row.utilization / 100,
-          row.utilization === null ? '–' : `${Math.round(row.utilization)}%`,
-          'jp-hwsched-Util'
+      head.append(
+        el(
+          'span',
+          `jp-hwsched-Holder${row.mine ? ' jp-mod-mine' : ''}`,
+          row.holder === 'free' ? 'free' : `${row.holder}${row.since ? `, ${row.since}` : ''}`
         )
       );
-      const memory = el('td');
-      memory.append(bar(row.memoryFraction, row.memory, 'jp-hwsched-Mem'));
-      const holder = el(
-        'td',
-        `jp-hwsched-Holder${row.mine ? ' jp-mod-mine' : ''}`,
-        row.holder === 'free' ? 'free' : `${row.holder}${row.since ? `, ${row.since}` : ''}`
+      const bars = el('div', 'jp-hwsched-Gpu-bars');
+      const util = row.utilization;
+      bars.append(
+        bar(util === null ? null : util / 100, `util ${util === null ? '–' : `${Math.round(util)}%`}`, 'jp-hwsched-Util'),
+        bar(row.memoryFraction, `mem ${row.memory}`, 'jp-hwsched-Mem')
       );
-      tr.append(el('td', '', String(row.index)), model, util, memory, holder);
-      table.append(tr);
+      gpu.append(head, bars);
+      section.append(gpu);
     }
-    section.append(table);
     return section;
   }
 
@@ -173,7 +165,7 @@ export class ClusterSidebar extends Widget {
     if (pool.queue.length === 0) {
       section.append(el('p', 'jp-hwsched-Empty', 'Nobody is waiting.'));
     }
-    const list = el('ol');
+    const list = el('ul');
     for (const item of pool.queue) {
       const li = el('li', '', queueLine(item, pool));
       li.title = item.waiting_for ?? '';

@@ -296,7 +296,7 @@ def test_run_cell_on_gpu_shows_text_and_plot(page: Any, lab: Lab, clean_pool: Po
     assert any("hello from" in "".join(o.get("text", "")) for o in first["outputs"])
     assert first["execution_count"] == 1
     assert saved["cells"][1]["outputs"] == []
-    assert clean_pool.held_gpus() == []
+    wait_for(lambda: clean_pool.held_gpus() == [], 30, "the GPU to go back to the pool")
 
 
 def test_whole_notebook_runs_in_one_kernel_and_stops_at_the_first_error(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Unicode, default
+from traitlets import Unicode
 
 from ..client.config import HwschedClient
 from ..kernel import registry
@@ -29,7 +29,7 @@ class HwschedServerApp(ExtensionApp):
     scheduler_url = Unicode(
         config=True,
         help="The GPU scheduler's URL. Default: c.HwschedClient.url, HWSCHED_URL, or the pool "
-        "that 'hwsched up' started for this user.",
+        "that 'hwsched up' started for this user (looked up until one is found).",
     )
     scheduler_token = Unicode(
         config=True,
@@ -37,13 +37,12 @@ class HwschedServerApp(ExtensionApp):
         "the pool that 'hwsched up' started for this user.",
     )
 
-    @default("scheduler_url")
-    def _scheduler_url_default(self) -> str:
-        return str(HwschedClient(parent=self.serverapp).url)
-
-    @default("scheduler_token")
-    def _scheduler_token_default(self) -> str:
-        return str(HwschedClient(parent=self.serverapp).token)
+    def locate_scheduler(self) -> tuple[str, str]:
+        """This config's scheduler, else the client's settings (environment, discovery file)."""
+        if self.scheduler_url:
+            return self.scheduler_url, self.scheduler_token
+        client = HwschedClient(parent=self.serverapp)
+        return client.url, self.scheduler_token or client.token
 
     def on_a_node(self) -> bool:
         """Whether this server is a node agent (which runs no remote kernels of its own)."""
@@ -55,9 +54,7 @@ class HwschedServerApp(ExtensionApp):
         root = self.serverapp.root_dir
         kernels = self.serverapp.kernel_manager
         self.runs = RunService(kernels, root)
-        self.cluster = ClusterService(
-            self.scheduler_url, self.scheduler_token, root, self._release_kernel
-        )
+        self.cluster = ClusterService(self.locate_scheduler, root, self._release_kernel)
         self.settings.update(hwsched_cluster=self.cluster, hwsched_runs=self.runs)
 
     def initialize_handlers(self) -> None:

@@ -16,14 +16,16 @@ from ..errors import ForbiddenError, UnavailableError
 
 #: ends a session held by one of this server's kernels; True if one held it
 KernelReleaser = Callable[[str], Awaitable[bool]]
+#: where the scheduler is now: (url, token), ('', '') while no pool can be found
+Locator = Callable[[], tuple[str, str]]
 
 
 class ClusterService:
     """The scheduler, seen from one developer's Jupyter server."""
 
-    def __init__(self, url: str, token: str, root_dir: str, release_kernel: KernelReleaser):
-        self.url = url
-        self.scheduler = SchedulerAPI(url, token) if url else None
+    def __init__(self, locate: Locator, root_dir: str, release_kernel: KernelReleaser):
+        self.locate = locate
+        self.scheduler: SchedulerAPI | None = None
         self.root_dir = os.path.abspath(root_dir)
         self.release_kernel = release_kernel
         self.user = str(caller_identity()["name"])
@@ -33,6 +35,12 @@ class ClusterService:
             self.scheduler.close()
 
     def _api(self) -> SchedulerAPI:
+        if self.scheduler is None:
+            # looked up until found: a pool started after JupyterLab ('hwsched up' beside a
+            # running server, a binder) is picked up from its discovery file
+            url, token = self.locate()
+            if url:
+                self.scheduler = SchedulerAPI(url, token)
         if self.scheduler is None:
             raise UnavailableError(
                 "no GPU pool is configured for this Jupyter server: start one with 'hwsched up', "

@@ -3,8 +3,9 @@
 ``PROGRESS``: each kernel's start phases (queued with position, placed, ready), which the
 server extension serves to JupyterLab, found by kernel id or by notebook (``NOTEBOOKS``).
 The saved sessions, one file per kernel in the Jupyter runtime directory (readable by the
-user alone), let a restarted server attach again to remote kernels that kept running; ``KEEP_ON_EXIT`` is set while the server stops, so that its
-kernels' shutdown detaches from their sessions instead of releasing them.
+user alone), let a restarted server attach again to remote kernels that kept running;
+``KEEP_ON_EXIT`` is set while the server stops, so that its kernels' shutdown detaches from
+their sessions instead of releasing them.
 """
 
 from __future__ import annotations

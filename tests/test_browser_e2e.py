@@ -435,10 +435,20 @@ def test_remote_kernel_start_shows_its_phases(page: Any, lab: Lab, clean_pool: P
         ".includes('kernel GPU')"
     )
     assert "Remote GPU (shared env)" in page.locator(".jp-Toolbar-kernelName").first.inner_text()
+    page.wait_for_selector(".jp-hwsched-MySession")
     shot(page, "07-remote-kernel-ready.png")
-    for session in lab.api("GET", "/api/sessions"):
-        lab.api("DELETE", f"/api/sessions/{session['id']}")
+
+    # the sidebar's Cancel ends the kernel's session through its kernel: the GPU goes back
+    [kernel] = [k for k in lab.api("GET", "/api/kernels") if k["name"] == "hwsched-remote"]
+    page.click(".jp-hwsched-MySession .jp-hwsched-CancelSession")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-hwsched-Gpu')]"
+        ".every(row => row.dataset.holder === 'free')"
+    )
+    assert page.locator(".jp-hwsched-MySession").count() == 0
+    assert kernel["id"] not in [k["id"] for k in lab.api("GET", "/api/kernels")]
     wait_for(lambda: clean_pool.held_gpus() == [], 30, "the kernel's GPU to be released")
+    shot(page, "08-remote-kernel-cancelled-from-sidebar.png")
 
 
 def test_sidebar_says_when_the_scheduler_is_unreachable(
@@ -461,7 +471,7 @@ def test_sidebar_says_when_the_scheduler_is_unreachable(
         text = page.locator(".jp-hwsched-Sidebar-status").inner_text()
         assert "Scheduler unreachable" in text
         assert f"cannot reach the scheduler at {down}" in text
-        shot(page, "08-sidebar-scheduler-unreachable.png")
+        shot(page, "09-sidebar-scheduler-unreachable.png")
     finally:
         lab.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -16,11 +16,21 @@ from jupyter_hwsched.client.environment import caller_identity
 from jupyter_hwsched.testing import free_port
 
 ME = caller_identity()["name"]
+DOWN = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 
 @pytest.fixture
-def jp_server_config(scheduler: tuple[str, str]) -> dict[str, Any]:
+def jp_server_config(scheduler: tuple[str, str], request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The server's scheduler settings: the real scheduler, or (parametrized indirectly) one
+    that is down, none at all, or the real one with a token it refuses."""
     url, token = scheduler
+    setting = getattr(request, "param", "ok")
+    if setting == "down":
+        url = DOWN
+    elif setting == "unset":
+        url = ""
+    elif setting == "wrong-token":
+        token = "wrong"
     return {
         "ServerApp": {"jpserver_extensions": {"jupyter_hwsched": True}},
         "HwschedServerApp": {"scheduler_url": url, "scheduler_token": token},
@@ -154,23 +164,13 @@ async def test_bad_run_requests_say_what_to_change(jp_fetch: Any) -> None:
     assert code == 404 and "no run nosuch" in message
 
 
-DOWN = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-
-
-def config_for(url: str) -> dict[str, Any]:
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_hwsched": True}},
-        "HwschedServerApp": {"scheduler_url": url, "scheduler_token": "t"},
-    }
-
-
-@pytest.mark.parametrize(
-    "jp_server_config", [config_for(DOWN), config_for("")], ids=["down", "unset"]
-)
+@pytest.mark.parametrize("jp_server_config", ["down", "unset"], indirect=True)
 async def test_a_scheduler_that_is_down_is_a_clear_503(
-    jp_fetch: Any, jp_server_config: dict[str, Any]
+    jp_fetch: Any, jp_server_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not a 500 and no traceback: a message that says what is wrong and what to check."""
+    for key in ("HWSCHED_URL", "HWSCHED_TOKEN"):
+        monkeypatch.delenv(key, raising=False)  # nothing but the config may name a pool
     url = jp_server_config["HwschedServerApp"]["scheduler_url"]
     for path in ("pool", "sessions"):
         with pytest.raises(HTTPClientError) as info:
@@ -184,3 +184,12 @@ async def test_a_scheduler_that_is_down_is_a_clear_503(
             assert "hwsched up" in message
         else:
             assert "no GPU pool is configured" in message
+
+
+@pytest.mark.parametrize("jp_server_config", ["wrong-token"], indirect=True)
+async def test_a_refused_token_is_a_502_that_names_the_setting(jp_fetch: Any) -> None:
+    """Not a 401, which JupyterLab would take for the user being signed out."""
+    code, message = await error_of(jp_fetch, "hwsched", "api", "pool")
+    assert code == 502
+    assert "refused this Jupyter server's token" in message
+    assert "c.HwschedServerApp.scheduler_token" in message

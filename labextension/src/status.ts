@@ -3,6 +3,7 @@
  * what it waits for, or "no GPU"; while a "Remote GPU (shared env)" kernel of the notebook
  * starts, its phases (queued with position, placed, starting) instead of a silent spinner.
  */
+import { Notification } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
@@ -15,6 +16,8 @@ const STARTING_POLL_MS = 700;
 export class GpuStatusItem extends Widget {
   private timer: number | null = null;
   private disposedFlag = false;
+  private toast: string | null = null; // the notification of a kernel that is starting
+  private toastPath = '';
 
   constructor(private tracker: INotebookTracker) {
     super();
@@ -58,17 +61,35 @@ export class GpuStatusItem extends Widget {
       const phases = describeKernelStart(progress.events);
       if (phases) {
         this.display(`GPU starting: ${phases}`, 'starting');
+        this.notify(path, `${path}: GPU kernel ${phases}`);
         return true;
       }
       const [sessions, pool] = await Promise.all([api.sessions(path), api.pool()]);
       const text = statusText(sessions, pool.nodes, pool.time);
       const simulated = text !== 'no GPU' && pool.simulated ? ' (simulated)' : '';
       this.display(text + simulated, text === 'no GPU' ? 'none' : 'held');
+      this.notify(path, null, `${path}: GPU kernel ready, ${text}${simulated}`);
     } catch (error) {
       this.display('GPU scheduler unreachable', 'unreachable');
       this.node.title = String((error as Error).message ?? error);
     }
     return false;
+  }
+
+  /** A notification while a kernel waits for its GPU (more visible than the status bar),
+   * updated at each phase and closed, saying where it landed, once it is ready. */
+  private notify(path: string, starting: string | null, done = ''): void {
+    if (starting !== null) {
+      if (this.toast === null) {
+        this.toast = Notification.emit(starting, 'in-progress', { autoClose: false });
+        this.toastPath = path;
+      } else {
+        Notification.update({ id: this.toast, message: starting });
+      }
+    } else if (this.toast !== null && this.toastPath === path) {
+      Notification.update({ id: this.toast, message: done, type: 'success', autoClose: 4000 });
+      this.toast = null;
+    }
   }
 
   private display(text: string, state: string): void {

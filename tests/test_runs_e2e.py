@@ -102,7 +102,14 @@ async def test_a_run_holds_a_gpu_until_it_ends(
     assert ready["state"] == "ready", ready
     assert [e["phase"] for e in ready["events"]][-1] == "ready"
     assert run["id"] in jp_serverapp.kernel_manager
-    assert len(clean_pool.held_gpus()) == 1
+    [held] = clean_pool.held_gpus()
+
+    def memory_in_use() -> bool:  # simulated GPUs report the memory of the work on them
+        [node] = [n for n in clean_pool.pool()["nodes"] if n["name"] == clean_pool.node]
+        used = node["gpus"][held]["memory_used"]
+        return used is not None and used > 1024**2
+
+    wait_for(memory_in_use, 30, "the held GPU's memory use in the heartbeats")
     sessions = await call(jp_fetch, "GET", "sessions", body=None)
     assert [s["notebook_path"] for s in sessions] == ["b.ipynb"]
 

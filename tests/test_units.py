@@ -54,6 +54,7 @@ def test_status_table_marks_simulated_gpus_and_holders() -> None:
         "session": "s1",
         "since": 100.0,
         "utilization": None,
+        "memory_used": 12 * 1024**3,
     }
     pool = {
         "time": 220.0,
@@ -70,6 +71,7 @@ def test_status_table_marks_simulated_gpus_and_holders() -> None:
     }
     text = render_pool(pool, me="ann")
     assert "A100-80GB [simulated]" in text and "ann" in text and "2m" in text
+    assert "12G/80G" in text
     assert "1. bob wants 1 GPU(s)" in text
     assert "your sessions: s1 on n1 GPU 0" in text
 

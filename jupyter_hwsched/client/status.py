@@ -26,6 +26,13 @@ def _table(rows: list[list[str]]) -> str:
     )
 
 
+def _memory(gpu: dict[str, Any]) -> str:
+    """Total memory, with the part in use where the node reports it: ``12G/80G``."""
+    total = format_memory(int(gpu["memory"]))
+    used = gpu.get("memory_used")
+    return total if used is None else f"{format_memory(int(used))}/{total}"
+
+
 def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
     now = float(pool.get("time") or time.time())
     rows = [["NODE", "GPU", "MODEL", "MEMORY", "UTIL", "HELD BY", "SESSION", "FOR"]]
@@ -42,7 +49,7 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
                     name,
                     str(gpu["index"]),
                     model,
-                    format_memory(int(gpu["memory"])),
+                    _memory(gpu),
                     "-" if util is None else f"{util:.0f}%",
                     gpu.get("holder") or "free",
                     gpu.get("session") or "-",

@@ -3,9 +3,10 @@
 A one-node pool (scheduler, node agent, share agent as processes) is started on the real NVML
 inventory, with the host runner since such machines here have no container engine. Then:
 the registered GPUs must be NVML's (same UUIDs, not simulated); ``hwrun --gpu 1`` must see
-exactly the allocated GPU and compute on it; NVML utilization must show the work in
-``hwsched status`` while it runs; ``%%hwrun`` in a local kernel must reach CUDA; a request for
-more GPUs than the node has must fail at once; and nothing may be left held or running.
+exactly the allocated GPU and compute on it; NVML utilization and memory in use must show the
+work in ``hwsched status`` while it runs; ``%%hwrun`` in a local kernel must reach CUDA; a
+request for more GPUs than the node has must fail at once; and nothing may be left held or
+running.
 """
 
 from __future__ import annotations
@@ -84,12 +85,13 @@ def main(report_path: str) -> int:
             ["-q", "--gpu", "1", "--", sys.executable, "-c", "import time" + TORCH_PROBE],
             cwd=str(work),
         )
-        peak = 0.0
+        peak, peak_memory = 0.0, 0
         deadline = time.monotonic() + 60
         while busy.poll() is None and time.monotonic() < deadline:
             for n in pool.pool()["nodes"]:
                 for g in n["gpus"]:
                     peak = max(peak, float(g.get("utilization") or 0))
+                    peak_memory = max(peak_memory, int(g.get("memory_used") or 0))
             time.sleep(0.3)
         busy.communicate(timeout=120)
         status = subprocess.run(
@@ -97,6 +99,10 @@ def main(report_path: str) -> int:
         ).stdout
         say("hwsched status after the run:\n" + status)
         check(peak > 0, f"NVML utilization seen by the scheduler while busy (peak {peak:.0f}%)")
+        check(
+            peak_memory > 256 * 1024**2,  # the probe's two 8192x8192 float32 matrices
+            f"NVML memory in use seen by the scheduler (peak {peak_memory / 1024**2:.0f} MiB)",
+        )
 
         too_many = pool.hwrun(["--gpu", str(len(nvml) + 1), "--", "true"], cwd=str(work))
         say("too many: " + too_many.stderr.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pwd
@@ -28,6 +29,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect after each test, so that what a test leaks (an unclosed socket) fails that
+    test rather than whichever later test the garbage collector happens to run in."""
+    yield
+    gc.collect()
 
 
 def _need_e2e() -> None:

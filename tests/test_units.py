@@ -54,7 +54,7 @@ def test_status_table_marks_simulated_gpus_and_holders() -> None:
         "session": "s1",
         "since": 100.0,
         "utilization": None,
-        "memory_used": 12 * 1024**3,
+        "memory_used": 12 * 1024**3 + 300 * 1024**2,
     }
     pool = {
         "time": 220.0,
@@ -71,7 +71,9 @@ def test_status_table_marks_simulated_gpus_and_holders() -> None:
     }
     text = render_pool(pool, me="ann")
     assert "A100-80GB [simulated]" in text and "ann" in text and "2m" in text
-    assert "12G/80G" in text
+    assert "12.3G/80G" in text
+    gpu["memory_used"] = 615 * 1024**2
+    assert "615M/80G" in render_pool(pool, me="ann")
     assert "1. bob wants 1 GPU(s)" in text
     assert "your sessions: s1 on n1 GPU 0" in text
 

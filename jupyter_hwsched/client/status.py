@@ -30,7 +30,10 @@ def _memory(gpu: dict[str, Any]) -> str:
     """Total memory, with the part in use where the node reports it: ``12G/80G``."""
     total = format_memory(int(gpu["memory"]))
     used = gpu.get("memory_used")
-    return total if used is None else f"{format_memory(int(used))}/{total}"
+    if used is None:
+        return total
+    gib = int(used) / 1024**3
+    return (f"{gib:.1f}G" if gib >= 1 else f"{round(int(used) / 1024**2)}M") + f"/{total}"
 
 
 def render_pool(pool: dict[str, Any], me: str | None = None) -> str:

@@ -47,6 +47,21 @@ def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> 
         time.sleep(0.1)
 
 
+def call_json(
+    url: str, method: str, path: str, token: str, body: Any = None, timeout: float = 300
+) -> Any:
+    """One JSON request with a token (a scheduler's, a Jupyter server's); None if no body."""
+    request = urllib.request.Request(
+        url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
 class Service:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
@@ -193,14 +208,7 @@ class Pool:
     # talking to the scheduler directly
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+        return call_json(self.url, method, path, self.token, body)
 
     def pool(self) -> dict[str, Any]:
         return dict(self.api("GET", "/api/pool"))

@@ -76,6 +76,15 @@ def clean_pool(pool: Pool) -> Iterator[Pool]:
 
 
 @pytest.fixture
+def workspace() -> Iterator[Path]:
+    """A directory for the work; not under /tmp, which each node keeps private."""
+    path = Path("/var/lib/hwsched-test") / f"ws-{uuid.uuid4().hex[:8]}"
+    path.mkdir(parents=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def dev_workspace() -> Iterator[Path]:
     """A directory owned by the non-root developer account, under its home."""
     try:

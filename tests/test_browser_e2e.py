@@ -13,7 +13,6 @@ import secrets
 import shutil
 import sys
 import threading
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from jupyter_hwsched.testing import Pool, Service, free_port, wait_for
+from jupyter_hwsched.testing import Pool, Service, call_json, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -112,15 +111,7 @@ class Lab:
         return True
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            self.url + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"token {self.token}"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            data = response.read()
-            return json.loads(data) if data else None
+        return call_json(self.url, method, path, self.token, body)
 
     def notebook(self, name: str, cells: list[str], metadata: dict[str, Any] | None = None) -> str:
         nb = {
@@ -258,6 +249,13 @@ def save(page: Any, lab: Lab, name: str) -> dict[str, Any]:
     return lab.saved(name)
 
 
+def wait_all_gpus_free(page: Any) -> None:
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-hwsched-Gpu')]"
+        ".every(row => row.dataset.holder === 'free')"
+    )
+
+
 def sidebar_gpus(page: Any) -> dict[str, str]:
     rows = page.locator(".jp-hwsched-Sidebar .jp-hwsched-Gpu")
     return {
@@ -368,10 +366,7 @@ def test_sidebar_shows_a_busy_gpu_and_cancel_frees_it(
 
     cell(page, 0).locator(".jp-hwsched-CellPhase-cancel").click()
     wait_phase(page, 0, "cancelled")
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('.jp-hwsched-Gpu')]"
-        ".every(row => row.dataset.holder === 'free')"
-    )
+    wait_all_gpus_free(page)
     assert page.locator(".jp-hwsched-MySession").count() == 0
     assert clean_pool.held_gpus() == []
     page.wait_for_selector(".jp-hwsched-StatusItem[data-state='none']")
@@ -441,10 +436,7 @@ def test_remote_kernel_start_shows_its_phases(page: Any, lab: Lab, clean_pool: P
     # the sidebar's Cancel ends the kernel's session through its kernel: the GPU goes back
     [kernel] = [k for k in lab.api("GET", "/api/kernels") if k["name"] == "hwsched-remote"]
     page.click(".jp-hwsched-MySession .jp-hwsched-CancelSession")
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('.jp-hwsched-Gpu')]"
-        ".every(row => row.dataset.holder === 'free')"
-    )
+    wait_all_gpus_free(page)
     assert page.locator(".jp-hwsched-MySession").count() == 0
     assert kernel["id"] not in [k["id"] for k in lab.api("GET", "/api/kernels")]
     wait_for(lambda: clean_pool.held_gpus() == [], 30, "the kernel's GPU to be released")

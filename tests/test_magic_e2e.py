@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import uuid
 from collections.abc import Iterator
@@ -59,15 +58,6 @@ def notebook(clean_pool: Pool, workspace: Path) -> Iterator[Notebook]:
     nb = Notebook(clean_pool, workspace)
     yield nb
     nb.close()
-
-
-@pytest.fixture
-def workspace() -> Iterator[Path]:
-    """The notebook's directory; not under /tmp, which each node keeps private."""
-    path = Path("/var/lib/hwsched-test") / f"nb-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def text(outputs: list[dict[str, Any]], name: str = "stdout") -> str:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +13,6 @@ from jupyter_client.manager import AsyncKernelManager
 from jupyter_hwsched.testing import Pool, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def workspace() -> Iterator[Path]:
-    path = Path("/var/lib/hwsched-test") / f"rk-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def run(kc: Any, code: str, timeout: float = 120) -> tuple[dict[str, Any], str]:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,9 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def jp_root_dir() -> Iterator[Path]:
-    """The notebooks' directory; not under /tmp, which each node keeps private."""
-    path = Path("/var/lib/hwsched-test") / f"runs-{uuid.uuid4().hex[:8]}"
-    path.mkdir(parents=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def jp_root_dir(workspace: Path) -> Path:
+    """The server's notebooks, where the node can see them."""
+    return workspace
 
 
 @pytest.fixture

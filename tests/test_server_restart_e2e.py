@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import pytest
 
 from jupyter_hwsched.client.kernel import GatewayKernel
-from jupyter_hwsched.testing import Pool, Service, free_port, wait_for
+from jupyter_hwsched.testing import Pool, Service, call_json, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -46,22 +44,10 @@ def jupyter_server(
 
 def answers(url: str, token: str) -> bool:
     try:
-        call(url, "GET", "/api/status", token)
+        call_json(url, "GET", "/api/status", token)
     except OSError:
         return False
     return True
-
-
-def call(url: str, method: str, path: str, token: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        url + path,
-        method=method,
-        data=json.dumps(body).encode() if body is not None else None,
-        headers={"Authorization": f"token {token}"},
-    )
-    with urllib.request.urlopen(request, timeout=300) as response:
-        raw = response.read()
-        return json.loads(raw) if raw else None
 
 
 async def run_code(url: str, token: str, kernel_id: str, code: str) -> str:
@@ -101,8 +87,8 @@ def test_restarted_server_keeps_the_remote_kernel(long_lease_pool: Pool, tmp_pat
     url = f"http://127.0.0.1:{port}"
     server = jupyter_server(clean_pool, root, runtime, port, token, tmp_path / "s1.log")
     try:
-        kernel = call(url, "POST", "/api/kernels", token, {"name": "hwsched-remote"})
-        progress = call(url, "GET", f"/hwsched/api/kernels/{kernel['id']}/progress", token)
+        kernel = call_json(url, "POST", "/api/kernels", token, {"name": "hwsched-remote"})
+        progress = call_json(url, "GET", f"/hwsched/api/kernels/{kernel['id']}/progress", token)
         assert [e["phase"] for e in progress["events"]][-1] == "ready"
         assert asyncio.run(run_code(url, token, kernel["id"], "x = 6 * 7\nprint('set')")) == "set\n"
         held = clean_pool.held_gpus()
@@ -114,14 +100,14 @@ def test_restarted_server_keeps_the_remote_kernel(long_lease_pool: Pool, tmp_pat
     try:
         # the extension takes the kernel over once the server is up
         kernels = wait_for(
-            lambda: call(url, "GET", "/api/kernels", token), 120, "the kernel to be taken over"
+            lambda: call_json(url, "GET", "/api/kernels", token), 120, "the kernel to be taken over"
         )
         assert [k["id"] for k in kernels] == [kernel["id"]]
         printed = asyncio.run(run_code(url, token, kernel["id"], "print(x)"))
         log = (tmp_path / "s2.log").read_text(errors="replace")[-3000:]
         assert printed == "42\n", f"printed {printed!r}; server log:\n{log}"
         assert clean_pool.held_gpus() == held
-        call(url, "DELETE", f"/api/kernels/{kernel['id']}", token)
+        call_json(url, "DELETE", f"/api/kernels/{kernel['id']}", token)
         wait_for(lambda: not clean_pool.held_gpus(), 30, "the GPU to be released")
     finally:
         server.stop()

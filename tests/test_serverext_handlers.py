@@ -13,7 +13,7 @@ import pytest
 from tornado.httpclient import HTTPClientError
 
 from jupyter_hwsched.client.environment import caller_identity
-from jupyter_hwsched.testing import free_port
+from jupyter_hwsched.testing import call_json, free_port
 
 ME = caller_identity()["name"]
 DOWN = f"http://127.0.0.1:{free_port()}"  # nothing listens there
@@ -40,20 +40,11 @@ def jp_server_config(scheduler: tuple[str, str], request: pytest.FixtureRequest)
 @pytest.fixture
 def submit(scheduler: tuple[str, str], jp_root_dir: Path) -> Iterator[Any]:
     """Submit sessions straight to the scheduler, as another client would; end them after."""
-    import urllib.request
-
     url, token = scheduler
     made: list[str] = []
 
     def call(method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(
-            url + path,
-            method=method,
-            data=json.dumps(body).encode() if body is not None else None,
-            headers={"Authorization": f"token {token}"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
+        return call_json(url, method, path, token, body)
 
     def make(user: str = ME, notebook: str = "", gpus: int = 1) -> dict[str, Any]:
         body = {"request": {"gpus": gpus}, "user": user, "host": "h", "notebook": notebook}

@@ -8,10 +8,13 @@ agent, and every place that shows a GPU to a person says so.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import RequestError, UnavailableError
+
+T = TypeVar("T")
 
 _SIM_RE = re.compile(
     r"^\s*(\d+)\s*[xX]\s*([A-Za-z0-9][A-Za-z0-9_.]*)-(\d+)GB(:nvlink)?\s*$", re.IGNORECASE
@@ -125,25 +128,21 @@ class NvmlInventory(GpuInventory):
     def gpus(self) -> list[GpuInfo]:
         return list(self._gpus)
 
-    def utilization(self) -> dict[int, float]:
+    def _each(self, read: Callable[[Any], T]) -> dict[int, T]:
+        """One NVML reading per GPU; a GPU whose reading fails is left out."""
         out = {}
         for gpu in self._gpus:
             try:
-                handle = self.nvml.nvmlDeviceGetHandleByIndex(gpu.index)
-                out[gpu.index] = float(self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+                out[gpu.index] = read(self.nvml.nvmlDeviceGetHandleByIndex(gpu.index))
             except self.nvml.NVMLError:
                 continue
         return out
 
+    def utilization(self) -> dict[int, float]:
+        return self._each(lambda h: float(self.nvml.nvmlDeviceGetUtilizationRates(h).gpu))
+
     def memory_used(self) -> dict[int, int]:
-        out = {}
-        for gpu in self._gpus:
-            try:
-                handle = self.nvml.nvmlDeviceGetHandleByIndex(gpu.index)
-                out[gpu.index] = int(self.nvml.nvmlDeviceGetMemoryInfo(handle).used)
-            except self.nvml.NVMLError:
-                continue
-        return out
+        return self._each(lambda h: int(self.nvml.nvmlDeviceGetMemoryInfo(h).used))
 
     def close(self) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -138,9 +139,19 @@ class GatewayKernel:
             self.pending.pop(msg["header"]["msg_id"], None)
         return reply
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the websocket and wait (briefly) for the peer's close, so that the socket is
+        shut now rather than left to the garbage collector when the event loop ends."""
         if self._reader is not None:
             self._reader.cancel()
-        if self.ws is not None:
-            self.ws.close()
-            self.ws = None
+            self._reader = None
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            ws.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(_until_closed(ws), timeout)
+
+
+async def _until_closed(ws: WebSocketClientConnection) -> None:
+    while await ws.read_message() is not None:
+        pass  # what arrives between our close and the peer's is not wanted any more

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import zmq
 
 from jupyter_hwsched.agent.gpus import parse_simulated, short_model
 from jupyter_hwsched.client.environment import caller_env
@@ -81,3 +82,29 @@ def test_status_table_marks_simulated_gpus_and_holders() -> None:
 def test_simulated_nvlink_groups() -> None:
     found = parse_simulated("2xH100-80GB:nvlink,2xH100-80GB:nvlink,1xT4-16GB", "n1")
     assert [g.links for g in found] == [(1,), (0,), (3,), (2,), ()]
+
+
+def test_bridge_takes_another_port_when_its_port_was_taken_meanwhile() -> None:
+    import socket
+
+    from jupyter_hwsched.kernel.bridge import KernelBridge
+
+    async def no_shutdown(msg: dict[str, object]) -> None:
+        pass
+
+    taker = socket.socket()
+    taker.bind(("127.0.0.1", 0))
+    taker.listen()
+    taken = taker.getsockname()[1]
+    connection = {"ip": "127.0.0.1", "key": "k", "shell_port": taken}
+    bridge = KernelBridge(connection, "http://127.0.0.1:1", "k1", "s", no_shutdown)
+    try:
+        sock = bridge._bind("shell", zmq.ROUTER)
+        port = bridge.connection["shell_port"]
+        assert port != taken
+        assert sock.getsockopt_string(zmq.LAST_ENDPOINT).endswith(f":{port}")
+    finally:
+        for s in bridge.sockets.values():
+            s.close()
+        bridge.context.term()
+        taker.close()

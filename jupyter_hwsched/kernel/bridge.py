@@ -70,7 +70,16 @@ class KernelBridge:
         sock = self.context.socket(kind)
         sock.linger = 0
         ip = self.connection.get("ip", "127.0.0.1")
-        sock.bind(f"tcp://{ip}:{self.connection[name + '_port']}")
+        try:
+            sock.bind(f"tcp://{ip}:{self.connection[name + '_port']}")
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE:
+                sock.close()
+                raise
+            # the port was picked when the kernel was asked for, and the queue can take long:
+            # something took it meanwhile. Take another; the kernel manager learns it from
+            # the connection info the provisioner returns.
+            self.connection[name + "_port"] = sock.bind_to_random_port(f"tcp://{ip}")
         self.sockets[name] = sock
         return sock
 

@@ -142,6 +142,11 @@ class RemoteGpuProvisioner(LocalProvisioner):
             self._on_shutdown,
         )
         await self.bridge.start()
+        ports = self.bridge.connection  # the ports it bound, which may differ from those picked
+        info = self.connection_info
+        info["shell_port"], info["iopub_port"] = ports["shell_port"], ports["iopub_port"]
+        info["stdin_port"], info["control_port"] = ports["stdin_port"], ports["control_port"]
+        info["hb_port"] = ports["hb_port"]
         self.pid = None
         if self.idle_timeout > 0 and self._idle_task is None:
             self._idle_task = asyncio.ensure_future(self._watch_idle())

@@ -201,6 +201,8 @@ export class GpuRun {
           this.badges.forEach(b => {
             if (b.state === 'done') {
               b.set('released', `${b.message} · GPU released`, false);
+            } else if (b.state === 'error' && this.waitedText) {
+              b.set('error', `${b.message} · GPU released`, false); // it ran, then failed
             }
           });
         },

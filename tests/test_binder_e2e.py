@@ -31,8 +31,10 @@ def outputs_text(cell: dict[str, object]) -> str:
 
 def test_binder_start_serves_the_demo_notebook(dev_workspace: Path) -> None:
     user = pwd.getpwnam(DEV_USER)
-    shutil.copy(REPO / "binder" / "demo.ipynb", dev_workspace / "demo.ipynb")
-    os.chown(dev_workspace / "demo.ipynb", user.pw_uid, user.pw_gid)
+    # the developer account may not reach into the checkout: it gets copies of its own
+    for name in ("demo.ipynb", "start"):
+        shutil.copy2(REPO / "binder" / name, dev_workspace / name)
+        os.chown(dev_workspace / name, user.pw_uid, user.pw_gid)
     bin_dir = Path(sys.executable).parent
     # what binder's JupyterLab would be: a command started by binder/start once the pool is up
     command = (
@@ -51,7 +53,7 @@ def test_binder_start_serves_the_demo_notebook(dev_workspace: Path) -> None:
                 "-u",
                 DEV_USER,
                 "--",
-                str(REPO / "binder" / "start"),
+                str(dev_workspace / "start"),
                 "sh",
                 "-c",
                 command,

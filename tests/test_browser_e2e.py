@@ -35,6 +35,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+ONE_GPU = {"hwsched": {"gpus": 1, "gpu_type": ""}}  # a notebook's kept GPU request
 LONG_CELL = """\
 import time
 for i in range(100000):
@@ -308,7 +309,7 @@ def test_whole_notebook_runs_in_one_kernel_and_stops_at_the_first_error(
             "raise ValueError('stop here')",
             "print('never printed')",
         ],
-        {"hwsched": {"gpus": 1, "gpu_type": ""}},
+        ONE_GPU,
     )
     open_notebook(page, lab, name)
     # from the command palette
@@ -338,7 +339,7 @@ def test_sidebar_shows_a_busy_gpu_and_cancel_frees_it(
     name = lab.notebook(
         "long.ipynb",
         [LONG_CELL],
-        {"hwsched": {"gpus": 1, "gpu_type": ""}},
+        ONE_GPU,
     )
     open_notebook(page, lab, name)
     page.click(".jp-SideBar .lm-TabBar-tab[data-id='jp-hwsched-cluster']")

@@ -90,12 +90,10 @@ class HeartbeatHandler(SchedulerHandler):
         if not isinstance(live, list) or not all(isinstance(x, str) for x in live):
             raise RequestError("field 'sessions' must be a list of session ids")
         stats = body.get("stats", {})
-        utilization = stats.get("utilization", {}) if isinstance(stats, dict) else None
-        if not isinstance(utilization, dict) or not all(_number(v) for v in utilization.values()):
-            raise RequestError("field 'stats.utilization' must map GPU indices to percentages")
-        memory = stats.get("memory_used", {})
-        if not isinstance(memory, dict) or not all(_number(v) for v in memory.values()):
-            raise RequestError("field 'stats.memory_used' must map GPU indices to bytes")
+        for key, unit in (("utilization", "percentages"), ("memory_used", "bytes")):
+            per_gpu = stats.get(key, {}) if isinstance(stats, dict) else None
+            if not isinstance(per_gpu, dict) or not all(_number(v) for v in per_gpu.values()):
+                raise RequestError(f"field 'stats.{key}' must map GPU indices to {unit}")
         end = self.scheduler.heartbeat(name, live, stats)
         self.write_json({"end": end, "reasons": self.scheduler.end_reasons(end)})
 

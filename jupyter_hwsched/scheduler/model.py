@@ -32,12 +32,16 @@ class Node:
     def up(self, now: float, timeout: float) -> bool:
         return now - self.last_seen <= timeout
 
+    def _sample(self, key: str, index: int) -> Any:
+        """One GPU's value of the last heartbeat's ``stats[key]``, or None."""
+        return self.stats.get(key, {}).get(str(index))
+
     def utilization(self, index: int) -> float | None:
-        value = self.stats.get("utilization", {}).get(str(index))
+        value = self._sample("utilization", index)
         return None if value is None else float(value)
 
     def memory_used(self, index: int) -> int | None:
-        value = self.stats.get("memory_used", {}).get(str(index))
+        value = self._sample("memory_used", index)
         return None if value is None else int(value)
 
 

@@ -6,6 +6,7 @@ the same name that every session it starts is submitted under.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,8 +72,7 @@ class ClusterService:
     async def pool(self) -> dict[str, Any]:
         """Nodes and GPUs with holders, the queue, and this user's live sessions."""
         api = self._api()
-        pool = await api.pool()
-        sessions = await api.sessions()
+        pool, sessions = await asyncio.gather(api.pool(), api.sessions())
         simulated = any(g.get("simulated") for n in pool["nodes"] for g in n["gpus"])
         return dict(pool, user=self.user, mine=self._mine(sessions), simulated=simulated)
 

@@ -56,7 +56,6 @@ export async function requestAPI<T>(
 
 export const api = {
   pool: () => requestAPI<IPool>('pool'),
-  sessions: (path: string) => requestAPI<ISession[]>('sessions', {}, { path }),
   cancelSession: (id: string) =>
     requestAPI<ISession>(`sessions/${encodeURIComponent(id)}`, { method: 'DELETE' }),
   startRun: (path: string, gpus: number, gpuType: string) =>

@@ -92,39 +92,31 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const { commands, shell } = app;
     const current = (): NotebookPanel | null => tracker.currentWidget;
     const hasNotebook = () => current() !== null;
+    /** A command's execute: act on the current notebook, if there is one. */
+    const onCurrent = (act: (panel: NotebookPanel) => Promise<unknown>) => async () => {
+      const panel = current();
+      if (panel) {
+        await act(panel);
+      }
+    };
 
     commands.addCommand(CommandIDs.runCells, {
       label: args => (args.toolbar ? 'Run on GPU' : 'Run Selected Cells on GPU'),
       caption: 'Run the selected cells on a GPU from the pool, then give the GPU back',
       icon: args => (args.toolbar ? gpuIcon : undefined),
       isEnabled: hasNotebook,
-      execute: async () => {
-        const panel = current();
-        if (panel) {
-          await runOnGpu(app, panel, false);
-        }
-      }
+      execute: onCurrent(panel => runOnGpu(app, panel, false))
     });
     commands.addCommand(CommandIDs.runNotebook, {
       label: 'Run Whole Notebook on GPU',
       caption: 'Run every cell in order in one GPU kernel, stopping at the first error',
       isEnabled: hasNotebook,
-      execute: async () => {
-        const panel = current();
-        if (panel) {
-          await runOnGpu(app, panel, true);
-        }
-      }
+      execute: onCurrent(panel => runOnGpu(app, panel, true))
     });
     commands.addCommand(CommandIDs.chooseGpus, {
       label: 'Choose GPUs for This Notebook…',
       isEnabled: hasNotebook,
-      execute: async () => {
-        const panel = current();
-        if (panel) {
-          await pickGpus(panel, 'Keep');
-        }
-      }
+      execute: onCurrent(panel => pickGpus(panel, 'Keep'))
     });
     commands.addCommand(CommandIDs.cancelRun, {
       label: 'Cancel GPU Run',
@@ -132,11 +124,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const panel = current();
         return panel !== null && activeRuns.has(panel);
       },
-      execute: async () => {
-        const panel = current();
-        const run = panel ? activeRuns.get(panel) : undefined;
-        await run?.cancel();
-      }
+      execute: onCurrent(async panel => activeRuns.get(panel)?.cancel())
     });
 
     if (toolbarRegistry) {

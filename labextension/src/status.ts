@@ -64,7 +64,8 @@ export class GpuStatusItem extends Widget {
         this.notify(path, `${path}: GPU kernel ${phases}`);
         return true;
       }
-      const [sessions, pool] = await Promise.all([api.sessions(path), api.pool()]);
+      const pool = await api.pool(); // "mine" holds this user's sessions, with their notebooks
+      const sessions = pool.mine.filter(session => session.notebook_path === path);
       const text = statusText(sessions, pool.nodes, pool.time);
       const simulated = text !== 'no GPU' && pool.simulated ? ' (simulated)' : '';
       this.display(text + simulated, text === 'no GPU' ? 'none' : 'held');

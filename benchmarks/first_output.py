@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.manager import KernelManager
+# the test harness (tests/harness.py) is not part of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from jupyter_hwsched.testing import Pool
+from harness import Pool
+from jupyter_client.manager import KernelManager
 
 
 def first_output(km: KernelManager, code: str, marker: str) -> float:

@@ -13,14 +13,17 @@ import asyncio
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from jupyter_client.manager import AsyncKernelManager
+# the test harness (tests/harness.py) is not part of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from jupyter_hwsched.testing import Pool
+from harness import Pool
+from jupyter_client.manager import AsyncKernelManager
 
 
 async def round_trip(kc: Any) -> float:

@@ -72,7 +72,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from jupyter_hwsched.request import HardwareRequest
+from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.model import Node, Session
 from jupyter_hwsched.scheduler.store import Store

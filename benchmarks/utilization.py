@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from jupyter_hwsched.request import HardwareRequest
+from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.store import Store
 

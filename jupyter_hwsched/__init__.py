@@ -1,14 +1,19 @@
 """jupyter-hwsched: run cells, kernels and commands on pooled GPU machines that mount your
 own machine's root, so the environment is yours by construction.
 
-``%load_ext jupyter_hwsched`` registers the ``%%hwrun`` and ``%hwstatus`` magics.
+``%load_ext jupyter_hwsched`` registers the ``%%hwrun`` and ``%hwstatus`` magics. The package
+is laid out by machine: ``protocol`` (what the machines say to each other) at the bottom,
+``developer``, ``scheduler`` and ``agent`` (the GPU node) above it, and ``cli`` (the
+``hwsched`` command, ``hwsched up``) on top.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from jupyter_hwsched.protocol.version import __version__
+
+__all__ = ["__version__", "load_ipython_extension"]
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
@@ -17,12 +22,12 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .serverext.app import HwschedServerApp
+    from jupyter_hwsched.developer.serverext.app import HwschedServerApp
 
-    return [{"module": "jupyter_hwsched.serverext.app", "app": HwschedServerApp}]
+    return [{"module": "jupyter_hwsched.developer.serverext.app", "app": HwschedServerApp}]
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .client.magics import HwschedMagics
+    from jupyter_hwsched.developer.magics import HwschedMagics
 
     ipython.register_magics(HwschedMagics)

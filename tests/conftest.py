@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from jupyter_hwsched.testing import DEV_USER, Pool, Service, free_port
+from harness import DEV_USER, Pool, Service, free_port
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 

@@ -9,8 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from jupyter_hwsched.testing import Pool
+from harness import Pool
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,7 @@ import urllib.request
 from typing import Any
 
 import pytest
-
-from jupyter_hwsched.testing import Pool
+from harness import Pool
 
 pytestmark = pytest.mark.e2e
 

@@ -6,8 +6,7 @@ import subprocess
 import uuid
 
 import pytest
-
-from jupyter_hwsched.testing import Pool
+from harness import Pool
 
 pytestmark = pytest.mark.e2e
 

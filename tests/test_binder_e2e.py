@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from jupyter_hwsched.testing import DEV_USER
+from harness import DEV_USER
 
 pytestmark = pytest.mark.e2e
 

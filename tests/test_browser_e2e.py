@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from jupyter_hwsched.testing import Pool, Service, call_json, free_port, wait_for
+from harness import Pool, Service, call_json, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 

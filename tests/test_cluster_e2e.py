@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from jupyter_hwsched.testing import DEV_USER, Pool, free_port, wait_for
+from harness import DEV_USER, Pool, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 

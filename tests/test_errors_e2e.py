@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from jupyter_hwsched.testing import Pool, free_port
+from harness import Pool, free_port
 
 pytestmark = pytest.mark.e2e
 

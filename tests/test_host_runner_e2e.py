@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from jupyter_hwsched.testing import DEV_USER, Pool
+from harness import DEV_USER, Pool
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from jupyter_hwsched.testing import DEV_USER, Pool, ctrl_c, wait_for
+from harness import DEV_USER, Pool, ctrl_c, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Pool, wait_for
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
-
-from jupyter_hwsched.testing import Pool, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Pool, wait_for
 from jupyter_client.manager import AsyncKernelManager
-
-from jupyter_hwsched.testing import Pool, wait_for
 
 pytestmark = pytest.mark.e2e
 

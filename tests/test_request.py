@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from jupyter_hwsched.errors import RequestError
-from jupyter_hwsched.request import HardwareRequest, format_memory, make_request, parse_memory
+from jupyter_hwsched.protocol.errors import RequestError
+from jupyter_hwsched.protocol.request import (
+    HardwareRequest,
+    format_memory,
+    make_request,
+    parse_memory,
+)
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Pool, wait_for
 
 import jupyter_hwsched
-from jupyter_hwsched.testing import Pool, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from jupyter_hwsched.errors import (
+from jupyter_hwsched.protocol.errors import (
     ConflictError,
     NotFoundError,
     RequestError,
     SessionEnded,
     UnavailableError,
 )
-from jupyter_hwsched.request import HardwareRequest
+from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.store import Store
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_hwsched.errors import RequestError
-from jupyter_hwsched.request import HardwareRequest, make_request
+from jupyter_hwsched.protocol.errors import RequestError
+from jupyter_hwsched.protocol.request import HardwareRequest, make_request
 from jupyter_hwsched.scheduler.accounting import metrics_text, usage_report
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.placement import SpreadPlacement
@@ -112,9 +112,9 @@ def test_fair_share_forgets_with_the_half_life(tmp_path: Path, clock: Clock) -> 
     first = s.submit(req(), "ann", "x")
     clock.now += 100
     s.end(first["id"], "done")
-    assert s.usage_of("ann", clock.now) == pytest.approx(100.0)
+    assert s.usage_table(clock.now)["ann"] == pytest.approx(100.0)
     clock.now += 200  # two half-lives
-    assert s.usage_of("ann", clock.now) == pytest.approx(25.0)
+    assert s.usage_table(clock.now)["ann"] == pytest.approx(25.0)
 
 
 def test_user_and_group_quotas(tmp_path: Path, clock: Clock) -> None:

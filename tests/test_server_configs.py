@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jupyter_hwsched.developer.share.app import ShareAgentApp
 from jupyter_hwsched.scheduler.app import SchedulerApp
 from jupyter_hwsched.scheduler.core import Scheduler
-from jupyter_hwsched.share.app import ShareAgentApp
 
 SERVER = Path(__file__).parent.parent / "server"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import Pool, Service, call_json, free_port, wait_for
 
-from jupyter_hwsched.client.kernel import GatewayKernel
-from jupyter_hwsched.testing import Pool, Service, call_json, free_port, wait_for
+from jupyter_hwsched.developer.gateway import GatewayKernel
 
 pytestmark = pytest.mark.e2e
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import call_json, free_port
 from tornado.httpclient import HTTPClientError
 
-from jupyter_hwsched.client.environment import caller_identity
-from jupyter_hwsched.testing import call_json, free_port
+from jupyter_hwsched.developer.environment import caller_identity
 
-ME = caller_identity()["name"]
+ME = caller_identity().name
 DOWN = f"http://127.0.0.1:{free_port()}"  # nothing listens there
 
 

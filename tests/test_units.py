@@ -6,9 +6,9 @@ import pytest
 import zmq
 
 from jupyter_hwsched.agent.gpus import parse_simulated, short_model
-from jupyter_hwsched.client.environment import caller_env
-from jupyter_hwsched.client.status import render_pool
-from jupyter_hwsched.errors import RequestError
+from jupyter_hwsched.developer.environment import caller_env
+from jupyter_hwsched.developer.render import render_pool
+from jupyter_hwsched.protocol.errors import RequestError
 
 
 def test_simulated_gpus_are_labelled() -> None:
@@ -87,7 +87,7 @@ def test_simulated_nvlink_groups() -> None:
 def test_bridge_takes_another_port_when_its_port_was_taken_meanwhile() -> None:
     import socket
 
-    from jupyter_hwsched.kernel.bridge import KernelBridge
+    from jupyter_hwsched.developer.kernel.bridge import KernelBridge
 
     async def no_shutdown(msg: dict[str, object]) -> None:
         pass

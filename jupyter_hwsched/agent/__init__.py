@@ -6,6 +6,6 @@ from typing import Any
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .extension import AgentApp
+    from jupyter_hwsched.agent.extension import AgentApp
 
     return [{"module": "jupyter_hwsched.agent.extension", "app": AgentApp}]

@@ -38,7 +38,7 @@ class NodeIdentityProvider(IdentityProvider):
         if await super().get_user_token(handler) is not None:
             return User(username=ADMIN)
         token = self.get_token(handler)
-        agent = handler.settings.get("hwsched_agent")
+        agent = handler.settings.get("hwsched_node")
         if not token or agent is None:
             return None
         digest = secret_hash(token)
@@ -55,7 +55,7 @@ class NodeAuthorizer(Authorizer):
         if getattr(user, "username", None) == ADMIN:
             return True
         session_id = session_of(user)
-        agent = handler.settings.get("hwsched_agent")
+        agent = handler.settings.get("hwsched_node")
         session = agent.sessions.get(session_id) if agent and session_id else None
         kernel_id = handler.path_kwargs.get("kernel_id")
         # a session's client reaches its own kernel (channels, interrupt, restart), no other

@@ -20,8 +20,7 @@ from typing import Any
 
 from traitlets import List, Unicode, default
 
-from ..errors import UnavailableError
-from .runner import (
+from jupyter_hwsched.agent.runner import (
     INIT,
     NODE_LABEL,
     NODE_OWN,
@@ -33,6 +32,7 @@ from .runner import (
     OutputCallback,
     Runner,
 )
+from jupyter_hwsched.protocol.errors import UnavailableError
 
 
 def _base_image_tar(init_binary: str | None) -> bytes:

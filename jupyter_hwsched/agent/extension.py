@@ -2,20 +2,16 @@
 
 jupyter_server already serves the Kernel Gateway API (``/api/kernels``, the channels
 websocket, interrupt, restart) over any kernel provisioner, so the agent is a server extension
-whose kernels the container provisioner launches. Around that it keeps the node's part of the
-protocol with the scheduler: registration with the GPU inventory, heartbeats that carry the
-live sessions and bring back the ones to end, and the start and end of each session.
+whose kernels the container provisioner launches. This module is wiring: its settings, the
+:class:`NodeService` that holds the sessions and speaks with the scheduler, the periodic
+heartbeat and share checks, and the handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
-import shutil
-import signal
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +19,16 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Float, List, Type, Unicode, default
 
-from ..client.api import SchedulerAPI
-from ..errors import (
-    ConflictError,
-    ForbiddenError,
-    HwschedError,
-    NotFoundError,
-    SessionEnded,
-    UnavailableError,
-)
-from .authorizer import secret_hash
-from .docker_runner import DockerRunner
-from .gpus import GpuInventory, discover
-from .handlers import handlers
-from .kernelspecs import CONTAINER_KERNEL
-from .mount import DEFAULT_OPTIONS, mounts_under, unmount
-from .runner import Runner
-from .sessions import NodeSession, SessionSpec
+from jupyter_hwsched.agent.docker_runner import DockerRunner
+from jupyter_hwsched.agent.gpus import discover
+from jupyter_hwsched.agent.handlers import handlers
+from jupyter_hwsched.agent.kernelspecs import CONTAINER_KERNEL
+from jupyter_hwsched.agent.mount import DEFAULT_OPTIONS
+from jupyter_hwsched.agent.runner import Runner
+from jupyter_hwsched.agent.service import NodeService
+from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.protocol import settings as env
+from jupyter_hwsched.protocol.clients import SchedulerClient
 
 
 class AgentApp(ExtensionApp):
@@ -111,11 +100,11 @@ class AgentApp(ExtensionApp):
 
     @default("scheduler_url")
     def _url_default(self) -> str:
-        return os.environ.get("HWSCHED_URL", "http://127.0.0.1:8765")
+        return env.scheduler_url()
 
     @default("scheduler_token")
     def _token_default(self) -> str:
-        return os.environ.get("HWSCHED_TOKEN", "")
+        return env.scheduler_token()
 
     @default("state_dir")
     def _state_default(self) -> str:
@@ -124,41 +113,26 @@ class AgentApp(ExtensionApp):
         return str(Path.home() / ".local" / "state" / "hwsched" / "agent")
 
     def initialize_settings(self) -> None:
-        self.sessions: dict[str, NodeSession] = {}
-        self._cpu_samples: dict[str, tuple[float, float]] = {}
-        self.inventory: GpuInventory = discover(
-            self.simulate_gpus, self.node_name, self.simulate_if_no_gpu
+        if not self.scheduler_url:
+            self.log.critical("set --scheduler-url (or HWSCHED_URL): the node agent needs it")
+            self.exit(2)
+        self.node = NodeService(
+            node_name=self.node_name,
+            inventory=discover(self.simulate_gpus, self.node_name, self.simulate_if_no_gpu),
+            runner=self.runner_class(parent=self),
+            scheduler=SchedulerClient(self.scheduler_url, self.scheduler_token),
+            kernels=ServerKernels(self),
+            state_dir=Path(self.state_dir),
+            sshfs_options=list(self.sshfs_options),
+            labels=list(self.labels),
+            allow_root=self.allow_root,
+            log=self.log,
         )
-        self.gpus = {g.index: g for g in self.inventory.gpus()}
-        self.runner = self.runner_class(parent=self)
-        self.scheduler = SchedulerAPI(self.scheduler_url, self.scheduler_token)
-        self.settings["hwsched_agent"] = self
-        self._remove_leftovers()
+        self.settings["hwsched_node"] = self.node
+        self.node.remove_leftovers()
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
-
-    def _remove_leftovers(self) -> None:
-        """At start no session is live: remove every container and mount of ours."""
-        for session_id, container_id in self.runner.containers(self.node_name).items():
-            self.log.warning("removing leftover container of session %s", session_id)
-            self.runner.remove(container_id)
-        state = Path(self.state_dir)
-        for point in mounts_under(state / "mnt"):
-            self.log.warning("unmounting leftover share %s", point)
-            unmount(point)
-        stuck = mounts_under(state / "mnt")
-        if stuck:
-            # never walk into a live mount: that is a developer's disk
-            raise UnavailableError(f"cannot unmount leftover shares {stuck}; unmount them by hand")
-        shutil.rmtree(state / "sessions", ignore_errors=True)
-        for leftover in (state / "mnt").glob("*"):
-            try:
-                leftover.rmdir()  # empty mount points only
-            except OSError as exc:
-                self.log.warning("leaving %s: %s", leftover, exc)
-        (state / "mnt").mkdir(parents=True, exist_ok=True, mode=0o700)
-        (state / "sessions").mkdir(parents=True, exist_ok=True, mode=0o711)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         if not self.public_url:
@@ -166,17 +140,20 @@ class AgentApp(ExtensionApp):
                 serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else socket.gethostname()
             )
             self.public_url = f"http://{host}:{serverapp.port}"
+        self.node.public_url = self.public_url
         local = serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
         await self._until_listening(local, serverapp.port)
-        await self.register(wait=True)
-        self._heartbeat = PeriodicCallback(self.heartbeat, self.heartbeat_interval * 1000)
+        await self.node.register(wait=True)
+        self._heartbeat = PeriodicCallback(self.node.heartbeat, self.heartbeat_interval * 1000)
         self._heartbeat.start()
-        self._share_check = PeriodicCallback(self.check_shares, self.share_check_interval * 1000)
+        self._share_check = PeriodicCallback(
+            self.node.check_shares, self.share_check_interval * 1000
+        )
         self._share_check.start()
-        kind = "simulated" if self.inventory.simulated else "NVML"
+        kind = "simulated" if self.node.inventory.simulated else "NVML"
         print(
             f"HWSCHED_AGENT_READY {self.public_url} node={self.node_name} "
-            f"gpus={len(self.gpus)} ({kind})",
+            f"gpus={len(self.node.gpus)} ({kind})",
             flush=True,
         )
 
@@ -193,224 +170,37 @@ class AgentApp(ExtensionApp):
             writer.close()
             return
 
-    async def register(self, wait: bool = False) -> None:
-        gpus = [g.to_json() for g in self.gpus.values()]
-        while True:
-            try:
-                await self.scheduler.request(
-                    "PUT",
-                    f"/api/nodes/{self.node_name}",
-                    {
-                        "url": self.public_url,
-                        "gpus": gpus,
-                        "share": self.runner.roots_at_share,
-                        "labels": list(self.labels),
-                    },
-                )
-                return
-            except UnavailableError as exc:
-                if not wait:
-                    raise
-                self.log.warning("%s; retrying", exc)
-                await asyncio.sleep(1.0)
-
-    async def check_shares(self) -> None:
-        """End, cleanly, every session whose share stopped answering."""
-        loop = asyncio.get_running_loop()
-        for session_id, session in list(self.sessions.items()):
-            mount = session.mount
-            if mount is None or session.container_id is None:
-                continue  # still starting
-            if not await loop.run_in_executor(None, mount.responsive):
-                await self.end_session(
-                    session_id, "the connection to the developer's share was lost"
-                )
-
-    def utilization(self) -> dict[str, float]:
-        """Percent busy per GPU index: NVML's sample for real GPUs; for simulated GPUs, the CPU
-        load of the session holding them (cores busy, spread over its GPUs)."""
-        if not self.inventory.simulated:
-            return {str(k): v for k, v in self.inventory.utilization().items()}
-        now = time.monotonic()
-        out: dict[str, float] = {}
-        for session_id, session in self.sessions.items():
-            used = self.runner.cpu_seconds(session.container_id) if session.container_id else None
-            if used is None or not session.gpus:
-                continue
-            before = self._cpu_samples.get(session_id)
-            self._cpu_samples[session_id] = (now, used)
-            if before is None or now <= before[0]:
-                continue
-            load = (used - before[1]) / (now - before[0]) / len(session.gpus)
-            for gpu in session.gpus:
-                out[str(gpu.index)] = round(min(100.0, max(0.0, 100.0 * load)), 1)
-        for gone in set(self._cpu_samples) - set(self.sessions):
-            del self._cpu_samples[gone]
-        return out
-
-    def memory_used(self) -> dict[str, int]:
-        """Bytes in use per GPU index: NVML's reading for real GPUs; for simulated GPUs, the
-        memory of the session holding them (spread over its GPUs, capped at their size)."""
-        if not self.inventory.simulated:
-            return {str(k): v for k, v in self.inventory.memory_used().items()}
-        out: dict[str, int] = {}
-        for session in self.sessions.values():
-            used = self.runner.memory_bytes(session.container_id) if session.container_id else None
-            if used is None or not session.gpus:
-                continue
-            for gpu in session.gpus:
-                out[str(gpu.index)] = min(gpu.memory, used // len(session.gpus))
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        return {"utilization": self.utilization(), "memory_used": self.memory_used()}
-
-    async def heartbeat(self) -> None:
-        loop = asyncio.get_running_loop()
-        body = {
-            "sessions": list(self.sessions),
-            "stats": await loop.run_in_executor(None, self.stats),
-        }
-        try:
-            reply = await self.scheduler.request(
-                "POST", f"/api/nodes/{self.node_name}/heartbeat", body
-            )
-        except NotFoundError:
-            await self.register()
-            return
-        except HwschedError as exc:
-            self.log.warning("heartbeat failed: %s", exc)
-            return
-        reasons = reply.get("reasons") or {}
-        for session_id in reply.get("end", []):
-            reason = reasons.get(session_id) or "ended by the scheduler"
-            await self.end_session(session_id, reason, tell_scheduler=False)
-
-    async def placed_session(self, session_id: str, secret: str | None) -> dict[str, Any]:
-        """The scheduler's record of a session about to start here, once the caller has shown
-        its secret (``None``: the caller showed the cluster token)."""
-        placed: dict[str, Any] = await self.scheduler.session(session_id)
-        expected = placed.get("secret_sha256") or ""
-        if secret is not None and not (
-            expected and hmac.compare_digest(secret_hash(secret), expected)
-        ):
-            raise ForbiddenError(f"that credential is not session {session_id}'s")
-        return placed
-
-    async def start_session(
-        self, session_id: str, spec: SessionSpec, placed: dict[str, Any]
-    ) -> NodeSession:
-        """Start a placed session (``placed``: from ``placed_session``)."""
-        if session_id in self.sessions:
-            raise ConflictError(f"session {session_id} is already running on this node")
-        expected = placed.get("secret_sha256") or ""
-        if placed["state"] != "placed" or placed["node"] != self.node_name:
-            raise ConflictError(
-                f"session {session_id} is {placed['state']} on {placed['node'] or 'no node'}, "
-                f"not placed on {self.node_name}"
-            )
-        if not self.runner.roots_at_share and placed["host"] != socket.gethostname():
-            raise ConflictError(
-                f"node {self.node_name} runs work on its own filesystem (no container engine), "
-                f"so it takes sessions only from its own host, not from {placed['host']}"
-            )
-        if spec.uid == 0 and not self.allow_root:
-            raise ForbiddenError(
-                "this node does not run work as root: run the client as your own user "
-                "(or start the agent with --AgentApp.allow_root=True)"
-            )
-        session = NodeSession(
-            id=session_id,
-            secret_hash=expected,
-            node=self.node_name,
-            spec=spec,
-            gpus=[self.gpus[i] for i in placed["gpu_ids"]],
-            state_dir=Path(self.state_dir),
-            runner=self.runner,
-            sshfs_options=list(self.sshfs_options),
-        )
-        self.sessions[session_id] = session
-        loop = asyncio.get_running_loop()
-        session.starting = loop.create_future()
-        try:
-            await loop.run_in_executor(None, session.prepare)
-            self._still_wanted(session)
-            if spec.kind == "kernel":
-                session.kernel_id = await self.kernel_manager.start_kernel(
-                    kernel_name=CONTAINER_KERNEL, hwsched_session=session
-                )
-                self._still_wanted(session)
-            await self.scheduler.request(
-                "POST", f"/api/sessions/{session_id}/running", {"node": self.node_name}
-            )
-        except BaseException as exc:
-            # this path undoes what it made, also when end_session came in meanwhile
-            reason = session.end_reason or f"the node could not start the session: {exc}"
-            self.sessions.pop(session_id, None)
-            await self._teardown(session)
-            try:
-                await self.scheduler.end(session_id, reason)
-            except HwschedError as report:
-                self.log.warning("could not report the end of %s: %s", session_id, report)
-            if isinstance(exc, HwschedError):
-                raise
-            raise UnavailableError(reason) from exc
-        finally:
-            session.starting.set_result(None)
-        self.log.info("session %s running (%s) for uid %d", session_id, spec.kind, spec.uid)
-        return session
-
-    @staticmethod
-    def _still_wanted(session: NodeSession) -> None:
-        if session.end_reason is not None:
-            raise SessionEnded(f"the session ended while it started: {session.end_reason}")
-
-    async def _teardown(self, session: NodeSession) -> None:
-        """Kernel, command, container, mount, files: once, whatever state the session is in."""
-        if session.torn_down:
-            return
-        session.torn_down = True
-        if session.kernel_id:
-            try:
-                await self.kernel_manager.shutdown_kernel(session.kernel_id, now=True)
-            except Exception as exc:  # the container goes anyway
-                self.log.warning("kernel of session %s: %s", session.id, exc)
-        if session.command is not None:
-            session.command.signal(signal.SIGKILL)
-        await asyncio.get_running_loop().run_in_executor(None, session.close)
-
-    async def end_session(self, session_id: str, reason: str, tell_scheduler: bool = True) -> None:
-        session = self.sessions.pop(session_id, None)
-        if session is None:
-            return
-        session.end_reason = reason
-        if session.starting is not None and not session.starting.done():
-            await asyncio.shield(session.starting)  # the start path sees the reason, undoes
-        await self._teardown(session)
-        self.log.info("session %s ended: %s", session_id, reason)
-        if tell_scheduler:
-            try:
-                await self.scheduler.end(session_id, reason)
-            except HwschedError as exc:
-                self.log.warning("could not report the end of %s: %s", session_id, exc)
-
-    @property
-    def kernel_manager(self) -> Any:
-        assert self.serverapp is not None, "an extension app is linked to its server"
-        return self.serverapp.kernel_manager
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "node": self.node_name,
-            "simulated": self.inventory.simulated,
-            "gpus": [g.to_json() for g in self.gpus.values()],
-            "sessions": [s.describe() for s in self.sessions.values()],
-        }
-
     async def stop_extension(self) -> None:
         if hasattr(self, "_heartbeat"):
             self._heartbeat.stop()
             self._share_check.stop()
-        for session_id in list(self.sessions):
-            await self.end_session(session_id, "the node agent stopped")
-        self.inventory.close()
+        await self.node.stop()
+
+
+class ServerKernels:
+    """The agent server's kernel manager, as the :class:`KernelHost` of its sessions."""
+
+    def __init__(self, app: AgentApp) -> None:
+        self.app = app
+
+    @property
+    def manager(self) -> Any:
+        assert self.app.serverapp is not None, "an extension app is linked to its server"
+        return self.app.serverapp.kernel_manager
+
+    async def start_kernel(self, session: NodeSession) -> str:
+        kernel_id: str = await self.manager.start_kernel(
+            kernel_name=CONTAINER_KERNEL, hwsched_session=session
+        )
+        return kernel_id
+
+    async def shutdown_kernel(self, kernel_id: str) -> None:
+        await self.manager.shutdown_kernel(kernel_id, now=True)
+
+
+def main(argv: list[str]) -> None:
+    """``hwsched agent``."""
+    # jupyter_server reads its token from JUPYTER_TOKEN; the pool shares one token
+    if env.scheduler_token() and not os.environ.get("JUPYTER_TOKEN"):
+        os.environ["JUPYTER_TOKEN"] = env.scheduler_token()
+    AgentApp.launch_instance(argv)

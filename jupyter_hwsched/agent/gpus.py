@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from ..errors import RequestError, UnavailableError
+from jupyter_hwsched.protocol.errors import RequestError, UnavailableError
+from jupyter_hwsched.protocol.records import GpuRecord
 
 T = TypeVar("T")
 
@@ -21,27 +22,12 @@ _SIM_RE = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    index: int
-    uuid: str
-    model: str  # short model, e.g. "A100-80GB"; what --gpu-type matches
-    name: str  # the full name NVML reports, e.g. "NVIDIA A100-SXM4-80GB"
-    memory: int  # bytes
-    simulated: bool
-    links: tuple[int, ...] = ()  # indices of the GPUs this one reaches over NVLink
-    minor: int | None = None  # N of /dev/nvidiaN, which need not equal the NVML index
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class GpuInventory:
     """What a node has. Subclasses read NVML or make simulated GPUs."""
 
     simulated = False
 
-    def gpus(self) -> list[GpuInfo]:
+    def gpus(self) -> list[GpuRecord]:
         raise NotImplementedError
 
     def utilization(self) -> dict[int, float]:
@@ -82,7 +68,7 @@ class NvmlInventory(GpuInventory):
             self.close()
             raise UnavailableError("NVML found no GPU here (device count 0)")
 
-    def _read(self) -> list[GpuInfo]:
+    def _read(self) -> list[GpuRecord]:
         nvml = self.nvml
         out = []
         for i in range(nvml.nvmlDeviceGetCount()):
@@ -97,7 +83,7 @@ class NvmlInventory(GpuInventory):
             except nvml.NVMLError:
                 minor = None
             model = short_model(name, memory)
-            out.append(GpuInfo(i, uuid, model, name, memory, False, minor=minor))
+            out.append(GpuRecord(i, uuid, model, name, memory, False, minor=minor))
         links = self._nvlinks(len(out))
         return [replace(g, links=tuple(sorted(links.get(g.index, ())))) for g in out]
 
@@ -125,7 +111,7 @@ class NvmlInventory(GpuInventory):
                     links.setdefault(i, set()).add(bus[key])
         return links
 
-    def gpus(self) -> list[GpuInfo]:
+    def gpus(self) -> list[GpuRecord]:
         return list(self._gpus)
 
     def _each(self, read: Callable[[Any], T]) -> dict[int, T]:
@@ -159,12 +145,12 @@ class SimulatedInventory(GpuInventory):
     def __init__(self, spec: str, node: str) -> None:
         self._gpus = parse_simulated(spec, node)
 
-    def gpus(self) -> list[GpuInfo]:
+    def gpus(self) -> list[GpuRecord]:
         return list(self._gpus)
 
 
-def parse_simulated(spec: str, node: str) -> list[GpuInfo]:
-    gpus: list[GpuInfo] = []
+def parse_simulated(spec: str, node: str) -> list[GpuRecord]:
+    gpus: list[GpuRecord] = []
     for part in spec.split(","):
         match = _SIM_RE.match(part)
         if not match:
@@ -180,7 +166,7 @@ def parse_simulated(spec: str, node: str) -> list[GpuInfo]:
         for i in range(first, first + count):
             model = f"{base}-{mem_gb}GB"
             gpus.append(
-                GpuInfo(
+                GpuRecord(
                     index=i,
                     uuid=f"SIMULATED-{node}-{i}",
                     model=model,

@@ -11,40 +11,34 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web, websocket
 
-from ..errors import ForbiddenError, HwschedError, NotFoundError, RequestError
-from .authorizer import ADMIN, session_of
-from .sessions import SessionSpec
-
-if TYPE_CHECKING:
-    from .extension import AgentApp
+from jupyter_hwsched.agent.authorizer import ADMIN, session_of
+from jupyter_hwsched.agent.service import NodeService
+from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.protocol.errors import ForbiddenError, NotFoundError
+from jupyter_hwsched.protocol.handler import ErrorMapping
+from jupyter_hwsched.protocol.records import SESSION_ID_PATTERN, StartSpec
 
 STREAM_CODES = {"stdout": 1, "stderr": 2}
 
 
-class AgentHandler(APIHandler):
+def node_of(handler: web.RequestHandler) -> NodeService:
+    node: NodeService = handler.settings["hwsched_node"]
+    return node
+
+
+class AgentHandler(ErrorMapping, APIHandler):
+    """The agent's JSON endpoints, through the package's one error mapping."""
+
+    surface = "this node agent"
+
     @property
-    def agent(self) -> AgentApp:
-        agent: AgentApp = self.settings["hwsched_agent"]
-        return agent
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, HwschedError):
-            self.set_status(exc.status)
-            self.finish(json.dumps({"message": exc.message}))
-        else:
-            super().write_error(status_code, **kwargs)
-
-    def json_body(self) -> Any:
-        try:
-            return json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise RequestError("the request body is not valid JSON") from None
+    def agent(self) -> NodeService:
+        return node_of(self)
 
 
 def admin_only(handler: JupyterHandler) -> None:
@@ -80,13 +74,14 @@ class SessionHandler(AgentHandler):
     async def post(self, session_id: str) -> None:
         """Start a placed session. Not yet known here, so its client is checked against the
         scheduler's record of the secret instead of the live sessions."""
+        self.check_protocol()
         user = self.current_user
         secret = None if user is not None and user.username == ADMIN else self.token_shown()
         if not secret and (user is None or user.username != ADMIN):
             raise web.HTTPError(403, "a token or the session's secret is required")
         placed = await self.agent.placed_session(session_id, secret)  # credential first
-        spec = SessionSpec.from_json(self.json_body())
-        session = await self.agent.start_session(session_id, spec, placed)
+        spec = StartSpec.from_json(self.json_body())
+        session = await self.agent.start_session(spec, placed)
         self.set_status(201)
         self.finish(json.dumps(session.describe()))
 
@@ -103,6 +98,7 @@ class SessionHandler(AgentHandler):
 
     @web.authenticated
     async def delete(self, session_id: str) -> None:
+        self.check_protocol()
         own_session(self, session_id)
         if session_id not in self.agent.sessions:
             raise NotFoundError(f"no session {session_id} on this node")
@@ -121,9 +117,10 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
     def check_origin(self, origin_to_satisfy_tornado: str = "") -> bool:
         return True  # token-authenticated API, not a browser page
 
+    session: NodeSession
+
     async def open(self, session_id: str) -> None:
-        agent: AgentApp = self.settings["hwsched_agent"]
-        session = agent.sessions.get(session_id)
+        session = node_of(self).sessions.get(session_id)
         if session is None or session.spec.kind != "command":
             self.close(4004, f"no command session {session_id} on this node")
             return
@@ -182,6 +179,6 @@ def handlers() -> list[tuple[str, type]]:
     return [
         (r"/hwsched/node", NodeHandler),
         (r"/hwsched/sessions", SessionsHandler),
-        (r"/hwsched/sessions/(\w+)", SessionHandler),
-        (r"/hwsched/sessions/(\w+)/command", CommandHandler),
+        (rf"/hwsched/sessions/({SESSION_ID_PATTERN})", SessionHandler),
+        (rf"/hwsched/sessions/({SESSION_ID_PATTERN})/command", CommandHandler),
     ]

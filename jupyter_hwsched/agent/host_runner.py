@@ -18,7 +18,13 @@ from typing import IO
 
 import psutil
 
-from .runner import ContainerSpec, ExecProcess, ExitCallback, OutputCallback, Runner
+from jupyter_hwsched.agent.runner import (
+    ContainerSpec,
+    ExecProcess,
+    ExitCallback,
+    OutputCallback,
+    Runner,
+)
 
 
 class HostRunner(Runner):

@@ -12,9 +12,9 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
-from ..errors import UnavailableError
+from jupyter_hwsched.protocol.errors import UnavailableError
+from jupyter_hwsched.protocol.records import ShareGrant
 
 DEFAULT_OPTIONS = [
     "no_contain_symlinks",  # absolute symlinks (/lib64/ld-linux...) must resolve in the container
@@ -63,7 +63,7 @@ class SshfsMount:
     """One sshfs mount of one session's share."""
 
     def __init__(
-        self, share: dict[str, Any], mountpoint: Path, keydir: Path, options: list[str]
+        self, share: ShareGrant, mountpoint: Path, keydir: Path, options: list[str]
     ) -> None:
         self.share = share
         self.mountpoint = mountpoint
@@ -77,24 +77,23 @@ class SshfsMount:
         key = self.keydir / "id_share"
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(self.share["private_key"])
+            f.write(self.share.private_key)
         known = self.keydir / "known_hosts"
         alias = f"hwsched-share-{self.mountpoint.name}"
-        known.write_text(f"{alias} {self.share['host_key']}\n")
+        known.write_text(f"{alias} {self.share.host_key}\n")
         options = [
             f"IdentityFile={key}",
             f"UserKnownHostsFile={known}",
             f"HostKeyAlias={alias}",
             "StrictHostKeyChecking=yes",
             "BatchMode=yes",
-            f"port={int(self.share['port'])}",
+            f"port={self.share.port}",
             *self.options,
         ]
         if os.geteuid() == 0:
             options.append("allow_other")  # the container runs as the developer's uid
-        source = f"{self.share['user']}@{self.share['host']}:{self.share.get('root', '/')}"
-        if ":" in str(self.share["host"]):
-            source = f"{self.share['user']}@[{self.share['host']}]:{self.share.get('root', '/')}"
+        host = f"[{self.share.host}]" if ":" in self.share.host else self.share.host
+        source = f"{self.share.user}@{host}:{self.share.root}"
         log = self.keydir / "sshfs.log"
         with open(log, "wb") as err:
             self.process = subprocess.Popen(

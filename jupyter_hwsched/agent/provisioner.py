@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
-from ..errors import RequestError
-from .runner import ExecProcess
+from jupyter_hwsched.agent.runner import ExecProcess
+from jupyter_hwsched.protocol.errors import RequestError
 
 if TYPE_CHECKING:
-    from .sessions import NodeSession
+    from jupyter_hwsched.agent.sessions import NodeSession
 
 
 class ContainerProvisioner(LocalProvisioner):
@@ -47,7 +47,7 @@ class ContainerProvisioner(LocalProvisioner):
         os.chmod(km.connection_file, 0o400)
         os.chown(km.connection_file, session.uid, session.gid)
         inside = f"{session.runner.visible_run_dir(session.run_dir)}/{name}"
-        kwargs["cmd"] = [arg.replace("{connection_file}", inside) for arg in session.kernel_argv]
+        kwargs["cmd"] = [arg.replace("{connection_file}", inside) for arg in session.spec.argv]
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:

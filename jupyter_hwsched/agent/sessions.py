@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RequestError
-from .gpus import GpuInfo, driver_libraries
-from .mount import SshfsMount, mounted
-from .runner import (
+from jupyter_hwsched.agent.gpus import driver_libraries
+from jupyter_hwsched.agent.mount import SshfsMount, mounted
+from jupyter_hwsched.agent.runner import (
     AGENT_DIR,
     ContainerSpec,
     ExecProcess,
@@ -26,6 +25,8 @@ from .runner import (
     OutputCallback,
     Runner,
 )
+from jupyter_hwsched.protocol.errors import RequestError
+from jupyter_hwsched.protocol.records import GpuRecord, StartSpec
 
 #: where the node's NVIDIA driver libraries appear in the container
 DRIVER_DIR = f"{AGENT_DIR}/driver"
@@ -40,64 +41,12 @@ AGENT_ENV = (
 
 
 @dataclass
-class SessionSpec:
-    """What the client sends to start a session; validated before anything is created."""
-
-    share: dict[str, Any] | None  # None where the node runs sessions on its own root
-    uid: int
-    gid: int
-    groups: list[int]
-    user: str
-    home: str
-    cwd: str
-    env: dict[str, str]
-    kind: str  # "kernel" or "command"
-    argv: list[str]
-
-    @classmethod
-    def from_json(cls, data: Any) -> SessionSpec:
-        if not isinstance(data, dict):
-            raise RequestError("the session spec must be a JSON object")
-        share = data.get("share")
-        needed = {"host", "port", "user", "private_key", "host_key"}
-        if share is not None and (not isinstance(share, dict) or not needed <= set(share)):
-            raise RequestError("share must give host, port, user, private_key and host_key")
-        user = data.get("user") or {}
-        try:
-            uid, gid = int(user["uid"]), int(user["gid"])
-            groups = [int(g) for g in user.get("groups", [])]
-            name, home = str(user["name"]), str(user["home"])
-        except (KeyError, TypeError, ValueError):
-            raise RequestError("user must give uid, gid, name and home") from None
-        env = data.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
-            raise RequestError("env must map names to strings")
-        cwd = data.get("cwd")
-        if not isinstance(cwd, str) or not cwd.startswith("/"):
-            raise RequestError("cwd must be an absolute path")
-        if cwd == "/tmp" or cwd.startswith("/tmp/"):
-            raise RequestError(
-                f"the current directory {cwd} is under /tmp, which stays private to each GPU "
-                "node: run from a directory outside /tmp (your home or a project directory)"
-            )
-        kind = data.get("kind")
-        argv = data.get("argv")
-        if kind not in ("kernel", "command"):
-            raise RequestError("kind must be 'kernel' or 'command'")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise RequestError("argv must be a non-empty list of strings")
-        return cls(share, uid, gid, groups, name, home, cwd, env, kind, argv)
-
-
-@dataclass
 class NodeSession:
     id: str
     secret_hash: str  # of the secret its client holds; see authorizer.py
     node: str
-    spec: SessionSpec
-    gpus: list[GpuInfo]
+    spec: StartSpec
+    gpus: list[GpuRecord]
     state_dir: Path
     runner: Runner
     sshfs_options: list[str]
@@ -112,15 +61,11 @@ class NodeSession:
 
     @property
     def uid(self) -> int:
-        return self.spec.uid
+        return self.spec.user.uid
 
     @property
     def gid(self) -> int:
-        return self.spec.gid
-
-    @property
-    def kernel_argv(self) -> list[str]:
-        return self.spec.argv
+        return self.spec.user.gid
 
     @property
     def base(self) -> Path:
@@ -139,9 +84,9 @@ class NodeSession:
         simulated = any(g.simulated for g in self.gpus)
         visible = ",".join(str(g.index) if simulated else g.uuid for g in self.gpus)
         env.update(
-            HOME=self.spec.home,
-            USER=self.spec.user,
-            LOGNAME=self.spec.user,
+            HOME=self.spec.user.home,
+            USER=self.spec.user.name,
+            LOGNAME=self.spec.user.name,
             CUDA_VISIBLE_DEVICES=visible,
             NVIDIA_VISIBLE_DEVICES=visible,
             HWSCHED_SESSION=self.id,
@@ -182,7 +127,7 @@ class NodeSession:
         if not (root / self.spec.cwd.lstrip("/")).is_dir():
             raise RequestError(
                 f"the current directory {self.spec.cwd} cannot be opened through the share "
-                f"as {self.spec.user}: run from a directory that user can enter"
+                f"as {self.spec.user.name}: run from a directory that user can enter"
             )
         devices, binds = self._gpu_devices() if self.runner.roots_at_share else ([], {})
         self.container_id = self.runner.create(
@@ -194,7 +139,7 @@ class NodeSession:
                 run_dir=self.run_dir,
                 uid=self.uid,
                 gid=self.gid,
-                groups=self.spec.groups,
+                groups=list(self.spec.user.groups),
                 devices=devices,
                 extra_binds=binds,
             )
@@ -268,7 +213,7 @@ class NodeSession:
         return {
             "id": self.id,
             "kind": self.spec.kind,
-            "user": self.spec.user,
+            "user": self.spec.user.name,
             "uid": self.uid,
             "gpus": [g.to_json() for g in self.gpus],
             "kernel_id": self.kernel_id,

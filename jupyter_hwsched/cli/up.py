@@ -20,7 +20,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 
-from ..discovery import remove_discovery, write_discovery
+from jupyter_hwsched.developer.discovery import remove_discovery, write_discovery
 
 DEFAULT_SIMULATED = "2xA100-80GB"
 RUNNERS = {

@@ -8,28 +8,10 @@ scheduler reports the same figures.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .core import Scheduler
-
-WAIT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-
-
-class WaitHistogram:
-    """Seconds from request to placement, as a Prometheus histogram."""
-
-    def __init__(self) -> None:
-        self.counts = [0] * len(WAIT_BUCKETS)
-        self.count = 0
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.count += 1
-        self.total += seconds
-        for i, bound in enumerate(WAIT_BUCKETS):
-            if seconds <= bound:
-                self.counts[i] += 1
+from jupyter_hwsched.scheduler.core import Scheduler
+from jupyter_hwsched.scheduler.model import WAIT_BUCKETS
 
 
 def usage_report(scheduler: Scheduler, since: float) -> list[dict[str, Any]]:

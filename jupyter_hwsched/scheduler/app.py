@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 from pathlib import Path
@@ -14,10 +13,12 @@ from tornado import httpserver, ioloop, web
 from tornado.netutil import bind_sockets
 from traitlets import Float, Integer, Unicode, default
 
-from ..appconfig import ConfigFileApp
-from .core import Scheduler
-from .handlers import NotFoundHandler, handlers
-from .store import Store
+from jupyter_hwsched.protocol import settings as env
+from jupyter_hwsched.protocol.appconfig import ConfigFileApp
+from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
+from jupyter_hwsched.scheduler.core import Scheduler
+from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
+from jupyter_hwsched.scheduler.store import Store
 
 
 class SchedulerApp(ConfigFileApp):
@@ -25,7 +26,9 @@ class SchedulerApp(ConfigFileApp):
     description = "Serve the GPU pool's queue and placement over HTTP."
 
     ip = Unicode("127.0.0.1", config=True, help="Address to listen on.")
-    port = Integer(8765, config=True, help="Port to listen on (0 picks a free one).")
+    port = Integer(
+        DEFAULT_SCHEDULER_PORT, config=True, help="Port to listen on (0 picks a free one)."
+    )
     db = Unicode(config=True, help="SQLite file with the scheduler's state.")
     token = Unicode(config=True, help="Token every request must carry (env HWSCHED_TOKEN).")
     tick_interval = Float(1.0, config=True, help="Seconds between lease and node checks.")
@@ -47,7 +50,7 @@ class SchedulerApp(ConfigFileApp):
 
     @default("token")
     def _token_default(self) -> str:
-        return os.environ.get("HWSCHED_TOKEN") or secrets.token_hex(16)
+        return env.scheduler_token() or secrets.token_hex(16)
 
     def start(self) -> None:
         asyncio.run(self.serve())
@@ -78,3 +81,8 @@ class SchedulerApp(ConfigFileApp):
         ticker.stop()
         server.stop()
         store.close()
+
+
+def main(argv: list[str]) -> None:
+    """``hwsched scheduler``."""
+    SchedulerApp.launch_instance(argv)

@@ -18,13 +18,25 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Instance, Int, Type, default
 from traitlets.config import LoggingConfigurable
 
-from ..errors import ConflictError, NotFoundError, RequestError, SessionEnded, UnavailableError
-from ..request import HardwareRequest
-from .accounting import WaitHistogram
-from .model import Node, Session
-from .placement import Matcher, NodeView, PackPlacement, PlacementPolicy, impossible_reason
-from .queue import Plan, plan, queue_order
-from .store import Store
+from jupyter_hwsched.protocol.errors import (
+    ConflictError,
+    NotFoundError,
+    RequestError,
+    SessionEnded,
+    UnavailableError,
+)
+from jupyter_hwsched.protocol.records import GpuRecord, Placement, SessionRecord
+from jupyter_hwsched.protocol.request import HardwareRequest
+from jupyter_hwsched.scheduler.model import Node, Session, WaitHistogram
+from jupyter_hwsched.scheduler.placement import (
+    Matcher,
+    NodeView,
+    PackPlacement,
+    PlacementPolicy,
+    impossible_reason,
+)
+from jupyter_hwsched.scheduler.queue import Plan, plan, queue_order
+from jupyter_hwsched.scheduler.store import Store
 
 
 class Scheduler(LoggingConfigurable):
@@ -350,47 +362,54 @@ class Scheduler(LoggingConfigurable):
                 table[s.user] = table.get(s.user, 0.0) + s.allocated_seconds(now)
         return table
 
-    def usage_of(self, user: str, now: float) -> float:
-        return self.usage_table(now).get(user, 0.0)
-
     # views
 
     def describe(self, session_id: str) -> dict[str, Any]:
+        return self.record(session_id).to_json()
+
+    def record(self, session_id: str) -> SessionRecord:
+        """A session as clients, share agents and node agents are told of it."""
         session = self.live.get(session_id) or self.store.session(session_id)
         if session is None:
             raise NotFoundError(f"no session {session_id}")
-        return self._view(session)
+        return self._record(session)
 
     def _view(self, s: Session) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": s.id,
-            "user": s.user,
-            "group": s.group,
-            "host": s.host,
-            "request": s.request.to_json(),
-            "state": s.state,
-            "node": s.node,
-            "gpu_ids": s.gpu_ids,
-            "created": s.created,
-            "placed": s.placed,
-            "started": s.started,
-            "ended": s.ended,
-            "lease_expires": s.lease_expires,
-            "end_reason": s.end_reason,
-            "secret_sha256": s.secret_hash,
-            "notebook": s.notebook,
-        }
+        return self._record(s).to_json()
+
+    def _record(self, s: Session) -> SessionRecord:
+        record = SessionRecord(
+            id=s.id,
+            user=s.user,
+            group=s.group,
+            host=s.host,
+            request=s.request,
+            state=s.state,
+            node=s.node,
+            gpu_ids=list(s.gpu_ids),
+            created=s.created,
+            lease_expires=s.lease_expires,
+            placed=s.placed,
+            started=s.started,
+            ended=s.ended,
+            end_reason=s.end_reason,
+            secret_sha256=s.secret_hash,
+            notebook=s.notebook,
+        )
         if s.state == "queued":
-            out["position"] = self._positions.get(s.id, len(self._positions) + 1)
-            out["waiting_for"] = self._plan.waiting.get(s.id) or self._busy_reason(s.request)
-            out["estimated_start"] = self._plan.estimates.get(s.id)
+            record.position = self._positions.get(s.id, len(self._positions) + 1)
+            record.waiting_for = self._plan.waiting.get(s.id) or self._busy_reason(s.request)
+            record.estimated_start = self._plan.estimates.get(s.id)
         node = self.nodes.get(s.node) if s.node else None
         if node is not None:
-            out["agent_url"] = node.url
-            out["share_needed"] = bool(node.info.get("share", True))
-            by_index = {g["index"]: g for g in node.gpus}
-            out["gpus"] = [by_index[i] for i in s.gpu_ids if i in by_index]
-        return out
+            record.placement = Placement(
+                agent_url=node.url,
+                share_needed=bool(node.info.get("share", True)),
+                gpus=tuple(
+                    GpuRecord.from_json(node.by_index[i]) for i in s.gpu_ids if i in node.by_index
+                ),
+            )
+        return record
 
     def _busy_reason(self, request: HardwareRequest) -> str:
         """Why a request waits for GPUs; the same for equal requests, so kept per pass."""

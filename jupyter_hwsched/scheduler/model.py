@@ -1,4 +1,4 @@
-"""The scheduler's objects in memory: nodes and sessions, with their JSON views."""
+"""The scheduler's objects in memory: nodes, sessions, and the wait histogram."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..request import HardwareRequest
+from jupyter_hwsched.protocol.records import HOLDING_STATES, LIVE_STATES
+from jupyter_hwsched.protocol.request import HardwareRequest
 
-LIVE_STATES = ("queued", "placed", "running")
-HOLDING_STATES = ("placed", "running")
+__all__ = ["HOLDING_STATES", "LIVE_STATES", "Node", "Session", "WaitHistogram"]
+
+WAIT_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
 @dataclass
@@ -127,3 +129,19 @@ class Session:
             secret_hash=row.get("secret_hash") or "",
             notebook=row.get("notebook") or "",
         )
+
+
+class WaitHistogram:
+    """Seconds from request to placement, as a Prometheus histogram."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(WAIT_BUCKETS)
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        for i, bound in enumerate(WAIT_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1

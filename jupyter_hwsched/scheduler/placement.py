@@ -13,7 +13,7 @@ from typing import Any
 
 from traitlets.config import LoggingConfigurable
 
-from ..request import HardwareRequest, format_memory
+from jupyter_hwsched.protocol.request import HardwareRequest, format_memory
 
 
 @dataclass

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..request import HardwareRequest
-from .model import Session
-from .placement import Matcher, NodeView, PlacementPolicy
+from jupyter_hwsched.protocol.request import HardwareRequest
+from jupyter_hwsched.scheduler.model import Session
+from jupyter_hwsched.scheduler.placement import Matcher, NodeView, PlacementPolicy
 
 QuotaCheck = Callable[[Session, Counter[str], Counter[str]], str | None]
 

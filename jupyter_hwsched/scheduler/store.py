@@ -11,7 +11,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from .model import LIVE_STATES, Node, Session
+from jupyter_hwsched.scheduler.model import LIVE_STATES, Node, Session
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (

@@ -5,7 +5,14 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { IPhaseEvent, IPool, IRun, ISession } from './model';
+import {
+  IPhaseEvent,
+  IPool,
+  IRun,
+  ISession,
+  SchedulerProblem,
+  schedulerProblem
+} from './model';
 
 export class HwschedAPIError extends Error {
   constructor(
@@ -15,9 +22,9 @@ export class HwschedAPIError extends Error {
     super(message);
   }
 
-  /** The scheduler (or the server) could not be reached at all. */
-  get unreachable(): boolean {
-    return this.status === 0 || this.status === 502 || this.status === 503;
+  /** Unreachable, refused this server's token, or another error. */
+  get problem(): SchedulerProblem {
+    return schedulerProblem(this.status);
   }
 }
 

@@ -76,7 +76,33 @@ export interface IGpuRequest {
 }
 
 export const METADATA_KEY = 'hwsched';
+/** The most GPUs one request may ask for: the protocol's MAX_GPUS_PER_REQUEST (a Python test
+ * checks that the two agree). */
 export const MAX_GPUS = 64;
+
+/** What went wrong between this page and the scheduler, from the server extension's status:
+ * 503 (or no answer at all) the scheduler cannot be reached, 502 it refused this Jupyter
+ * server's token, anything else an error whose message says what to change. */
+export type SchedulerProblem = 'unreachable' | 'refused' | 'error';
+
+export function schedulerProblem(status: number): SchedulerProblem {
+  if (status === 0 || status === 503) {
+    return 'unreachable';
+  }
+  return status === 502 ? 'refused' : 'error';
+}
+
+/** The headline a person reads for each kind of problem. */
+export function problemHeadline(problem: SchedulerProblem): string {
+  switch (problem) {
+    case 'unreachable':
+      return 'Scheduler unreachable';
+    case 'refused':
+      return "Scheduler refused this server's token";
+    default:
+      return 'GPU cluster error';
+  }
+}
 
 /** "4 s", "3 min", "1 h 05 min". */
 export function formatDuration(seconds: number): string {

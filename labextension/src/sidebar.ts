@@ -9,7 +9,7 @@ import { Widget } from '@lumino/widgets';
 import { Message } from '@lumino/messaging';
 
 import { api, HwschedAPIError } from './api';
-import { gpuRows, IGpuRow, IPool, queueLine, sessionLine } from './model';
+import { gpuRows, IGpuRow, IPool, problemHeadline, queueLine, sessionLine } from './model';
 
 const POLL_MS = 1500;
 
@@ -89,10 +89,10 @@ export class ClusterSidebar extends Widget {
       this.render(pool);
     } catch (error) {
       const message = error instanceof HwschedAPIError ? error.message : String(error);
-      const unreachable = !(error instanceof HwschedAPIError) || error.unreachable;
-      this.node.dataset.state = unreachable ? 'unreachable' : 'error';
+      const problem = error instanceof HwschedAPIError ? error.problem : 'unreachable';
+      this.node.dataset.state = problem;
       this.status.replaceChildren(
-        el('strong', '', unreachable ? 'Scheduler unreachable' : 'GPU cluster error'),
+        el('strong', '', problemHeadline(problem)),
         el('div', 'jp-hwsched-Sidebar-message', message),
         el('div', 'jp-hwsched-Sidebar-retry', `Retrying every ${POLL_MS / 1000} s…`)
       );

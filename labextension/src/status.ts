@@ -7,8 +7,8 @@ import { Notification } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import { api } from './api';
-import { describeKernelStart, statusText } from './model';
+import { api, HwschedAPIError } from './api';
+import { describeKernelStart, problemHeadline, statusText } from './model';
 
 const POLL_MS = 2000;
 const STARTING_POLL_MS = 700;
@@ -71,7 +71,8 @@ export class GpuStatusItem extends Widget {
       this.display(text + simulated, text === 'no GPU' ? 'none' : 'held');
       this.notify(path, null, `${path}: GPU kernel ready, ${text}${simulated}`);
     } catch (error) {
-      this.display('GPU scheduler unreachable', 'unreachable');
+      const problem = error instanceof HwschedAPIError ? error.problem : 'unreachable';
+      this.display(problem === 'refused' ? problemHeadline(problem) : 'GPU scheduler unreachable', problem);
       this.node.title = String((error as Error).message ?? error);
     }
     return false;

@@ -11,9 +11,11 @@ import {
   IPool,
   ISession,
   placement,
+  problemHeadline,
   queueLine,
   ran,
   requestFromMetadata,
+  schedulerProblem,
   sessionLine,
   statusText,
   timingsFrom,
@@ -242,5 +244,17 @@ describe('the sidebar', () => {
     expect(sessionLine(held, p)).toBe('1 x A100-80GB on node-3, 1 min (work/train.ipynb)');
     const queued = session({ state: 'queued', node: null, gpu_ids: [], position: 2 });
     expect(sessionLine(queued, p)).toBe('queued, position 2');
+  });
+});
+
+describe('schedulerProblem', () => {
+  it('tells an unreachable scheduler from one that refused the token', () => {
+    expect(schedulerProblem(0)).toBe('unreachable');
+    expect(schedulerProblem(503)).toBe('unreachable');
+    expect(schedulerProblem(502)).toBe('refused');
+    expect(schedulerProblem(400)).toBe('error');
+    expect(problemHeadline('refused')).toBe("Scheduler refused this server's token");
+    expect(problemHeadline('unreachable')).toBe('Scheduler unreachable');
+    expect(problemHeadline('error')).toBe('GPU cluster error');
   });
 });

@@ -18,8 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+# the test harness (tests/harness.py) is not part of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+
+from harness import Pool, wait_for
+
 from jupyter_hwsched.agent.gpus import NvmlInventory
-from jupyter_hwsched.testing import Pool, wait_for
 
 HOST_RUNNER = "--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner"
 TORCH_PROBE = """

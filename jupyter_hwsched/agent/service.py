@@ -1,0 +1,330 @@
+"""The node's sessions as a plain service: placement check, start, end, teardown, heartbeat.
+
+:class:`NodeService` holds the node's live sessions and keeps the node's side of the protocol
+with the scheduler. It knows nothing of jupyter_server: kernels are started and stopped
+through a :class:`KernelHost` (the agent app hands it the server's kernel manager), so the
+whole start path runs, and is tested, without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Protocol
+
+from jupyter_hwsched.agent.authorizer import secret_hash
+from jupyter_hwsched.agent.gpus import GpuInventory
+from jupyter_hwsched.agent.mount import mounts_under, unmount
+from jupyter_hwsched.agent.runner import Runner
+from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.protocol.clients import SchedulerClient
+from jupyter_hwsched.protocol.errors import (
+    ConflictError,
+    ForbiddenError,
+    HwschedError,
+    NotFoundError,
+    SessionEnded,
+    UnavailableError,
+)
+from jupyter_hwsched.protocol.records import (
+    GpuRecord,
+    Heartbeat,
+    NodeRegistration,
+    NodeStats,
+    SessionRecord,
+    StartSpec,
+)
+from jupyter_hwsched.protocol.version import PROTOCOL_VERSION
+
+
+class KernelHost(Protocol):
+    """Starts and stops kernels inside sessions' containers (the agent's kernel manager)."""
+
+    async def start_kernel(self, session: NodeSession) -> str:
+        """Start the session's kernel; return its id."""
+
+    async def shutdown_kernel(self, kernel_id: str) -> None:
+        """Stop a kernel now."""
+
+
+class NodeService:
+    """One node's sessions, and its part of the protocol with the scheduler."""
+
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        inventory: GpuInventory,
+        runner: Runner,
+        scheduler: SchedulerClient,
+        kernels: KernelHost,
+        state_dir: Path,
+        sshfs_options: list[str],
+        labels: list[str],
+        allow_root: bool = False,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
+        self.node_name = node_name
+        self.inventory = inventory
+        self.gpus: dict[int, GpuRecord] = {g.index: g for g in inventory.gpus()}
+        self.runner = runner
+        self.scheduler = scheduler
+        self.kernels = kernels
+        self.state_dir = state_dir
+        self.sshfs_options = sshfs_options
+        self.labels = labels
+        self.allow_root = allow_root
+        self.log = log or logging.getLogger(__name__)
+        self.public_url = ""
+        self.sessions: dict[str, NodeSession] = {}
+        self._cpu_samples: dict[str, tuple[float, float]] = {}
+
+    # the node as a whole
+
+    def remove_leftovers(self) -> None:
+        """At start no session is live: remove every container and mount of ours."""
+        for session_id, container_id in self.runner.containers(self.node_name).items():
+            self.log.warning("removing leftover container of session %s", session_id)
+            self.runner.remove(container_id)
+        state = self.state_dir
+        for point in mounts_under(state / "mnt"):
+            self.log.warning("unmounting leftover share %s", point)
+            unmount(point)
+        stuck = mounts_under(state / "mnt")
+        if stuck:
+            # never walk into a live mount: that is a developer's disk
+            raise UnavailableError(f"cannot unmount leftover shares {stuck}; unmount them by hand")
+        shutil.rmtree(state / "sessions", ignore_errors=True)
+        for leftover in (state / "mnt").glob("*"):
+            try:
+                leftover.rmdir()  # empty mount points only
+            except OSError as exc:
+                self.log.warning("leaving %s: %s", leftover, exc)
+        (state / "mnt").mkdir(parents=True, exist_ok=True, mode=0o700)
+        (state / "sessions").mkdir(parents=True, exist_ok=True, mode=0o711)
+
+    def registration(self) -> NodeRegistration:
+        return NodeRegistration(
+            url=self.public_url,
+            gpus=tuple(self.gpus.values()),
+            share=self.runner.roots_at_share,
+            labels=tuple(self.labels),
+            protocol=PROTOCOL_VERSION,
+        )
+
+    async def register(self, wait: bool = False) -> None:
+        """Tell the scheduler this node's GPUs and address; with ``wait``, until it answers."""
+        while True:
+            try:
+                await self.scheduler.register_node(self.node_name, self.registration())
+                return
+            except UnavailableError as exc:
+                if not wait:
+                    raise
+                self.log.warning("%s; retrying", exc)
+                await asyncio.sleep(1.0)
+
+    async def heartbeat(self) -> None:
+        """Report the live sessions and the GPUs' use; end what the scheduler says to end."""
+        loop = asyncio.get_running_loop()
+        stats = await loop.run_in_executor(None, self.stats)
+        try:
+            reply = await self.scheduler.heartbeat(
+                self.node_name, Heartbeat(tuple(self.sessions), stats)
+            )
+        except NotFoundError:
+            await self.register()
+            return
+        except HwschedError as exc:
+            self.log.warning("heartbeat failed: %s", exc)
+            return
+        for session_id in reply.end:
+            reason = reply.reasons.get(session_id) or "ended by the scheduler"
+            await self.end_session(session_id, reason, tell_scheduler=False)
+
+    async def check_shares(self) -> None:
+        """End, cleanly, every session whose share stopped answering."""
+        loop = asyncio.get_running_loop()
+        for session_id, session in list(self.sessions.items()):
+            mount = session.mount
+            if mount is None or session.container_id is None:
+                continue  # still starting
+            if not await loop.run_in_executor(None, mount.responsive):
+                await self.end_session(
+                    session_id, "the connection to the developer's share was lost"
+                )
+
+    # GPU use
+
+    def utilization(self) -> dict[str, float]:
+        """Percent busy per GPU index: NVML's sample for real GPUs; for simulated GPUs, the CPU
+        load of the session holding them (cores busy, spread over its GPUs)."""
+        if not self.inventory.simulated:
+            return {str(k): v for k, v in self.inventory.utilization().items()}
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        for session_id, session in self.sessions.items():
+            used = self.runner.cpu_seconds(session.container_id) if session.container_id else None
+            if used is None or not session.gpus:
+                continue
+            before = self._cpu_samples.get(session_id)
+            self._cpu_samples[session_id] = (now, used)
+            if before is None or now <= before[0]:
+                continue
+            load = (used - before[1]) / (now - before[0]) / len(session.gpus)
+            for gpu in session.gpus:
+                out[str(gpu.index)] = round(min(100.0, max(0.0, 100.0 * load)), 1)
+        for gone in set(self._cpu_samples) - set(self.sessions):
+            del self._cpu_samples[gone]
+        return out
+
+    def memory_used(self) -> dict[str, int]:
+        """Bytes in use per GPU index: NVML's reading for real GPUs; for simulated GPUs, the
+        memory of the session holding them (spread over its GPUs, capped at their size)."""
+        if not self.inventory.simulated:
+            return {str(k): v for k, v in self.inventory.memory_used().items()}
+        out: dict[str, int] = {}
+        for session in self.sessions.values():
+            used = self.runner.memory_bytes(session.container_id) if session.container_id else None
+            if used is None or not session.gpus:
+                continue
+            for gpu in session.gpus:
+                out[str(gpu.index)] = min(gpu.memory, used // len(session.gpus))
+        return out
+
+    def stats(self) -> NodeStats:
+        return NodeStats(self.utilization(), self.memory_used())
+
+    # one session
+
+    async def placed_session(self, session_id: str, secret: str | None) -> SessionRecord:
+        """The scheduler's record of a session about to start here, once the caller has shown
+        its secret (``None``: the caller showed the cluster token)."""
+        placed = await self.scheduler.session(session_id)
+        expected = placed.secret_sha256
+        if secret is not None and not (
+            expected and hmac.compare_digest(secret_hash(secret), expected)
+        ):
+            raise ForbiddenError(f"that credential is not session {session_id}'s")
+        return placed
+
+    def _check_placement(self, placed: SessionRecord, spec: StartSpec) -> None:
+        """Whether this node may start the session: placed here, from a host and as a user it
+        serves."""
+        if placed.id in self.sessions:
+            raise ConflictError(f"session {placed.id} is already running on this node")
+        if placed.state != "placed" or placed.node != self.node_name:
+            raise ConflictError(
+                f"session {placed.id} is {placed.state} on {placed.node or 'no node'}, "
+                f"not placed on {self.node_name}"
+            )
+        if not self.runner.roots_at_share and placed.host != socket.gethostname():
+            raise ConflictError(
+                f"node {self.node_name} runs work on its own filesystem (no container engine), "
+                f"so it takes sessions only from its own host, not from {placed.host}"
+            )
+        if spec.user.uid == 0 and not self.allow_root:
+            raise ForbiddenError(
+                "this node does not run work as root: run the client as your own user "
+                "(or start the agent with --AgentApp.allow_root=True)"
+            )
+        unknown = [i for i in placed.gpu_ids if i not in self.gpus]
+        if unknown:
+            raise ConflictError(f"session {placed.id} holds GPUs {unknown} this node does not have")
+
+    async def start_session(self, spec: StartSpec, placed: SessionRecord) -> NodeSession:
+        """Start a placed session (``placed``: from ``placed_session``): mount, container,
+        kernel, then tell the scheduler it runs. A failure undoes all of it."""
+        self._check_placement(placed, spec)
+        session = NodeSession(
+            id=placed.id,
+            secret_hash=placed.secret_sha256,
+            node=self.node_name,
+            spec=spec,
+            gpus=[self.gpus[i] for i in placed.gpu_ids],
+            state_dir=self.state_dir,
+            runner=self.runner,
+            sshfs_options=list(self.sshfs_options),
+        )
+        self.sessions[session.id] = session
+        loop = asyncio.get_running_loop()
+        session.starting = loop.create_future()
+        try:
+            await loop.run_in_executor(None, session.prepare)
+            _still_wanted(session)
+            if spec.kind == "kernel":
+                session.kernel_id = await self.kernels.start_kernel(session)
+                _still_wanted(session)
+            await self.scheduler.mark_running(session.id, self.node_name)
+        except BaseException as exc:
+            # this path undoes what it made, also when end_session came in meanwhile
+            reason = session.end_reason or f"the node could not start the session: {exc}"
+            self.sessions.pop(session.id, None)
+            await self._teardown(session)
+            await self._report_end(session.id, reason)
+            if isinstance(exc, HwschedError):
+                raise
+            raise UnavailableError(reason) from exc
+        finally:
+            session.starting.set_result(None)
+        self.log.info("session %s running (%s) for uid %d", session.id, spec.kind, session.uid)
+        return session
+
+    async def _teardown(self, session: NodeSession) -> None:
+        """Kernel, command, container, mount, files: once, whatever state the session is in."""
+        if session.torn_down:
+            return
+        session.torn_down = True
+        if session.kernel_id:
+            try:
+                await self.kernels.shutdown_kernel(session.kernel_id)
+            except Exception as exc:  # the container goes anyway
+                self.log.warning("kernel of session %s: %s", session.id, exc)
+        if session.command is not None:
+            session.command.signal(signal.SIGKILL)
+        await asyncio.get_running_loop().run_in_executor(None, session.close)
+
+    async def end_session(self, session_id: str, reason: str, tell_scheduler: bool = True) -> None:
+        """End a session: its start (if still under way) sees the reason and undoes itself."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        session.end_reason = reason
+        if session.starting is not None and not session.starting.done():
+            await asyncio.shield(session.starting)
+        await self._teardown(session)
+        self.log.info("session %s ended: %s", session_id, reason)
+        if tell_scheduler:
+            await self._report_end(session_id, reason)
+
+    async def _report_end(self, session_id: str, reason: str) -> None:
+        try:
+            await self.scheduler.end(session_id, reason)
+        except HwschedError as exc:
+            self.log.warning("could not report the end of %s: %s", session_id, exc)
+
+    async def stop(self) -> None:
+        """The agent stops: end every session."""
+        for session_id in list(self.sessions):
+            await self.end_session(session_id, "the node agent stopped")
+        self.scheduler.close()
+        self.inventory.close()
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "node": self.node_name,
+            "simulated": self.inventory.simulated,
+            "gpus": [g.to_json() for g in self.gpus.values()],
+            "sessions": [s.describe() for s in self.sessions.values()],
+        }
+
+
+def _still_wanted(session: NodeSession) -> None:
+    if session.end_reason is not None:
+        raise SessionEnded(f"the session ended while it started: {session.end_reason}")

@@ -1,1 +1,0 @@
-"""The developer's side: settings, HTTP clients, remote sessions, the cell magic and ``hwrun``."""

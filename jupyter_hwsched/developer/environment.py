@@ -1,0 +1,73 @@
+"""What remote work inherits from the caller: identity, directory and environment."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+
+from jupyter_hwsched.protocol.records import Identity
+
+#: variables that only make sense on the caller's machine, or are secrets of the client
+LOCAL_ONLY = frozenset(
+    {
+        "DISPLAY",
+        "WAYLAND_DISPLAY",
+        "XAUTHORITY",
+        "SSH_AUTH_SOCK",
+        "SSH_AGENT_PID",
+        "SSH_CONNECTION",
+        "SSH_CLIENT",
+        "SSH_TTY",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "XDG_RUNTIME_DIR",
+        "XDG_SESSION_ID",
+        "GPG_AGENT_INFO",
+        "KRB5CCNAME",
+        "TMUX",
+        "TMUX_PANE",
+        "TERM_SESSION_ID",
+        "PWD",
+        "OLDPWD",
+        "SHLVL",
+        "_",
+        "HOSTNAME",
+        "HWSCHED_TOKEN",
+        "HWSCHED_SHARE_SOCKET",
+        "JUPYTER_TOKEN",
+        "TMPDIR",
+    }
+)
+LOCAL_ONLY_PREFIXES = ("JPY_", "JUPYTER_SERVER_", "HWSCHED_SESSION", "VSCODE_IPC")
+
+
+def caller_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if environ is None else environ)
+    return {
+        k: v
+        for k, v in env.items()
+        if k not in LOCAL_ONLY and not k.startswith(LOCAL_ONLY_PREFIXES)
+    }
+
+
+def caller_identity() -> Identity:
+    """This process's account: who the remote work runs as."""
+    uid = os.getuid()
+    entry = pwd.getpwuid(uid)
+    try:
+        group = grp.getgrgid(os.getgid()).gr_name
+    except KeyError:
+        group = str(os.getgid())
+    return Identity(
+        name=entry.pw_name,
+        uid=uid,
+        gid=os.getgid(),
+        group=group,
+        home=entry.pw_dir,
+        groups=tuple(sorted(set(os.getgroups()))),
+    )
+
+
+def caller_host() -> str:
+    return socket.gethostname()

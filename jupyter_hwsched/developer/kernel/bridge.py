@@ -1,0 +1,252 @@
+"""Local ZMQ kernel sockets in front of a kernel on a node agent.
+
+Jupyter clients on the developer's machine talk ZMQ to the ports of a connection file. The
+bridge binds those ports and relays every message to the node agent's Kernel Gateway channels
+websocket and back, re-signing with the local connection key. Replies go back to the client
+that asked (ROUTER identities are remembered by message id); iopub is published to all.
+A ``shutdown_request`` is handed to ``on_shutdown`` instead of the remote kernel, so that
+the provisioner decides between a restart in place and a release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
+
+from jupyter_hwsched.protocol.errors import UnavailableError
+from jupyter_hwsched.protocol.websocket import open_websocket
+
+log = logging.getLogger(__name__)
+
+ShutdownHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class KernelBridge:
+    def __init__(
+        self,
+        connection: dict[str, Any],
+        agent_url: str,
+        kernel_id: str,
+        secret: str,
+        on_shutdown: ShutdownHandler,
+        reconnect_for: float = 30.0,
+    ) -> None:
+        self.connection = connection
+        self.agent_url = agent_url
+        self.path = f"/api/kernels/{kernel_id}/channels"
+        self.secret = secret
+        self.on_shutdown = on_shutdown
+        key = connection.get("key", b"")
+        self.session = Session(
+            key=key.encode() if isinstance(key, str) else key,
+            signature_scheme=connection.get("signature_scheme", "hmac-sha256"),
+        )
+        self.context = zmq.asyncio.Context()
+        self.sockets: dict[str, zmq.asyncio.Socket] = {}
+        self.routes: dict[str, list[bytes]] = {}  # msg_id -> identities of the asker
+        self.tasks: list[asyncio.Task[None]] = []
+        self.reader: asyncio.Task[None] | None = None
+        self.ws: WebSocketClientConnection | None = None
+        self.closed = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.stopping = False
+        self.reconnect_for = reconnect_for
+        # activity, for the idle release: requests in flight, and when the last one ended
+        self.in_flight: set[str] = set()
+        self.last_activity = time.monotonic()
+        self.last_request: dict[str, Any] | None = None  # the cell that messages are shown in
+
+    def _bind(self, name: str, kind: int) -> zmq.asyncio.Socket:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        ip = self.connection.get("ip", "127.0.0.1")
+        try:
+            sock.bind(f"tcp://{ip}:{self.connection[name + '_port']}")
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE:
+                sock.close()
+                raise
+            # the port was picked when the kernel was asked for, and the queue can take long:
+            # something took it meanwhile. Take another; the kernel manager learns it from
+            # the connection info the provisioner returns.
+            self.connection[name + "_port"] = sock.bind_to_random_port(f"tcp://{ip}")
+        self.sockets[name] = sock
+        return sock
+
+    async def _connect(self) -> None:
+        # the same session id on every connection: while we are away the node's server keeps
+        # the kernel's messages for us, and replays them when we come back
+        self.ws = await open_websocket(
+            self.agent_url, f"{self.path}?session_id={self.session.session}", self.secret
+        )
+        self.connected.set()
+
+    async def _reconnect(self) -> bool:
+        """After a dropped connection: try again for ``reconnect_for`` seconds."""
+        self.connected.clear()
+        self.ws = None
+        deadline = time.monotonic() + self.reconnect_for
+        delay = 0.1
+        while not self.stopping and time.monotonic() < deadline:
+            try:
+                await self._connect()
+                log.info("reconnected to the remote kernel")
+                return True
+            except UnavailableError as exc:
+                log.warning("reconnecting to the remote kernel: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        return False
+
+    async def start(self) -> None:
+        await self._connect()
+        for name in ("shell", "control", "stdin"):
+            sock = self._bind(name, zmq.ROUTER)
+            self.tasks.append(asyncio.create_task(self._from_clients(name, sock)))
+        self._bind("iopub", zmq.PUB)
+        hb = self._bind("hb", zmq.REP)
+        self.tasks.append(asyncio.create_task(self._heartbeat(hb)))
+        self.reader = asyncio.create_task(self._from_kernel())
+        self.tasks.append(self.reader)
+
+    async def _heartbeat(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            await sock.send_multipart(await sock.recv_multipart())
+
+    async def _from_clients(self, channel: str, sock: zmq.asyncio.Socket) -> None:
+        while not self.stopping:
+            try:
+                frames = await sock.recv_multipart(copy=True)
+            except zmq.ZMQError:
+                return  # closed by stop()
+            try:
+                idents, rest = self.session.feed_identities(frames)
+                msg = self.session.deserialize(rest, content=True)
+            except Exception as exc:  # a bad signature or frame: drop it, as a kernel would
+                log.warning("dropping a malformed message on %s: %s", channel, exc)
+                continue
+            msg_id = msg["header"]["msg_id"]
+            self.routes[msg_id] = list(idents)
+            if msg["header"]["msg_type"] == "execute_request":
+                self.in_flight.add(msg_id)
+                self.last_request = msg
+                self.last_activity = time.monotonic()
+            if msg["header"]["msg_type"] == "shutdown_request":
+                await self.on_shutdown(msg)  # may stop this bridge, this task included
+                continue
+            await self._to_kernel(channel, msg)
+
+    async def _to_kernel(self, channel: str, msg: dict[str, Any]) -> None:
+        wire: dict[str, object] = {
+            "header": _jsonable(msg["header"]),
+            "parent_header": _jsonable(msg.get("parent_header") or {}),
+            "metadata": msg.get("metadata") or {},
+            "content": msg.get("content") or {},
+            "channel": channel,
+            "buffers": [],
+        }
+        text = json.dumps(wire)
+        for _ in range(2):  # once more after a reconnect
+            try:
+                await asyncio.wait_for(self.connected.wait(), self.reconnect_for)
+            except asyncio.TimeoutError:
+                return
+            try:
+                assert self.ws is not None
+                await self.ws.write_message(text)
+                return
+            except WebSocketClosedError:
+                await asyncio.sleep(0.1)
+
+    def idle_for(self) -> float:
+        """Seconds with no execution in flight (0 while a cell runs, however silent)."""
+        return 0.0 if self.in_flight else time.monotonic() - self.last_activity
+
+    def notify(self, text: str, state: str | None = None) -> None:
+        """Tell the notebook: a line in the output area of the last cell, and a status."""
+        parent = self.last_request or {}
+        if "iopub" not in self.sockets:
+            return
+        self.session.send(
+            self.sockets["iopub"], "stream", {"name": "stderr", "text": text + "\n"}, parent=parent
+        )
+        if state:
+            self.session.send(
+                self.sockets["iopub"], "status", {"execution_state": state}, parent=parent
+            )
+
+    def reply(
+        self, channel: str, parent: dict[str, Any], msg_type: str, content: dict[str, Any]
+    ) -> None:
+        """Answer a client directly (e.g. a shutdown_reply), as the kernel would."""
+        idents = self.routes.pop(parent["header"]["msg_id"], [])
+        self.session.send(self.sockets[channel], msg_type, content, parent=parent, ident=idents)
+
+    async def _from_kernel(self) -> None:
+        while True:
+            raw = await self.ws.read_message() if self.ws is not None else None
+            if raw is None:
+                if self.stopping or not await self._reconnect():
+                    break
+                continue
+            if isinstance(raw, bytes):
+                continue  # binary frames carry buffers; not used by text outputs
+            msg = json.loads(raw)
+            channel = msg.pop("channel", "iopub")
+            msg.pop("buffers", None)
+            if channel == "iopub":
+                self.session.send(self.sockets["iopub"], msg)
+            elif channel in ("shell", "control", "stdin"):
+                parent_id = (msg.get("parent_header") or {}).get("msg_id", "")
+                if msg["header"].get("msg_type") == "execute_reply":
+                    self.in_flight.discard(parent_id)
+                    self.last_activity = time.monotonic()
+                idents = (
+                    self.routes.get(parent_id, [])
+                    if channel == "stdin"
+                    else self.routes.pop(parent_id, [])
+                )
+                self.session.send(self.sockets[channel], msg, ident=idents)
+        self.closed.set()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.ws is not None:
+            self.ws.close()  # then let the reader see the close, so the socket really shuts
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                if self.reader is not None:
+                    await asyncio.wait_for(asyncio.shield(self.reader), 2.0)
+        me = asyncio.current_task()
+        others = [task for task in self.tasks if task is not me]
+        for task in others:
+            task.cancel()
+        for task in others:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        if self.ws is not None:
+            self.ws.close()
+            self.ws = None
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.sockets.clear()
+        self.context.term()
+        self.closed.set()
+
+
+def _jsonable(header: dict[str, Any]) -> dict[str, Any]:
+    out = dict(header)
+    date = out.get("date")
+    if date is not None and not isinstance(date, str):
+        out["date"] = date.isoformat()
+    return out

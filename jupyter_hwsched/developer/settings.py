@@ -1,0 +1,57 @@
+"""Client settings: where the scheduler and the share agent are, and the token.
+
+Each setting is a trait, so ``c.HwschedClient.url = ...`` in a Jupyter or IPython config file
+works; environment variables are the defaults, and with neither, the pool that ``hwsched up``
+started for this user is found through its discovery file.
+"""
+
+from __future__ import annotations
+
+from traitlets import Float, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from jupyter_hwsched.developer.discovery import read_discovery
+from jupyter_hwsched.protocol import settings as env
+from jupyter_hwsched.protocol.clients import SchedulerClient
+from jupyter_hwsched.protocol.errors import UnavailableError
+
+
+class HwschedClient(LoggingConfigurable):
+    """Where a client finds the pool."""
+
+    url = Unicode(config=True, help="The scheduler's URL (env HWSCHED_URL).")
+    token = Unicode(config=True, help="The scheduler's token (env HWSCHED_TOKEN).")
+    share_socket = Unicode(
+        config=True, help="The local share agent's unix socket (env HWSCHED_SHARE_SOCKET)."
+    )
+    poll_interval = Float(0.25, config=True, help="Seconds between queue position checks.")
+    idle_timeout = Float(
+        900.0,
+        config=True,
+        help="Seconds after its last cell that a session kept with %%hwrun --keep is released.",
+    )
+
+    @default("url")
+    def _url_default(self) -> str:
+        return env.scheduler_url() or str(read_discovery().get("url", ""))
+
+    @default("token")
+    def _token_default(self) -> str:
+        return env.scheduler_token() or str(read_discovery().get("token", ""))
+
+    @default("share_socket")
+    def _share_socket_default(self) -> str:
+        return env.share_socket() or str(read_discovery().get("share_socket", ""))
+
+    def check(self) -> None:
+        """Fail early, saying what to set, when the pool cannot be found at all."""
+        if not self.url:
+            raise UnavailableError(
+                "no GPU pool configured: start one with 'hwsched up', or set HWSCHED_URL "
+                "and HWSCHED_TOKEN to your cluster's scheduler"
+            )
+
+    def scheduler(self) -> SchedulerClient:
+        """A client of the scheduler these settings name (close it, or use ``async with``)."""
+        self.check()
+        return SchedulerClient(self.url, self.token)

@@ -1,0 +1,252 @@
+"""``hwsched share``: the share agent, serving a unix socket on the developer machine.
+
+A local client asks it to open a share for a session; the agent learns who asks from the
+socket's peer credentials (``SO_PEERCRED``), so a user can only ever export as themselves. It
+closes a share when the client says so, and also on its own once the scheduler reports the
+session ended or gone, so a client killed mid-run leaves no share open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import signal
+import socket
+import struct
+from pathlib import Path
+
+import psutil
+from jupyter_core.paths import jupyter_runtime_dir
+from tornado import httpserver, ioloop, web
+from tornado.netutil import bind_unix_socket
+from traitlets import Float, Unicode, default
+
+from jupyter_hwsched.developer.share.sftp import SftpShare, check_share_user
+from jupyter_hwsched.protocol import settings as env
+from jupyter_hwsched.protocol.appconfig import ConfigFileApp
+from jupyter_hwsched.protocol.clients import SchedulerClient
+from jupyter_hwsched.protocol.errors import (
+    ForbiddenError,
+    HwschedError,
+    NotFoundError,
+    RequestError,
+)
+from jupyter_hwsched.protocol.handler import JsonHandler
+from jupyter_hwsched.protocol.records import HOLDING_STATES, ShareGrant
+
+
+def peer_uid(handler: web.RequestHandler) -> int:
+    sock = handler.request.connection.stream.socket  # type: ignore[union-attr]
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+class ShareHandlerBase(JsonHandler):
+    agent: ShareAgent
+    surface = "this share agent"
+
+    def caller(self) -> pwd.struct_passwd:
+        uid = peer_uid(self)
+        if os.geteuid() != 0 and uid != os.geteuid():
+            raise ForbiddenError(
+                "this share agent runs as another user and can only share as that user: "
+                "start your own with 'hwsched share'"
+            )
+        return pwd.getpwuid(uid)
+
+
+class SharesHandler(ShareHandlerBase):
+    def get(self) -> None:
+        uid = peer_uid(self)
+        self.write_json(
+            [s.describe() for s in self.agent.shares.values() if uid in (0, s.user.pw_uid)]
+        )
+
+    async def post(self) -> None:
+        body = self.json_body()
+        session_id = body.get("session_id")
+        if not isinstance(session_id, str) or not session_id.isalnum():
+            raise RequestError("session_id must be the scheduler's session id")
+        grant = await self.agent.open(session_id, self.caller())
+        self.write_json(grant.to_json(), status=201)
+
+
+class ShareHandler(ShareHandlerBase):
+    async def delete(self, session_id: str) -> None:
+        share = self.agent.shares.get(session_id)
+        if share is None:
+            raise NotFoundError(f"no open share for session {session_id}")
+        uid = peer_uid(self)
+        if uid not in (0, share.user.pw_uid):
+            raise ForbiddenError("this share belongs to another user")
+        await self.agent.close(session_id, "closed by the client")
+        self.write_json({"closed": session_id})
+
+
+class ShareAgent:
+    """The open shares, and the watcher that closes those whose session has ended."""
+
+    def __init__(self, app: ShareAgentApp) -> None:
+        self.app = app
+        self.log = app.log
+        self.shares: dict[str, SftpShare] = {}
+        self.scheduler = SchedulerClient(app.scheduler_url, app.token)
+
+    async def open(self, session_id: str, user: pwd.struct_passwd) -> ShareGrant:
+        if session_id in self.shares:
+            raise RequestError(f"session {session_id} already has a share")
+        session = await self.scheduler.session(session_id)
+        if session.state not in HOLDING_STATES:
+            raise RequestError(
+                f"session {session_id} is {session.state}: a share opens once it is placed"
+            )
+        if user.pw_uid != 0 and session.user != user.pw_name:
+            raise ForbiddenError(f"session {session_id} belongs to another user")
+        check_share_user(user)
+        share = SftpShare(
+            session_id=session_id,
+            user=user,
+            directory=Path(self.app.state_dir) / session_id,
+            ip=self.app.listen_ip,
+            root=self.app.root,
+            sshd_path=self.app.sshd_path,
+        )
+        self.shares[session_id] = share
+        try:
+            creds = await asyncio.get_running_loop().run_in_executor(None, share.open)
+        except BaseException:
+            self.shares.pop(session_id, None)
+            await asyncio.get_running_loop().run_in_executor(None, share.close)
+            raise
+        self.log.info(
+            "share for session %s opened as %s on port %d", session_id, user.pw_name, share.port
+        )
+        return creds
+
+    async def close(self, session_id: str, why: str) -> None:
+        share = self.shares.pop(session_id, None)
+        if share is not None:
+            await asyncio.get_running_loop().run_in_executor(None, share.close)
+            self.log.info("share for session %s closed: %s", session_id, why)
+
+    async def watch(self) -> None:
+        """Close shares whose session the scheduler reports ended or unknown."""
+        for session_id in list(self.shares):
+            try:
+                session = await self.scheduler.session(session_id)
+            except NotFoundError:
+                await self.close(session_id, "the scheduler does not know the session")
+                continue
+            except HwschedError as exc:
+                self.log.warning("cannot check session %s: %s", session_id, exc)
+                continue
+            if session.state == "ended":
+                await self.close(session_id, f"session ended ({session.end_reason})")
+
+    async def close_all(self) -> None:
+        for session_id in list(self.shares):
+            await self.close(session_id, "the share agent is stopping")
+
+
+class ShareAgentApp(ConfigFileApp):
+    name = "hwsched-share"
+    description = "Export this machine's root over SFTP to GPU nodes, one session at a time."
+
+    socket_path = Unicode(config=True, help="Unix socket that local clients ask for shares on.")
+    state_dir = Unicode(config=True, help="Directory for the per-session keys and sshd configs.")
+    listen_ip = Unicode(
+        "127.0.0.1",
+        config=True,
+        help="Address the per-session sshd listens on (nodes connect here).",
+    )
+    root = Unicode("/", config=True, help="Directory exported as the container root.")
+    sshd_path = Unicode("/usr/sbin/sshd", config=True, help="Absolute path of OpenSSH's sshd.")
+    scheduler_url = Unicode(config=True, help="Scheduler URL, to close shares of ended sessions.")
+    token = Unicode(config=True, help="Scheduler token (env HWSCHED_TOKEN).")
+    check_interval = Float(2.0, config=True, help="Seconds between checks of the open sessions.")
+
+    aliases = {
+        "config": "ShareAgentApp.config_file",
+        "socket": "ShareAgentApp.socket_path",
+        "state-dir": "ShareAgentApp.state_dir",
+        "listen-ip": "ShareAgentApp.listen_ip",
+        "root": "ShareAgentApp.root",
+        "scheduler-url": "ShareAgentApp.scheduler_url",
+        "token": "ShareAgentApp.token",
+    }
+
+    @default("socket_path")
+    def _socket_default(self) -> str:
+        return env.share_socket() or str(Path(jupyter_runtime_dir()) / "hwsched-share.sock")
+
+    @default("state_dir")
+    def _state_default(self) -> str:
+        if os.geteuid() == 0:
+            return "/var/lib/hwsched/share"
+        return str(Path.home() / ".local" / "state" / "hwsched" / "share")
+
+    @default("scheduler_url")
+    def _url_default(self) -> str:
+        return env.scheduler_url()
+
+    @default("token")
+    def _token_default(self) -> str:
+        return env.scheduler_token()
+
+    def start(self) -> None:
+        if not self.scheduler_url:
+            # without the scheduler no share could be checked against its session, nor closed
+            # when a killed client leaves it open
+            self.log.critical("set --scheduler-url (or HWSCHED_URL): the share agent needs it")
+            self.exit(2)
+        asyncio.run(self.serve())
+
+    def remove_leftovers(self) -> None:
+        """Shares of a previous run of this agent (it was killed): stop their sshd, drop keys."""
+        state = Path(self.state_dir)
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if "sshd" in cmd and f"{state}/" in cmd and "sshd_config" in cmd:
+                    self.log.warning("stopping a leftover share server: %s", cmd)
+                    for victim in [*proc.children(recursive=True), proc]:
+                        victim.kill()
+            except psutil.Error:
+                continue
+        for leftover in state.glob("*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    async def serve(self) -> None:
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.remove_leftovers()
+        agent = ShareAgent(self)
+        kw = {"agent": agent}
+        app = web.Application(
+            [(r"/shares", SharesHandler, kw), (r"/shares/(\w+)", ShareHandler, kw)]
+        )
+        Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
+        sock = bind_unix_socket(self.socket_path, mode=0o666 if os.geteuid() == 0 else 0o600)
+        server = httpserver.HTTPServer(app)
+        server.add_socket(sock)
+        watcher = ioloop.PeriodicCallback(agent.watch, self.check_interval * 1000)
+        watcher.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        self.log.info("hwsched share agent on %s, exporting %s", self.socket_path, self.root)
+        print(f"HWSCHED_SHARE_READY {self.socket_path}", flush=True)
+        await stop.wait()
+        watcher.stop()
+        server.stop()
+        await agent.close_all()
+        Path(self.socket_path).unlink(missing_ok=True)
+
+
+def main(argv: list[str]) -> None:
+    """``hwsched share``."""
+    ShareAgentApp.launch_instance(argv)

@@ -1,0 +1,117 @@
+"""Typed async clients for every call one machine of the pool makes to another.
+
+``SchedulerClient``: the scheduler's REST API, for developers' clients (submit, wait, renew,
+end), share agents (is this session placed, and whose is it) and node agents (register,
+heartbeat, running). ``AgentClient``: a node agent's own endpoints and the Kernel Gateway
+calls a client makes beside the channels. ``ShareClient``: the local share agent's unix socket.
+Records go in and come out; JSON exists only inside these methods.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_hwsched.protocol.http import JsonClient
+from jupyter_hwsched.protocol.records import (
+    Heartbeat,
+    HeartbeatReply,
+    NodeRegistration,
+    SessionRecord,
+    SessionSubmission,
+    ShareGrant,
+    StartSpec,
+)
+
+
+class SchedulerClient(JsonClient):
+    def __init__(self, url: str, token: str) -> None:
+        super().__init__(
+            url,
+            token,
+            what="the scheduler",
+            hint="is the pool running ('hwsched up')? Check HWSCHED_URL",
+        )
+
+    async def _session(self, method: str, path: str, body: Any = None) -> SessionRecord:
+        return SessionRecord.from_json(await self.request(method, path, body))
+
+    # a developer's client
+
+    async def submit(self, submission: SessionSubmission) -> SessionRecord:
+        """Queue a request; the answer carries the session's secret, this once."""
+        return await self._session("POST", "/api/sessions", submission.to_json())
+
+    async def session(self, session_id: str) -> SessionRecord:
+        return await self._session("GET", f"/api/sessions/{session_id}")
+
+    async def renew(self, session_id: str) -> SessionRecord:
+        return await self._session("POST", f"/api/sessions/{session_id}/renew")
+
+    async def end(self, session_id: str, reason: str) -> SessionRecord:
+        ended = await self.request("DELETE", f"/api/sessions/{session_id}", reason=reason)
+        return SessionRecord.from_json(ended)
+
+    async def pool(self) -> dict[str, Any]:
+        """Nodes, GPUs with holders, and the queue: a document for people, shown as it is."""
+        result: dict[str, Any] = await self.request("GET", "/api/pool")
+        return result
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """The live sessions, as JSON for the front ends that show them."""
+        result: list[dict[str, Any]] = await self.request("GET", "/api/sessions")
+        return result
+
+    async def usage(self, since_seconds: float) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/api/usage", since=str(since_seconds))
+        return result
+
+    # a node agent
+
+    async def register_node(self, name: str, registration: NodeRegistration) -> None:
+        await self.request("PUT", f"/api/nodes/{name}", registration.to_json())
+
+    async def heartbeat(self, name: str, heartbeat: Heartbeat) -> HeartbeatReply:
+        reply = await self.request("POST", f"/api/nodes/{name}/heartbeat", heartbeat.to_json())
+        return HeartbeatReply.from_json(reply)
+
+    async def mark_running(self, session_id: str, node: str) -> SessionRecord:
+        return await self._session("POST", f"/api/sessions/{session_id}/running", {"node": node})
+
+
+class ShareClient(JsonClient):
+    def __init__(self, socket_path: str) -> None:
+        super().__init__(
+            "",
+            what="the share agent",
+            hint="it runs as part of 'hwsched up' or as 'hwsched share'; "
+            "check HWSCHED_SHARE_SOCKET",
+            unix_socket=socket_path,
+        )
+
+    async def open(self, session_id: str) -> ShareGrant:
+        grant = await self.request("POST", "/shares", {"session_id": session_id})
+        return ShareGrant.from_json(grant)
+
+    async def close_share(self, session_id: str) -> None:
+        await self.request("DELETE", f"/shares/{session_id}")
+
+
+class AgentClient(JsonClient):
+    def __init__(self, url: str, token: str) -> None:
+        super().__init__(url, token, what="the node agent", timeout=120.0)
+
+    async def start(self, session_id: str, spec: StartSpec) -> str | None:
+        """Start a placed session on the node; the id of its kernel, for a kernel session."""
+        started = await self.request("POST", f"/hwsched/sessions/{session_id}", spec.to_json())
+        kernel_id = started.get("kernel_id") if isinstance(started, dict) else None
+        return str(kernel_id) if kernel_id else None
+
+    async def stop(self, session_id: str, reason: str) -> None:
+        await self.request("DELETE", f"/hwsched/sessions/{session_id}", reason=reason)
+
+    async def interrupt(self, kernel_id: str) -> None:
+        await self.request("POST", f"/api/kernels/{kernel_id}/interrupt")
+
+    async def restart(self, kernel_id: str) -> None:
+        """A new kernel process in the same container, on the same GPUs."""
+        await self.request("POST", f"/api/kernels/{kernel_id}/restart")

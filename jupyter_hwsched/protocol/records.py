@@ -1,0 +1,477 @@
+"""Typed records for everything that crosses a machine boundary, each with its JSON form.
+
+One class per thing: a GPU, a developer's identity, a share grant, what a client sends a node
+agent to start a session, a session as the scheduler describes it (with its placement), a node's
+registration and heartbeat. ``from_json`` validates untrusted input and raises
+:class:`RequestError` naming the field; ``to_json`` writes exactly what goes on the wire.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeGuard
+
+from jupyter_hwsched.protocol.errors import RequestError
+from jupyter_hwsched.protocol.request import HardwareRequest
+
+MAX_NAME = 200
+MAX_PATH = 4096
+#: what session ids and node names look like in URLs (the scheduler's routes, its OpenAPI)
+SESSION_ID_PATTERN = r"[A-Za-z0-9_]{1,64}"
+NODE_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,200}"
+KINDS = ("kernel", "command")
+LIVE_STATES = ("queued", "placed", "running")
+HOLDING_STATES = ("placed", "running")
+
+
+def _object(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise RequestError(f"{what} must be a JSON object")
+    return data
+
+
+def _whole(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number (not a boolean)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def text_field(
+    body: dict[str, Any], name: str, default: str | None = None, limit: int = MAX_NAME
+) -> str:
+    """A string field; without a default it must be present and non-empty."""
+    value = body.get(name, default)
+    if not isinstance(value, str) or (default is None and not value) or len(value) > limit:
+        raise RequestError(f"field {name!r} must be a non-empty string of at most {limit}")
+    return value
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise RequestError(f"{what} must be a list of strings")
+    return list(value)
+
+
+@dataclass(frozen=True)
+class GpuRecord:
+    """One GPU of a node, as its agent reports it (from NVML, or simulated)."""
+
+    index: int
+    uuid: str
+    model: str  # short model, e.g. "A100-80GB"; what --gpu-type matches
+    name: str  # the full name NVML reports, e.g. "NVIDIA A100-SXM4-80GB"
+    memory: int  # bytes
+    simulated: bool
+    links: tuple[int, ...] = ()  # indices of the GPUs this one reaches over NVLink
+    minor: int | None = None  # N of /dev/nvidiaN, which need not equal the NVML index
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["links"] = list(self.links)
+        return out
+
+    @classmethod
+    def from_json(cls, gpu: Any) -> GpuRecord:
+        if not isinstance(gpu, dict):
+            raise RequestError("each GPU must be an object with index, model and memory")
+        index, model, memory = gpu.get("index"), gpu.get("model"), gpu.get("memory")
+        if not (_whole(index) and index >= 0):
+            raise RequestError("a GPU's index must be a whole number, 0 or more")
+        if not isinstance(model, str) or not model or len(model) > MAX_NAME:
+            raise RequestError("a GPU's model must be a non-empty string")
+        if not (_whole(memory) and memory > 0):
+            raise RequestError("a GPU's memory must be a positive number of bytes")
+        links = gpu.get("links", [])
+        if not isinstance(links, (list, tuple)) or not all(_whole(x) for x in links):
+            raise RequestError("a GPU's links must be a list of GPU indices")
+        minor = gpu.get("minor")
+        return cls(
+            index=index,
+            uuid=str(gpu.get("uuid") or ""),
+            model=model,
+            name=str(gpu.get("name") or ""),
+            memory=memory,
+            simulated=bool(gpu.get("simulated", False)),
+            links=tuple(links),
+            minor=minor if _whole(minor) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The developer a session runs as: their account on their own machine."""
+
+    name: str
+    uid: int
+    gid: int
+    group: str
+    home: str
+    groups: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "uid": self.uid,
+            "gid": self.gid,
+            "groups": list(self.groups),
+            "name": self.name,
+            "home": self.home,
+        }
+
+    @classmethod
+    def from_json(cls, user: Any) -> Identity:
+        try:
+            return cls(
+                name=str(user["name"]),
+                uid=int(user["uid"]),
+                gid=int(user["gid"]),
+                group=str(user.get("group") or ""),
+                home=str(user["home"]),
+                groups=tuple(int(g) for g in user.get("groups", [])),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise RequestError("user must give uid, gid, name and home") from None
+
+
+@dataclass(frozen=True)
+class ShareGrant:
+    """Credentials for one session's share: the node mounts ``user@host:root`` with them."""
+
+    host: str
+    port: int
+    user: str
+    private_key: str
+    host_key: str  # pinned: the node accepts no other
+    root: str = "/"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "root": self.root,
+            "private_key": self.private_key,
+            "host_key": self.host_key,
+        }
+
+    @classmethod
+    def from_json(cls, share: Any) -> ShareGrant:
+        needed = {"host", "port", "user", "private_key", "host_key"}
+        if not isinstance(share, dict) or not needed <= set(share):
+            raise RequestError("share must give host, port, user, private_key and host_key")
+        try:
+            port = int(share["port"])
+        except (TypeError, ValueError):
+            raise RequestError("share's port must be a number") from None
+        return cls(
+            host=str(share["host"]),
+            port=port,
+            user=str(share["user"]),
+            private_key=str(share["private_key"]),
+            host_key=str(share["host_key"]),
+            root=str(share.get("root") or "/"),
+        )
+
+
+@dataclass(frozen=True)
+class StartSpec:
+    """What a client sends a node agent to start its placed session."""
+
+    share: ShareGrant | None  # None where the node runs sessions on its own root
+    user: Identity
+    cwd: str
+    env: dict[str, str]
+    kind: str  # "kernel" or "command"
+    argv: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "share": self.share.to_json() if self.share else None,
+            "user": self.user.to_json(),
+            "cwd": self.cwd,
+            "env": self.env,
+            "kind": self.kind,
+            "argv": self.argv,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> StartSpec:
+        data = _object(data, "the session spec")
+        share = data.get("share")
+        grant = ShareGrant.from_json(share) if share is not None else None
+        user = Identity.from_json(data.get("user") or {})
+        env = data.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise RequestError("env must map names to strings")
+        cwd = data.get("cwd")
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise RequestError("cwd must be an absolute path")
+        if cwd == "/tmp" or cwd.startswith("/tmp/"):
+            raise RequestError(
+                f"the current directory {cwd} is under /tmp, which stays private to each GPU "
+                "node: run from a directory outside /tmp (your home or a project directory)"
+            )
+        kind = data.get("kind")
+        argv = data.get("argv")
+        if kind not in KINDS:
+            raise RequestError("kind must be 'kernel' or 'command'")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise RequestError("argv must be a non-empty list of strings")
+        return cls(grant, user, cwd, env, kind, argv)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a placed session runs: its node agent's address and the GPUs it holds there."""
+
+    agent_url: str
+    share_needed: bool  # False: the node runs work on its own root, no share is mounted
+    gpus: tuple[GpuRecord, ...]
+
+
+@dataclass
+class SessionRecord:
+    """A session as the scheduler describes it to clients, share agents and node agents."""
+
+    id: str
+    user: str
+    group: str
+    host: str
+    request: HardwareRequest
+    state: str  # queued | placed | running | ended
+    node: str | None
+    gpu_ids: list[int]
+    created: float
+    lease_expires: float
+    placed: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    end_reason: str | None = None
+    secret_sha256: str = ""
+    notebook: str = ""  # the notebook the work comes from, or ''
+    # while queued: its place, what holds it back, when it may start
+    position: int | None = None
+    waiting_for: str | None = None
+    estimated_start: float | None = None
+    # once its node is known
+    placement: Placement | None = None
+    # only in the answer to its creation: the credential its client shows the node agent
+    secret: str | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.state == "queued"
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def gpus(self) -> tuple[GpuRecord, ...]:
+        return self.placement.gpus if self.placement else ()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "user": self.user,
+            "group": self.group,
+            "host": self.host,
+            "request": self.request.to_json(),
+            "state": self.state,
+            "node": self.node,
+            "gpu_ids": list(self.gpu_ids),
+            "created": self.created,
+            "placed": self.placed,
+            "started": self.started,
+            "ended": self.ended,
+            "lease_expires": self.lease_expires,
+            "end_reason": self.end_reason,
+            "secret_sha256": self.secret_sha256,
+            "notebook": self.notebook,
+        }
+        if self.queued:
+            out["position"] = self.position
+            out["waiting_for"] = self.waiting_for
+            out["estimated_start"] = self.estimated_start
+        if self.placement is not None:
+            out["agent_url"] = self.placement.agent_url
+            out["share_needed"] = self.placement.share_needed
+            out["gpus"] = [g.to_json() for g in self.placement.gpus]
+        if self.secret is not None:
+            out["secret"] = self.secret
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> SessionRecord:
+        """Read the scheduler's answer (trusted, but checked for shape)."""
+        data = _object(data, "a session")
+        placement = None
+        if data.get("agent_url"):
+            placement = Placement(
+                agent_url=str(data["agent_url"]),
+                share_needed=bool(data.get("share_needed", True)),
+                gpus=tuple(GpuRecord.from_json(g) for g in data.get("gpus") or []),
+            )
+        try:
+            return cls(
+                id=str(data["id"]),
+                user=str(data["user"]),
+                group=str(data.get("group") or ""),
+                host=str(data["host"]),
+                request=HardwareRequest.from_json(data["request"]),
+                state=str(data["state"]),
+                node=data.get("node"),
+                gpu_ids=[int(i) for i in data.get("gpu_ids") or []],
+                created=float(data["created"]),
+                lease_expires=float(data["lease_expires"]),
+                placed=data.get("placed"),
+                started=data.get("started"),
+                ended=data.get("ended"),
+                end_reason=data.get("end_reason"),
+                secret_sha256=str(data.get("secret_sha256") or ""),
+                notebook=str(data.get("notebook") or ""),
+                position=data.get("position"),
+                waiting_for=data.get("waiting_for"),
+                estimated_start=data.get("estimated_start"),
+                placement=placement,
+                secret=data.get("secret"),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise RequestError("the scheduler's description of a session is malformed") from None
+
+
+@dataclass(frozen=True)
+class SessionSubmission:
+    """A client's request for a session: the hardware, and who and where it comes from."""
+
+    request: HardwareRequest
+    user: str
+    host: str
+    group: str = ""
+    notebook: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request": self.request.to_json(),
+            "user": self.user,
+            "host": self.host,
+            "group": self.group,
+            "notebook": self.notebook,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> SessionSubmission:
+        body = _object(data, "the request body")
+        return cls(
+            request=HardwareRequest.from_json(body.get("request", {})),
+            user=text_field(body, "user"),
+            host=text_field(body, "host"),
+            group=text_field(body, "group", ""),
+            notebook=text_field(body, "notebook", "", limit=MAX_PATH),
+        )
+
+
+@dataclass(frozen=True)
+class NodeRegistration:
+    """A node agent's registration with the scheduler."""
+
+    url: str  # where clients reach the agent
+    gpus: tuple[GpuRecord, ...]
+    share: bool = True  # False: work runs on the node's own root (host runner)
+    labels: tuple[str, ...] = ()
+    protocol: int | None = None  # the protocol version the agent speaks
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "gpus": [g.to_json() for g in self.gpus],
+            "share": self.share,
+            "labels": list(self.labels),
+            "protocol": self.protocol,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> NodeRegistration:
+        body = _object(data, "the request body")
+        gpus = body.get("gpus")
+        if not isinstance(gpus, list):
+            raise RequestError("field 'gpus' must be a list of GPUs")
+        records = tuple(GpuRecord.from_json(g) for g in gpus)
+        if len({g.index for g in records}) != len(records):
+            raise RequestError("GPU indices must be unique")
+        share = body.get("share", True)
+        if not isinstance(share, bool):
+            raise RequestError("field 'share' must be true or false")
+        protocol = body.get("protocol")
+        return cls(
+            url=text_field(body, "url"),
+            gpus=records,
+            share=share,
+            labels=tuple(_strings(body.get("labels", []), "field 'labels'")),
+            protocol=protocol if _whole(protocol) else None,
+        )
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """A node's last samples per GPU index (as a string, JSON's object keys)."""
+
+    utilization: dict[str, float] = field(default_factory=dict)  # percent busy
+    memory_used: dict[str, int] = field(default_factory=dict)  # bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"utilization": self.utilization, "memory_used": self.memory_used}
+
+    @classmethod
+    def from_json(cls, stats: Any) -> NodeStats:
+        found: dict[str, dict[str, Any]] = {}
+        for key, unit in (("utilization", "percentages"), ("memory_used", "bytes")):
+            per_gpu = stats.get(key, {}) if isinstance(stats, dict) else None
+            if not isinstance(per_gpu, dict) or not all(is_number(v) for v in per_gpu.values()):
+                raise RequestError(f"field 'stats.{key}' must map GPU indices to {unit}")
+            found[key] = per_gpu
+        return cls(
+            {k: float(v) for k, v in found["utilization"].items()},
+            {k: int(v) for k, v in found["memory_used"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A node agent's heartbeat: the sessions it runs, and its GPUs' use."""
+
+    sessions: tuple[str, ...]
+    stats: NodeStats = field(default_factory=NodeStats)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sessions": list(self.sessions), "stats": self.stats.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Heartbeat:
+        body = _object(data, "the request body")
+        live = body.get("sessions")
+        if not isinstance(live, list) or not all(isinstance(x, str) for x in live):
+            raise RequestError("field 'sessions' must be a list of session ids")
+        return cls(tuple(live), NodeStats.from_json(body.get("stats", {})))
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    """The scheduler's answer to a heartbeat: the sessions the node must end, and why."""
+
+    end: tuple[str, ...]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"end": list(self.end), "reasons": self.reasons}
+
+    @classmethod
+    def from_json(cls, data: Any) -> HeartbeatReply:
+        body = _object(data, "a heartbeat reply")
+        return cls(tuple(body.get("end") or []), dict(body.get("reasons") or {}))

@@ -1,0 +1,144 @@
+"""What a client may ask for: the hardware request and its validation.
+
+The same parser serves the cell magic, the ``hwrun`` command and the scheduler's REST API, so
+a mistake gets the same message wherever it is made.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from jupyter_hwsched.protocol.errors import RequestError
+
+MAX_GPUS_PER_REQUEST = 64
+
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """Bytes from ``"40G"``, ``"512M"``, ``"80GiB"`` or a plain byte count."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise RequestError(f"--gpu-mem must be positive, got {text}")
+        return text
+    match = _MEM_RE.match(str(text))
+    if not match:
+        raise RequestError(
+            f"--gpu-mem {text!r} is not a memory size: write a number with a unit, like 40G or 512M"
+        )
+    value = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    if value <= 0:
+        raise RequestError(f"--gpu-mem must be positive, got {text!r}")
+    return int(value)
+
+
+def format_memory(nbytes: int) -> str:
+    """``85899345920`` -> ``"80G"``, ``85520809984`` -> ``"79.6G"``: memory for a person."""
+    for unit in ("T", "G", "M", "K"):
+        size = _UNITS[unit]
+        if nbytes >= size and nbytes % size == 0:
+            return f"{nbytes // size}{unit}"
+        if nbytes >= size and unit in ("T", "G"):
+            return f"{nbytes / size:.1f}{unit}"
+    return f"{nbytes}B"
+
+
+@dataclass(frozen=True)
+class HardwareRequest:
+    """What one session asks for."""
+
+    gpus: int = 1
+    gpu_type: str | None = None  # a model, or alternatives: "A100|H100"
+    gpu_mem: int | None = None  # minimum memory per GPU, bytes
+    timeout: float | None = None  # seconds the session may run
+    node: str | None = None  # a node name or a node label
+    priority: int = 0  # higher goes first; MIN_PRIORITY..MAX_PRIORITY
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def gpu_types(self) -> list[str]:
+        return self.gpu_type.split("|") if self.gpu_type else []
+
+    @classmethod
+    def from_json(cls, data: Any) -> HardwareRequest:
+        """Validate an untrusted JSON object (REST body, kernelspec config)."""
+        if not isinstance(data, dict):
+            raise RequestError('the request must be a JSON object like {"gpus": 1}')
+        unknown = set(data) - set(FIELDS)
+        if unknown:
+            raise RequestError(
+                f"unknown request field(s) {sorted(unknown)}: use {', '.join(FIELDS)}"
+            )
+        return make_request(**{k: data[k] for k in FIELDS if k in data})
+
+
+FIELDS = ("gpus", "gpu_type", "gpu_mem", "timeout", "node", "priority")
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=\-]*$")
+
+
+def make_request(
+    gpus: Any = 1,
+    gpu_type: Any = None,
+    gpu_mem: Any = None,
+    timeout: Any = None,
+    node: Any = None,
+    priority: Any = 0,
+) -> HardwareRequest:
+    """Build a request from loosely typed values, raising :class:`RequestError` on bad ones."""
+    gpus = _whole(gpus, "--gpu", "write e.g. --gpu 1")
+    if gpus < 1:
+        raise RequestError(f"--gpu {gpus} asks for no GPU: ask for at least 1, e.g. --gpu 1")
+    if gpus > MAX_GPUS_PER_REQUEST:
+        raise RequestError(
+            f"--gpu {gpus} is more than one session may hold "
+            f"({MAX_GPUS_PER_REQUEST}): ask for fewer"
+        )
+    if gpu_type is not None:
+        gpu_type = str(gpu_type).strip() or None
+        for alternative in (gpu_type or "").split("|") if gpu_type else []:
+            if not _TYPE_RE.match(alternative.strip()):
+                raise RequestError(
+                    f"--gpu-type {gpu_type!r} is not a GPU model name: use a name such as "
+                    "A100-80GB, or alternatives such as A100|H100"
+                )
+        if gpu_type:
+            gpu_type = "|".join(a.strip() for a in gpu_type.split("|"))
+    mem = parse_memory(gpu_mem)
+    if timeout is not None:
+        try:
+            timeout = float(timeout)
+        except (TypeError, ValueError):
+            raise RequestError(f"--timeout {timeout!r} is not a number of seconds") from None
+        if not timeout > 0 or timeout == float("inf"):
+            raise RequestError(f"--timeout must be a positive number of seconds, got {timeout:g}")
+    if node is not None:
+        node = str(node).strip() or None
+        if node and not _NAME_RE.match(node):
+            raise RequestError(f"--node {node!r} is not a node name or label")
+    priority = _whole(priority, "--priority", "write e.g. --priority 10")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise RequestError(
+            f"--priority {priority} is out of range: use {MIN_PRIORITY} to {MAX_PRIORITY}"
+        )
+    return HardwareRequest(
+        gpus=gpus, gpu_type=gpu_type, gpu_mem=mem, timeout=timeout, node=node, priority=priority
+    )
+
+
+def _whole(value: Any, option: str, example: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (bool, float)) or value is None:
+        raise RequestError(f"{option} {value!r} is not a whole number: {example}")
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise RequestError(f"{option} {value!r} is not a whole number: {example}") from None

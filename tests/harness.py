@@ -1,0 +1,358 @@
+"""A real pool for end-to-end tests and benchmarks: scheduler, node agent, share agent.
+
+Each part runs exactly as in production (``python -m jupyter_hwsched.cli.hwsched ...``) with
+short leases and heartbeats so that reclaiming a killed client is quick. The helpers here
+look at the machine itself (Docker, /proc/mounts, processes) to tell what was left behind; a
+check that cannot look (no Docker where the pool runs containers) fails rather than passing.
+
+Not part of the package: the tests, the benchmarks and ``scripts/gpu/check.py`` import it
+from this folder.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+DEV_USER = "hwdev"
+LEASE = 4.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy. The timeout only guards against a hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def call_json(
+    url: str, method: str, path: str, token: str, body: Any = None, timeout: float = 300
+) -> Any:
+    """One JSON request with a token (a scheduler's, a Jupyter server's); None if no body."""
+    request = urllib.request.Request(
+        url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+class Service:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def wait_line(self, marker: str, timeout: float = 90.0) -> str:
+        def found() -> str | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log.read_text()[-3000:]}")
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith(marker):
+                    return line
+            return None
+
+        return str(wait_for(found, timeout, f"{self.name} to start"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Pool:
+    """Handles on a running one-node pool, and checks for leftovers."""
+
+    _count = 0
+
+    def __init__(
+        self,
+        workdir: Path,
+        simulate: str = "2xA100-80GB",
+        agent_args: tuple[str, ...] = (),
+        node: str | None = None,
+        before_agent: Callable[[Pool], None] | None = None,
+        node_timeout: float = 10.0,
+        lease: float = LEASE,
+    ) -> None:
+        Pool._count += 1
+        self.workdir = workdir
+        self.agent_args = agent_args
+        self.token = secrets.token_hex(16)
+        self.node = node or f"test-node-{os.getpid()}-{Pool._count}"
+        self.port = free_port()
+        self.agent_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # state outside /tmp: sshd's StrictModes refuses key files under world-writable dirs
+        self.state = Path(f"/var/lib/hwsched-test/{os.getpid()}-{Pool._count}")
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.state.mkdir(parents=True, mode=0o711)
+        self.share_socket = str(self.state / "share.sock")
+        self.env = dict(
+            os.environ,
+            HWSCHED_URL=self.url,
+            HWSCHED_TOKEN=self.token,
+            HWSCHED_SHARE_SOCKET=self.share_socket,
+            PYTHONUNBUFFERED="1",
+        )
+        me = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
+        self.services = [
+            Service(
+                "scheduler",
+                [
+                    *me,
+                    "scheduler",
+                    f"--port={self.port}",
+                    f"--db={self.state / 'sched.sqlite'}",
+                    f"--lease={lease}",
+                    f"--node-timeout={node_timeout}",
+                    "--SchedulerApp.tick_interval=0.25",
+                ],
+                self.env,
+                workdir / "scheduler.log",
+            )
+        ]
+        self.services[0].wait_line("HWSCHED_SCHEDULER_READY")
+        if before_agent is not None:
+            before_agent(self)
+        self.services.append(
+            self.agent_service(self.node, self.agent_port, simulate, agent_args, "agent")
+        )
+        self.services[1].wait_line("HWSCHED_AGENT_READY")
+        self.services.append(
+            Service(
+                "share",
+                [
+                    *me,
+                    "share",
+                    f"--socket={self.share_socket}",
+                    f"--scheduler-url={self.url}",
+                    f"--state-dir={self.state / 'share'}",
+                    "--ShareAgentApp.check_interval=0.5",
+                ],
+                self.env,
+                workdir / "share.log",
+            )
+        )
+        self.services[2].wait_line("HWSCHED_SHARE_READY")
+
+    def agent_service(
+        self, node: str, port: int, simulate: str, args: tuple[str, ...], name: str
+    ) -> Service:
+        return Service(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "jupyter_hwsched.cli.hwsched",
+                "agent",
+                "--ip=127.0.0.1",
+                f"--port={port}",
+                f"--node-name={node}",
+                f"--scheduler-url={self.url}",
+                f"--simulate-gpus={simulate}",  # empty: the real GPUs, from NVML
+                f"--state-dir={self.state / name}",
+                "--AgentApp.heartbeat_interval=0.5",
+                "--AgentApp.share_check_interval=1",
+                "--AgentApp.allow_root=True",  # most tests run their clients as root
+                f"--ServerApp.root_dir={self.state}",
+                *args,
+            ],
+            self.env,
+            self.workdir / f"{name}.log",
+        )
+
+    def add_agent(self, node: str, simulate: str, *args: str) -> Service:
+        """Another node in the same pool; it is stopped with the pool."""
+        service = self.agent_service(node, free_port(), simulate, args, f"agent-{node}")
+        self.services.insert(1, service)
+        service.wait_line("HWSCHED_AGENT_READY")
+        return service
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        shutil.rmtree(self.state, ignore_errors=True)
+
+    # talking to the scheduler directly
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        return call_json(self.url, method, path, self.token, body)
+
+    def pool(self) -> dict[str, Any]:
+        return dict(self.api("GET", "/api/pool"))
+
+    def held_gpus(self) -> list[int]:
+        nodes = [n for n in self.pool()["nodes"] if n["name"] == self.node]
+        return [g["index"] for n in nodes for g in n["gpus"] if g["holder"]]
+
+    # what a run may leave behind
+
+    @property
+    def runs_containers(self) -> bool:
+        """Whether the pool's node runs sessions in containers (not with the host runner)."""
+        return not any("HostRunner" in arg for arg in self.agent_args)
+
+    def containers(self) -> list[str]:
+        if not self.runs_containers:
+            return []  # the host runner makes no containers; its processes are checked instead
+        if not shutil.which("docker"):
+            raise AssertionError(
+                "cannot check for leftover containers: the docker command is missing"
+            )
+        out = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=hwsched.node={self.node}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return out.split()
+
+    def mounts(self) -> list[str]:
+        prefix = str(self.state) + "/"
+        with open("/proc/self/mounts") as f:
+            return [line.split()[1] for line in f if line.split()[1].startswith(prefix)]
+
+    def shares(self) -> list[Any]:
+        conn = UnixHTTPConnection(self.share_socket)
+        try:
+            conn.request("GET", "/shares")
+            return list(json.loads(conn.getresponse().read()))
+        finally:
+            conn.close()
+
+    def session_processes(self) -> list[str]:
+        """sshd and sshfs processes of this pool, and kernels started in its containers."""
+        found = []
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+                environ = proc.environ() if "ipykernel" in cmd else {}
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            ours = str(self.state) in cmd and ("sshd" in cmd or "sshfs" in cmd)
+            if ours or environ.get("HWSCHED_NODE") == self.node:
+                found.append(cmd)
+        return found
+
+    def share_servers(self) -> list[psutil.Process]:
+        """The per-session sshd listeners of this pool's share agent."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            # sshd rewrites its title: "sshd: /usr/sbin/sshd -D -e -f CONFIG [listener] ..."
+            if "sshd" in cmd and "[listener]" in cmd and str(self.state) in cmd:
+                found.append(proc)
+        return found
+
+    def leftovers(self) -> dict[str, Any]:
+        left = {
+            "held_gpus": self.held_gpus(),
+            "containers": self.containers(),
+            "mounts": self.mounts(),
+            "shares": self.shares(),
+            "processes": self.session_processes(),
+        }
+        return {k: v for k, v in left.items() if v}
+
+    def assert_clean(self, timeout: float = 30.0) -> None:
+        """Everything of every session is gone (waits out the asynchronous parts)."""
+        last: dict[str, Any] = {}
+
+        def clean() -> bool:
+            nonlocal last
+            last = self.leftovers()
+            return not last
+
+        try:
+            wait_for(clean, timeout, "the pool to be clean")
+        except AssertionError:
+            raise AssertionError(f"left behind: {last}") from None
+
+    def client_cmd(self, argv: list[str], user: str | None = None) -> list[str]:
+        # runuser without --login keeps the environment (HWSCHED_*), resets HOME and USER
+        return ["runuser", "-u", user, "--", *argv] if user else argv
+
+    def hwrun(
+        self,
+        args: list[str],
+        user: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
+        argv = self.client_cmd([str(Path(sys.executable).parent / "hwrun"), *args], user)
+        return subprocess.run(
+            argv,
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def popen_hwrun(
+        self, args: list[str], user: str | None = None, cwd: str | None = None
+    ) -> subprocess.Popen[str]:
+        argv = self.client_cmd([str(Path(sys.executable).parent / "hwrun"), *args], user)
+        # its own process group, like a job in a terminal, so that Ctrl-C can be sent to it
+        return subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+
+def ctrl_c(proc: subprocess.Popen[str]) -> None:
+    """What pressing Ctrl-C in a terminal does: SIGINT to the foreground process group."""
+    os.killpg(proc.pid, signal.SIGINT)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("share", timeout=30)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)

@@ -55,6 +55,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import report
+
 from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.store import Store
@@ -103,11 +105,8 @@ class Result:
 
 
 def percentile(values: list[float], pct: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least pct% of values at or below it."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100.0 * len(ordered)) - 1)]
+    """Nearest-rank percentile (:func:`report.percentile`); 0 for no values (no wait)."""
+    return report.percentile(values, pct, empty=0.0)
 
 
 def run_duration(rng: random.Random, args: argparse.Namespace) -> float:
@@ -379,20 +378,6 @@ def fmt_wait(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def table(rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-        if n == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -465,19 +450,18 @@ def main(argv: list[str] | None = None) -> None:
     for policy in POLICIES:
         found[policy], tried[policy] = smallest_pool(policy, trace, args)
     pct = f"p{args.percentile:g}"
-    rows = [
-        [
-            "policy",
-            "GPUs",
-            "pool util",
-            "held util",
-            "requests",
-            "mean wait",
-            f"{pct} wait",
-            "max wait",
-            f"waits >= {args.target_wait:g} s",
-        ]
+    headers = [
+        "policy",
+        "GPUs",
+        "pool util",
+        "held util",
+        "requests",
+        "mean wait",
+        f"{pct} wait",
+        "max wait",
+        f"waits >= {args.target_wait:g} s",
     ]
+    rows: list[list[str]] = []
     for policy in POLICIES:
         r = found[policy]
         rows.append(
@@ -493,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
                 str(sum(w >= args.target_wait for w in r.waits)),
             ]
         )
-    print(table(rows, right=set(range(1, 9))))
+    print(report.table(headers, rows))  # the policy to the left, the figures to the right
     print()
     for policy in POLICIES:
         print(f"pool sizes simulated for {policy}: {', '.join(map(str, tried[policy]))}")

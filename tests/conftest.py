@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from harness import DEV_USER, Pool, Service, free_port
 
+from jupyter_hwsched.protocol.version import PROTOCOL_VERSION
+
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 
@@ -125,7 +127,9 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
         request = urllib.request.Request(
             f"{url}/api/nodes/node-a",
             method="PUT",
-            data=json.dumps({"url": "http://127.0.0.1:1", "gpus": gpus}).encode(),
+            data=json.dumps(
+                {"url": "http://127.0.0.1:1", "gpus": gpus, "protocol": PROTOCOL_VERSION}
+            ).encode(),
             headers={"Authorization": f"token {token}"},
         )
         urllib.request.urlopen(request, timeout=10).close()

@@ -31,7 +31,9 @@ def jp_server_config(
     # pytest-jupyter gives the server data directories of its own: install the kernelspec there
     spec = jp_data_dir / "kernels" / "hwsched-remote"
     spec.mkdir(parents=True)
-    shutil.copy(Path(jupyter_hwsched.__file__).parent / "kernel/resources/kernel.json", spec)
+    shutil.copy(
+        Path(jupyter_hwsched.__file__).parent / "developer/kernel/resources/kernel.json", spec
+    )
     for key in ("HWSCHED_URL", "HWSCHED_TOKEN", "HWSCHED_SHARE_SOCKET"):
         monkeypatch.setenv(key, clean_pool.env[key])  # for the kernels' provisioners
     return {

@@ -21,6 +21,7 @@ from pathlib import Path
 from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 
 from jupyter_hwsched.developer.discovery import remove_discovery, write_discovery
+from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
 
 DEFAULT_SIMULATED = "2xA100-80GB"
 RUNNERS = {
@@ -80,7 +81,12 @@ class Child:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwsched up", description=__doc__)
-    p.add_argument("--port", type=int, default=8765, help="scheduler port (default 8765)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_SCHEDULER_PORT,
+        help=f"scheduler port (default {DEFAULT_SCHEDULER_PORT})",
+    )
     p.add_argument("--agent-port", type=int, default=8766, help="node agent port (default 8766)")
     p.add_argument(
         "--simulate-gpus", default="", help=f"force simulated GPUs, e.g. {DEFAULT_SIMULATED}"

@@ -17,6 +17,7 @@ import asyncio
 import os
 import signal
 import typing as t
+from dataclasses import replace
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
@@ -55,10 +56,13 @@ class RemoteGpuProvisioner(LocalProvisioner):
 
     remote: RemoteSession | None = None
     bridge: KernelBridge | None = None
+    #: the request of a "Run on GPU" run: its GPU count and type replace the kernelspec's
+    asked: HardwareRequest | None = None
     _idle_task: asyncio.Future[None] | None = None
 
     def request(self) -> HardwareRequest:
-        return make_request(
+        """The kernelspec's request; a run's own GPU count and type take the place of its."""
+        own = make_request(
             gpus=self.gpus,
             gpu_type=self.gpu_type,
             gpu_mem=self.gpu_mem,
@@ -66,6 +70,9 @@ class RemoteGpuProvisioner(LocalProvisioner):
             node=self.node,
             priority=self.priority,
         )
+        if self.asked is None:
+            return own
+        return replace(own, gpus=self.asked.gpus, gpu_type=self.asked.gpu_type)
 
     def phase(self, phase: str, info: SessionRecord) -> None:
         """Progress, in the server log and for the server extension: queued with position,
@@ -89,10 +96,8 @@ class RemoteGpuProvisioner(LocalProvisioner):
 
     async def pre_launch(self, **kwargs: t.Any) -> dict[str, t.Any]:
         self._attach_state = kwargs.pop("hwsched_attach", None)
-        asked = kwargs.pop("hwsched_request", None)  # "Run on GPU": its own GPU count and type
-        if asked:
-            self.gpus = asked.get("gpus", self.gpus)
-            self.gpu_type = asked.get("gpu_type", self.gpu_type)
+        # "Run on GPU": the run's own request, in place of the kernelspec's
+        self.asked = kwargs.pop("hwsched_request", None) or self.asked
         result: dict[str, t.Any] = await super().pre_launch(**kwargs)
         return result
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from jupyter_hwsched.developer.kernel import registry
 from jupyter_hwsched.protocol.errors import HwschedError, NotFoundError
-from jupyter_hwsched.protocol.request import make_request
+from jupyter_hwsched.protocol.request import HardwareRequest, make_request
 
 KERNEL_NAME = "hwsched-remote"
 
@@ -27,7 +27,7 @@ KERNEL_NAME = "hwsched-remote"
 class Run:
     id: str  # also the kernel's id (a dashed UUID: the kernels API routes only those)
     path: str  # the notebook, relative to the server's root
-    request: dict[str, Any]
+    request: HardwareRequest
     created: float = field(default_factory=time.time)
     state: str = "starting"  # starting -> ready -> ended, or failed
     error: str = ""
@@ -39,7 +39,7 @@ class Run:
             "kernel_id": self.id,
             "kernel_name": KERNEL_NAME,
             "path": self.path,
-            "request": self.request,
+            "request": {"gpus": self.request.gpus, "gpu_type": self.request.gpu_type},
             "created": self.created,
             "state": self.state,
             "error": self.error,
@@ -58,7 +58,7 @@ class RunService:
     def start(self, path: str, gpus: Any, gpu_type: Any = None) -> dict[str, Any]:
         request = make_request(gpus=gpus, gpu_type=gpu_type or None)  # RequestError: a 400
         path = path.strip("/")
-        run = Run(str(uuid.uuid4()), path, {"gpus": request.gpus, "gpu_type": request.gpu_type})
+        run = Run(str(uuid.uuid4()), path, request)
         run.task = asyncio.create_task(self._start(run))
         self.runs[run.id] = run
         return run.view()

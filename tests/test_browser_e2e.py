@@ -443,19 +443,24 @@ def test_remote_kernel_start_shows_its_phases(page: Any, lab: Lab, clean_pool: P
     shot(page, "08-remote-kernel-cancelled-from-sidebar.png")
 
 
+def lab_with_scheduler(tmp_path: Path, url: str, token: str) -> tuple[Lab, Path]:
+    """A JupyterLab of its own whose server extension finds the scheduler at ``url``."""
+    root = Path("/var/lib/hwsched-test") / f"lab-alone-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "HWSCHED_URL": url,
+        "HWSCHED_TOKEN": token,
+        "HWSCHED_SHARE_SOCKET": str(root / "none.sock"),
+    }
+    return Lab(root, tmp_path / "lab.log", env), root
+
+
 def test_sidebar_says_when_the_scheduler_is_unreachable(
     page: Any, browser: Any, tmp_path: Path
 ) -> None:
-    root = Path("/var/lib/hwsched-test") / f"lab-down-{uuid.uuid4().hex[:8]}"
-    root.mkdir(parents=True)
     down = f"http://127.0.0.1:{free_port()}"
-    env = {
-        **os.environ,
-        "HWSCHED_URL": down,
-        "HWSCHED_TOKEN": "t",
-        "HWSCHED_SHARE_SOCKET": str(root / "none.sock"),
-    }
-    lab = Lab(root, tmp_path / "lab.log", env)
+    lab, root = lab_with_scheduler(tmp_path, down, "t")
     try:
         goto(page, lab)
         page.click(".jp-SideBar .lm-TabBar-tab[data-id='jp-hwsched-cluster']")
@@ -465,5 +470,25 @@ def test_sidebar_says_when_the_scheduler_is_unreachable(
         assert f"cannot reach the scheduler at {down}" in text
         shot(page, "09-sidebar-scheduler-unreachable.png")
     finally:
+        page.goto("about:blank")  # leave the page before its server goes away
+        lab.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_sidebar_says_when_the_scheduler_refuses_the_token(
+    page: Any, browser: Any, pool: Pool, tmp_path: Path
+) -> None:
+    lab, root = lab_with_scheduler(tmp_path, pool.url, "not-the-pool-token")
+    try:
+        goto(page, lab)
+        page.click(".jp-SideBar .lm-TabBar-tab[data-id='jp-hwsched-cluster']")
+        page.wait_for_selector(".jp-hwsched-Sidebar[data-state='refused']")
+        text = page.locator(".jp-hwsched-Sidebar-status").inner_text()
+        assert "Scheduler refused this server's token" in text
+        assert "Scheduler unreachable" not in text
+        assert "c.HwschedServerApp.scheduler_token" in text
+        shot(page, "10-sidebar-scheduler-refused-token.png")
+    finally:
+        page.goto("about:blank")  # leave the page before its server goes away
         lab.stop()
         shutil.rmtree(root, ignore_errors=True)

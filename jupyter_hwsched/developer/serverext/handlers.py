@@ -50,8 +50,9 @@ class HwschedAPIHandler(ErrorMapping, APIHandler):
         if isinstance(exc, AuthError):
             status = SCHEDULER_REFUSED
             message = (
-                f"the GPU scheduler refused this Jupyter server's token ({exc.message}); set "
-                "c.HwschedServerApp.scheduler_token"
+                "the GPU scheduler refused this Jupyter server's token: set "
+                "c.HwschedServerApp.scheduler_token (or HWSCHED_TOKEN before starting "
+                "JupyterLab) to the token the pool was started with"
             )
         return status, {"message": message, "status": status}
 

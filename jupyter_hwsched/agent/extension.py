@@ -29,6 +29,7 @@ from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.clients import SchedulerClient
+from jupyter_hwsched.protocol.tls import is_loopback
 
 
 class AgentApp(ExtensionApp):
@@ -49,6 +50,11 @@ class AgentApp(ExtensionApp):
     scheduler_url = Unicode(config=True, help="The scheduler's URL (env HWSCHED_URL).")
     scheduler_token = Unicode(config=True, help="The scheduler's token (env HWSCHED_TOKEN).")
     public_url = Unicode(config=True, help="URL at which clients reach this agent.")
+    ca_file = Unicode(
+        config=True,
+        help="The pool CA's certificate, to verify the scheduler over TLS (env HWSCHED_CA). "
+        "The agent serves TLS itself with --ServerApp.certfile and --ServerApp.keyfile.",
+    )
     simulate_gpus = Unicode(
         "",
         config=True,
@@ -102,6 +108,10 @@ class AgentApp(ExtensionApp):
     def _url_default(self) -> str:
         return env.scheduler_url()
 
+    @default("ca_file")
+    def _ca_file_default(self) -> str:
+        return env.ca_file()
+
     @default("scheduler_token")
     def _token_default(self) -> str:
         return env.scheduler_token()
@@ -116,11 +126,21 @@ class AgentApp(ExtensionApp):
         if not self.scheduler_url:
             self.log.critical("set --scheduler-url (or HWSCHED_URL): the node agent needs it")
             self.exit(2)
+        server = self.serverapp
+        assert server is not None, "an extension app is linked to its server"
+        if not server.certfile and not is_loopback(server.ip) and not env.allow_insecure():
+            self.log.critical(
+                "refusing to serve plain HTTP on %s: set --ServerApp.certfile and "
+                "--ServerApp.keyfile (see 'hwsched pki'), or %s=1 on a network you trust",
+                server.ip or "every address",
+                env.INSECURE_VARIABLE,
+            )
+            self.exit(2)
         self.node = NodeService(
             node_name=self.node_name,
             inventory=discover(self.simulate_gpus, self.node_name, self.simulate_if_no_gpu),
             runner=self.runner_class(parent=self),
-            scheduler=SchedulerClient(self.scheduler_url, self.scheduler_token),
+            scheduler=SchedulerClient(self.scheduler_url, self.scheduler_token, self.ca_file),
             kernels=ServerKernels(self),
             state_dir=Path(self.state_dir),
             sshfs_options=list(self.sshfs_options),
@@ -139,7 +159,8 @@ class AgentApp(ExtensionApp):
             host = (
                 serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else socket.gethostname()
             )
-            self.public_url = f"http://{host}:{serverapp.port}"
+            scheme = "https" if serverapp.certfile else "http"
+            self.public_url = f"{scheme}://{host}:{serverapp.port}"
         self.node.public_url = self.public_url
         local = serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
         await self._until_listening(local, serverapp.port)

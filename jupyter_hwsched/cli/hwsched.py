@@ -26,6 +26,7 @@ SUBCOMMANDS = {
         "jupyter_hwsched.cli.up:up",
         "run scheduler, node agent and share agent on this machine",
     ),
+    "pki": ("jupyter_hwsched.cli.pki:main", "the pool's certificate authority (for operators)"),
 }
 
 

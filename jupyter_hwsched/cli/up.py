@@ -17,10 +17,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 
 from jupyter_hwsched.developer.discovery import remove_discovery, write_discovery
+from jupyter_hwsched.protocol.pki import init_ca, issue
 from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
 
 DEFAULT_SIMULATED = "2xA100-80GB"
@@ -79,6 +81,19 @@ class Child:
                 self.proc.wait()
 
 
+def make_certificates(directory: Path, node_name: str) -> dict[str, Any]:
+    """The one-machine pool's own CA, and certificates for its scheduler and node on
+    127.0.0.1 (made anew at each start; the CA is kept, so clients may keep trusting it)."""
+    ca = init_ca(directory)
+    issued = directory / "issued"
+    loopback = ("127.0.0.1", "localhost")
+    return {
+        "ca": ca.cert,
+        "scheduler": issue(directory, "scheduler", "scheduler", issued, loopback),
+        "node": issue(directory, node_name, "node", issued, loopback),
+    }
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwsched up", description=__doc__)
     p.add_argument(
@@ -110,9 +125,16 @@ def parser() -> argparse.ArgumentParser:
 def up(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     token = os.environ.get("HWSCHED_TOKEN") or secrets.token_hex(16)
-    url = f"http://127.0.0.1:{args.port}"
+    url = f"https://127.0.0.1:{args.port}"
     share_socket = str(Path(jupyter_runtime_dir()) / "hwsched-share.sock")
-    env = dict(os.environ, HWSCHED_TOKEN=token, HWSCHED_URL=url, HWSCHED_SHARE_SOCKET=share_socket)
+    tls = make_certificates(Path(jupyter_data_dir()) / "hwsched" / "pki", args.node_name)
+    env = dict(
+        os.environ,
+        HWSCHED_TOKEN=token,
+        HWSCHED_URL=url,
+        HWSCHED_SHARE_SOCKET=share_socket,
+        HWSCHED_CA=str(tls["ca"]),
+    )
     me = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
     db = Path(jupyter_data_dir()) / "hwsched" / "up.sqlite"
     children: list[Child] = []
@@ -123,7 +145,15 @@ def up(argv: list[str]) -> int:
         children.append(
             Child(
                 "scheduler",
-                [*me, "scheduler", f"--port={args.port}", f"--db={db}", f"--lease={args.lease}"],
+                [
+                    *me,
+                    "scheduler",
+                    f"--port={args.port}",
+                    f"--db={db}",
+                    f"--lease={args.lease}",
+                    f"--certfile={tls['scheduler'].cert}",
+                    f"--keyfile={tls['scheduler'].key}",
+                ],
                 env,
                 "HWSCHED_SCHEDULER_READY",
             )
@@ -144,6 +174,8 @@ def up(argv: list[str]) -> int:
                     f"--port={args.agent_port}",
                     f"--node-name={args.node_name}",
                     f"--scheduler-url={url}",
+                    f"--ServerApp.certfile={tls['node'].cert}",
+                    f"--ServerApp.keyfile={tls['node'].key}",
                     "--AgentApp.allow_root=True",  # one machine: the developer may be root
                     # a second's heartbeat: the GPU cluster sidebar shows live use
                     "--AgentApp.heartbeat_interval=1.0",
@@ -171,7 +203,13 @@ def up(argv: list[str]) -> int:
         )
         children[-1].wait_ready(60)
         write_discovery(
-            {"url": url, "token": token, "share_socket": share_socket, "pid": os.getpid()}
+            {
+                "url": url,
+                "token": token,
+                "share_socket": share_socket,
+                "ca_file": str(tls["ca"]),
+                "pid": os.getpid(),
+            }
         )
         lab_url = ""
         if args.lab:

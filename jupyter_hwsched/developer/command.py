@@ -52,7 +52,10 @@ async def run_command(
         placed = await session.acquire(progress)
         assert placed.placement is not None, "an acquired session is placed"
         ws = await open_websocket(
-            placed.placement.agent_url, f"/hwsched/sessions/{session.id}/command", session.secret
+            placed.placement.agent_url,
+            f"/hwsched/sessions/{session.id}/command",
+            session.secret,
+            settings.ca_file,
         )
         while True:
             message = await ws.read_message()

@@ -19,8 +19,11 @@ MessageCallback = Callable[[dict[str, Any]], None]
 
 
 class GatewayKernel:
-    def __init__(self, agent_url: str, token: str, kernel_id: str) -> None:
+    def __init__(
+        self, agent_url: str, token: str, kernel_id: str, ca_file: str | None = None
+    ) -> None:
         self.agent_url = agent_url.rstrip("/")
+        self.ca_file = ca_file
         self.token = token
         self.kernel_id = kernel_id
         self.session = uuid.uuid4().hex
@@ -53,6 +56,7 @@ class GatewayKernel:
             self.agent_url,
             f"/api/kernels/{self.kernel_id}/channels?session_id={self.session}",
             self.token,
+            self.ca_file,
         )
         self._reader = asyncio.create_task(self._read())
         await self._wait_ready(timeout)

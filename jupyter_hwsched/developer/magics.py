@@ -116,7 +116,9 @@ def run_remote_cell(
                 await session.acquire(lambda phase, info: events.put(("phase", phase, info)))
                 placement = session.record.placement
                 assert session.kernel_id is not None and placement is not None
-                kernel = GatewayKernel(placement.agent_url, session.secret, session.kernel_id)
+                kernel = GatewayKernel(
+                    placement.agent_url, session.secret, session.kernel_id, settings.ca_file
+                )
                 holder["kernel"] = kernel
                 await kernel.connect()
             else:

@@ -135,7 +135,7 @@ class RemoteSession:
             self.share = ShareClient(self.settings.share_socket)
             credentials = await self.share.open(self.id)
         progress("sharing", info)
-        self.agent = AgentClient(info.placement.agent_url, self.secret)
+        self.agent = AgentClient(info.placement.agent_url, self.secret, self.settings.ca_file)
         spec = StartSpec(credentials, me, self.cwd, self.env, self.kind, self.argv)
         self.kernel_id = await self.agent.start(self.id, spec)
         self.timings.ready = time.time()
@@ -158,7 +158,7 @@ class RemoteSession:
         info = await self.scheduler.renew(str(self.id))  # raises SessionEnded if it is gone
         if info.placement is None:
             raise SessionEnded(f"session {self.id} is no longer placed")
-        self.agent = AgentClient(info.placement.agent_url, self.secret)
+        self.agent = AgentClient(info.placement.agent_url, self.secret, self.settings.ca_file)
         self.timings.submitted = self.timings.placed = self.timings.ready = time.time()
         lease = max(1.0, info.lease_expires - time.time())
         self._renewer = asyncio.create_task(self._renew(max(1.0, lease / 3)))

@@ -24,6 +24,11 @@ class HwschedClient(LoggingConfigurable):
     share_socket = Unicode(
         config=True, help="The local share agent's unix socket (env HWSCHED_SHARE_SOCKET)."
     )
+    ca_file = Unicode(
+        config=True,
+        help="The pool CA's certificate, to verify the scheduler and the node agents over TLS "
+        "(env HWSCHED_CA; '' with an http:// scheduler on this machine).",
+    )
     poll_interval = Float(0.25, config=True, help="Seconds between queue position checks.")
     idle_timeout = Float(
         900.0,
@@ -51,7 +56,11 @@ class HwschedClient(LoggingConfigurable):
                 "and HWSCHED_TOKEN to your cluster's scheduler"
             )
 
+    @default("ca_file")
+    def _ca_file_default(self) -> str:
+        return env.ca_file() or str(read_discovery().get("ca_file", ""))
+
     def scheduler(self) -> SchedulerClient:
         """A client of the scheduler these settings name (close it, or use ``async with``)."""
         self.check()
-        return SchedulerClient(self.url, self.token)
+        return SchedulerClient(self.url, self.token, self.ca_file)

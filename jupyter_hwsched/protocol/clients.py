@@ -24,12 +24,13 @@ from jupyter_hwsched.protocol.records import (
 
 
 class SchedulerClient(JsonClient):
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, ca_file: str | None = None) -> None:
         super().__init__(
             url,
             token,
             what="the scheduler",
             hint="is the pool running ('hwsched up')? Check HWSCHED_URL",
+            ca_file=ca_file,
         )
 
     async def _session(self, method: str, path: str, body: Any = None) -> SessionRecord:
@@ -97,8 +98,8 @@ class ShareClient(JsonClient):
 
 
 class AgentClient(JsonClient):
-    def __init__(self, url: str, token: str) -> None:
-        super().__init__(url, token, what="the node agent", timeout=120.0)
+    def __init__(self, url: str, token: str, ca_file: str | None = None) -> None:
+        super().__init__(url, token, what="the node agent", timeout=120.0, ca_file=ca_file)
 
     async def start(self, session_id: str, spec: StartSpec) -> str | None:
         """Start a placed session on the node; the id of its kernel, for a kernel session."""

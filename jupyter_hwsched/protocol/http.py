@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.netutil import DefaultLoopResolver, Resolver
 
+from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.errors import HwschedError, UnavailableError, error_for_status
+from jupyter_hwsched.protocol.tls import check_url, client_context, not_trusted
 from jupyter_hwsched.protocol.version import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 UNIX_HOST = "unix-socket"
@@ -50,12 +53,16 @@ class JsonClient:
         hint: str = "",
         unix_socket: str | None = None,
         timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
         self.what = what
         self.hint = hint
         self.token = token
         self.timeout = timeout
         self.unix_socket = unix_socket
+        self.ssl: ssl.SSLContext | None = None
+        if not unix_socket and check_url(base_url, what):
+            self.ssl = client_context(env.ca_file() if ca_file is None else ca_file)
         if unix_socket:
             self.base_url = f"http://{UNIX_HOST}"
             self.http = AsyncHTTPClient(
@@ -105,6 +112,7 @@ class JsonClient:
             connect_timeout=min(10.0, timeout or self.timeout),
             request_timeout=timeout or self.timeout,
             allow_nonstandard_methods=True,
+            ssl_options=self.ssl,
         )
         try:
             response = await self.http.fetch(request)
@@ -112,6 +120,8 @@ class JsonClient:
             if exc.code == 599 or exc.response is None:
                 raise self._unreachable(exc) from None
             raise _error_from_response(exc.code, exc.response.body, self.what) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise not_trusted(self.what, self.base_url, exc) from None
         except OSError as exc:
             raise self._unreachable(exc) from None
         return json.loads(response.body) if response.body else None

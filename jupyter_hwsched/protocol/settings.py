@@ -12,6 +12,8 @@ import os
 URL_VARIABLE = "HWSCHED_URL"
 TOKEN_VARIABLE = "HWSCHED_TOKEN"
 SHARE_SOCKET_VARIABLE = "HWSCHED_SHARE_SOCKET"
+CA_VARIABLE = "HWSCHED_CA"
+INSECURE_VARIABLE = "HWSCHED_ALLOW_INSECURE"
 #: the scheduler's port where none is given ('hwsched scheduler', 'hwsched up')
 DEFAULT_SCHEDULER_PORT = 8765
 
@@ -29,3 +31,13 @@ def scheduler_token() -> str:
 def share_socket() -> str:
     """The local share agent's unix socket from the environment, or ''."""
     return os.environ.get(SHARE_SOCKET_VARIABLE, "")
+
+
+def ca_file() -> str:
+    """The pool CA's certificate file from the environment, or '' (the system's CAs)."""
+    return os.environ.get(CA_VARIABLE, "")
+
+
+def allow_insecure() -> bool:
+    """Whether plain http/ws to a non-loopback address is allowed (a trusted network)."""
+    return os.environ.get(INSECURE_VARIABLE, "") in ("1", "true", "yes")

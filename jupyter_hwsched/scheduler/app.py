@@ -16,6 +16,7 @@ from traitlets import Float, Integer, Unicode, default
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
 from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
+from jupyter_hwsched.protocol.tls import is_loopback, server_context
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.store import Store
@@ -32,6 +33,10 @@ class SchedulerApp(ConfigFileApp):
     db = Unicode(config=True, help="SQLite file with the scheduler's state.")
     token = Unicode(config=True, help="Token every request must carry (env HWSCHED_TOKEN).")
     tick_interval = Float(1.0, config=True, help="Seconds between lease and node checks.")
+    certfile = Unicode(
+        "", config=True, help="Host certificate to serve HTTPS with (from 'hwsched pki issue')."
+    )
+    keyfile = Unicode("", config=True, help="The host certificate's key.")
 
     aliases = {
         "config": "SchedulerApp.config_file",
@@ -39,6 +44,8 @@ class SchedulerApp(ConfigFileApp):
         "port": "SchedulerApp.port",
         "db": "SchedulerApp.db",
         "token": "SchedulerApp.token",
+        "certfile": "SchedulerApp.certfile",
+        "keyfile": "SchedulerApp.keyfile",
         "lease": "Scheduler.lease_seconds",
         "node-timeout": "Scheduler.node_timeout",
     }
@@ -53,6 +60,14 @@ class SchedulerApp(ConfigFileApp):
         return env.scheduler_token() or secrets.token_hex(16)
 
     def start(self) -> None:
+        if not self.certfile and not is_loopback(self.ip) and not env.allow_insecure():
+            self.log.critical(
+                "refusing to serve plain HTTP on %s: set --certfile and --keyfile (see "
+                "'hwsched pki'), or %s=1 on a network you trust",
+                self.ip,
+                env.INSECURE_VARIABLE,
+            )
+            self.exit(2)
         asyncio.run(self.serve())
 
     async def serve(self, started: asyncio.Future[Any] | None = None) -> None:
@@ -61,13 +76,14 @@ class SchedulerApp(ConfigFileApp):
         app = web.Application(
             handlers(scheduler, self.token), default_handler_class=NotFoundHandler
         )
-        server = httpserver.HTTPServer(app)
+        tls = server_context(self.certfile, self.keyfile) if self.certfile else None
+        server = httpserver.HTTPServer(app, ssl_options=tls)
         socks = bind_sockets(self.port, self.ip)
         server.add_sockets(socks)
         port = socks[0].getsockname()[1]
-        self.log.info(
-            "hwsched scheduler listening on http://%s:%d (state in %s)", self.ip, port, self.db
-        )
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        url = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.log.info("hwsched scheduler listening on %s (state in %s)", url, self.db)
         ticker = ioloop.PeriodicCallback(scheduler.tick, self.tick_interval * 1000)
         ticker.start()
         stop = asyncio.Event()
@@ -76,7 +92,7 @@ class SchedulerApp(ConfigFileApp):
             loop.add_signal_handler(sig, stop.set)
         if started is not None:
             started.set_result(port)
-        print(f"HWSCHED_SCHEDULER_READY http://{self.ip}:{port}", flush=True)
+        print(f"HWSCHED_SCHEDULER_READY {url}", flush=True)
         await stop.wait()
         ticker.stop()
         server.stop()

@@ -40,9 +40,11 @@ class KernelBridge:
         secret: str,
         on_shutdown: ShutdownHandler,
         reconnect_for: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
         self.connection = connection
         self.agent_url = agent_url
+        self.ca_file = ca_file
         self.path = f"/api/kernels/{kernel_id}/channels"
         self.secret = secret
         self.on_shutdown = on_shutdown
@@ -87,7 +89,10 @@ class KernelBridge:
         # the same session id on every connection: while we are away the node's server keeps
         # the kernel's messages for us, and replays them when we come back
         self.ws = await open_websocket(
-            self.agent_url, f"{self.path}?session_id={self.session.session}", self.secret
+            self.agent_url,
+            f"{self.path}?session_id={self.session.session}",
+            self.secret,
+            self.ca_file,
         )
         self.connected.set()
 

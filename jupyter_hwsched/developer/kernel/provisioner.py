@@ -147,6 +147,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
             self.remote.kernel_id,
             self.remote.secret,
             self._on_shutdown,
+            ca_file=self.remote.settings.ca_file,
         )
         await self.bridge.start()
         ports = self.bridge.connection  # the ports it bound, which may differ from those picked

@@ -37,12 +37,12 @@ class HwschedServerApp(ExtensionApp):
         "the pool that 'hwsched up' started for this user.",
     )
 
-    def locate_scheduler(self) -> tuple[str, str]:
+    def locate_scheduler(self) -> tuple[str, str, str]:
         """This config's scheduler, else the client's settings (environment, discovery file)."""
-        if self.scheduler_url:
-            return self.scheduler_url, self.scheduler_token
         client = HwschedClient(parent=self.serverapp)
-        return client.url, self.scheduler_token or client.token
+        if self.scheduler_url:
+            return self.scheduler_url, self.scheduler_token, client.ca_file
+        return client.url, self.scheduler_token or client.token, client.ca_file
 
     def on_a_node(self) -> bool:
         """Whether this server is a node agent (which runs no remote kernels of its own)."""

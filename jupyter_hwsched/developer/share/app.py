@@ -93,7 +93,7 @@ class ShareAgent:
         self.app = app
         self.log = app.log
         self.shares: dict[str, SftpShare] = {}
-        self.scheduler = SchedulerClient(app.scheduler_url, app.token)
+        self.scheduler = SchedulerClient(app.scheduler_url, app.token, app.ca_file)
 
     async def open(self, session_id: str, user: pwd.struct_passwd) -> ShareGrant:
         if session_id in self.shares:
@@ -166,6 +166,9 @@ class ShareAgentApp(ConfigFileApp):
     sshd_path = Unicode("/usr/sbin/sshd", config=True, help="Absolute path of OpenSSH's sshd.")
     scheduler_url = Unicode(config=True, help="Scheduler URL, to close shares of ended sessions.")
     token = Unicode(config=True, help="Scheduler token (env HWSCHED_TOKEN).")
+    ca_file = Unicode(
+        config=True, help="The pool CA's certificate, to verify the scheduler (env HWSCHED_CA)."
+    )
     check_interval = Float(2.0, config=True, help="Seconds between checks of the open sessions.")
 
     aliases = {
@@ -195,6 +198,10 @@ class ShareAgentApp(ConfigFileApp):
     @default("token")
     def _token_default(self) -> str:
         return env.scheduler_token()
+
+    @default("ca_file")
+    def _ca_file_default(self) -> str:
+        return env.ca_file()
 
     def start(self) -> None:
         if not self.scheduler_url:

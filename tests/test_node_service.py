@@ -35,6 +35,7 @@ from jupyter_hwsched.protocol.errors import (
 )
 from jupyter_hwsched.protocol.records import Identity, SessionRecord, SessionSubmission, StartSpec
 from jupyter_hwsched.protocol.request import make_request
+from jupyter_hwsched.scheduler.access import Authenticator
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.store import Store
@@ -85,7 +86,9 @@ async def world(tmp_path: Path, **node_options: Any) -> AsyncIterator[World]:
     token = secrets.token_hex(8)
     store = Store(str(tmp_path / "sched.sqlite"))
     scheduler = Scheduler(store)
-    app = web.Application(handlers(scheduler, token), default_handler_class=NotFoundHandler)
+    app = web.Application(
+        handlers(scheduler, Authenticator(token)), default_handler_class=NotFoundHandler
+    )
     server = httpserver.HTTPServer(app)
     port = free_port()
     server.listen(port, "127.0.0.1")

@@ -158,8 +158,8 @@ def test_a_client_of_another_protocol_is_told_to_upgrade(scheduler: tuple[str, s
     url, token = scheduler
 
     class OlderClient(SchedulerClient):
-        def headers(self) -> dict[str, str]:
-            return {**super().headers(), PROTOCOL_HEADER: str(PROTOCOL_VERSION - 1)}
+        async def headers(self) -> dict[str, str]:
+            return {**await super().headers(), PROTOCOL_HEADER: str(PROTOCOL_VERSION - 1)}
 
     async def ask() -> None:
         client = OlderClient(url, token)

@@ -29,6 +29,8 @@ from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.clients import SchedulerClient
+from jupyter_hwsched.protocol.http import Credential
+from jupyter_hwsched.protocol.identity import Signer, signed
 from jupyter_hwsched.protocol.tls import is_loopback
 
 
@@ -85,6 +87,13 @@ class AgentApp(ExtensionApp):
         "jupyter_hwsched.agent.host_runner.HostRunner on a GPU machine without a container "
         "engine that is also the developer's machine.",
     )
+    sign_with_certificate = Bool(
+        True,
+        config=True,
+        help="Sign the node's calls to the scheduler with its TLS certificate (a 'node' "
+        "certificate from 'hwsched pki issue'), so that it can act only as itself. Off: the "
+        "pool token, for a scheduler without a CA.",
+    )
     sshfs_options = List(Unicode(), DEFAULT_OPTIONS, config=True, help="Extra sshfs -o options.")
 
     aliases = {
@@ -140,7 +149,7 @@ class AgentApp(ExtensionApp):
             node_name=self.node_name,
             inventory=discover(self.simulate_gpus, self.node_name, self.simulate_if_no_gpu),
             runner=self.runner_class(parent=self),
-            scheduler=SchedulerClient(self.scheduler_url, self.scheduler_token, self.ca_file),
+            scheduler=SchedulerClient(self.scheduler_url, self.credential(), self.ca_file),
             kernels=ServerKernels(self),
             state_dir=Path(self.state_dir),
             sshfs_options=list(self.sshfs_options),
@@ -150,6 +159,14 @@ class AgentApp(ExtensionApp):
         )
         self.settings["hwsched_node"] = self.node
         self.node.remove_leftovers()
+
+    def credential(self) -> str | Credential:
+        """What the node's calls to the scheduler carry: credentials it signs with its own
+        certificate where it has one (the pool has identities), else the pool token."""
+        server = self.serverapp
+        if self.sign_with_certificate and server is not None and server.certfile:
+            return signed(Signer(server.certfile, server.keyfile))
+        return self.scheduler_token
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())

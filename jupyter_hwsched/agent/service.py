@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -240,7 +241,11 @@ class NodeService:
 
     async def start_session(self, spec: StartSpec, placed: SessionRecord) -> NodeSession:
         """Start a placed session (``placed``: from ``placed_session``): mount, container,
-        kernel, then tell the scheduler it runs. A failure undoes all of it."""
+        kernel, then tell the scheduler it runs. A failure undoes all of it. The work runs
+        as the account the scheduler verified, where the pool has identities, whatever the
+        request says."""
+        if placed.owner is not None:
+            spec = replace(spec, user=placed.owner)
         self._check_placement(placed, spec)
         session = NodeSession(
             id=placed.id,

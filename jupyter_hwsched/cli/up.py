@@ -91,6 +91,7 @@ def make_certificates(directory: Path, node_name: str) -> dict[str, Any]:
         "ca": ca.cert,
         "scheduler": issue(directory, "scheduler", "scheduler", issued, loopback),
         "node": issue(directory, node_name, "node", issued, loopback),
+        "machine": issue(directory, socket.gethostname(), "machine", issued / "machine"),
     }
 
 
@@ -128,13 +129,11 @@ def up(argv: list[str]) -> int:
     url = f"https://127.0.0.1:{args.port}"
     share_socket = str(Path(jupyter_runtime_dir()) / "hwsched-share.sock")
     tls = make_certificates(Path(jupyter_data_dir()) / "hwsched" / "pki", args.node_name)
-    env = dict(
-        os.environ,
-        HWSCHED_TOKEN=token,
-        HWSCHED_URL=url,
-        HWSCHED_SHARE_SOCKET=share_socket,
-        HWSCHED_CA=str(tls["ca"]),
-    )
+    # the pool token is the operator's: the scheduler and the node agent know it; clients,
+    # JupyterLab among them, prove who they are with credentials the share agent signs
+    env = {k: v for k, v in os.environ.items() if k != "HWSCHED_TOKEN"}
+    env.update(HWSCHED_URL=url, HWSCHED_SHARE_SOCKET=share_socket, HWSCHED_CA=str(tls["ca"]))
+    operator_env = dict(env, HWSCHED_TOKEN=token)
     me = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
     db = Path(jupyter_data_dir()) / "hwsched" / "up.sqlite"
     children: list[Child] = []
@@ -153,8 +152,9 @@ def up(argv: list[str]) -> int:
                     f"--lease={args.lease}",
                     f"--certfile={tls['scheduler'].cert}",
                     f"--keyfile={tls['scheduler'].key}",
+                    f"--ca-file={tls['ca']}",
                 ],
-                env,
+                operator_env,
                 "HWSCHED_SCHEDULER_READY",
             )
         )
@@ -182,7 +182,7 @@ def up(argv: list[str]) -> int:
                     *gpus,
                     *RUNNERS[args.runner],
                 ],
-                env,
+                operator_env,
                 "HWSCHED_AGENT_READY",
             )
         )
@@ -196,6 +196,8 @@ def up(argv: list[str]) -> int:
                     f"--socket={share_socket}",
                     f"--scheduler-url={url}",
                     f"--root={args.share_root}",
+                    f"--ShareAgentApp.machine_cert={tls['machine'].cert}",
+                    f"--ShareAgentApp.machine_key={tls['machine'].key}",
                 ],
                 env,
                 "HWSCHED_SHARE_READY",
@@ -205,7 +207,6 @@ def up(argv: list[str]) -> int:
         write_discovery(
             {
                 "url": url,
-                "token": token,
                 "share_socket": share_socket,
                 "ca_file": str(tls["ca"]),
                 "pid": os.getpid(),

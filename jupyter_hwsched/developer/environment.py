@@ -51,6 +51,22 @@ def caller_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     }
 
 
+def identity_of(entry: pwd.struct_passwd) -> Identity:
+    """An account of this machine, with its groups as the system lists them."""
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = str(entry.pw_gid)
+    return Identity(
+        name=entry.pw_name,
+        uid=entry.pw_uid,
+        gid=entry.pw_gid,
+        group=group,
+        home=entry.pw_dir,
+        groups=tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)))),
+    )
+
+
 def caller_identity() -> Identity:
     """This process's account: who the remote work runs as."""
     uid = os.getuid()

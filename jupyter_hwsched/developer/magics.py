@@ -222,8 +222,10 @@ class HwschedMagics(Magics):
         pull = names(args.pull)
         status = StatusLine()
         kept = self.kept
-        if kept is not None and kept.session.ended_reason:
-            status.show(f"the kept session ended ({kept.session.ended_reason}); asking anew")
+        if kept is not None and (kept.session.ended_reason or kept.session.releasing):
+            # ended under us, or being released right now (the idle watcher): start afresh
+            why = kept.session.ended_reason or "it is being released"
+            status.show(f"the kept session ended ({why}); asking anew")
             self.kept = kept = None
         if kept is None:
             status.show(f"asking for {request.gpus} GPU(s)")
@@ -262,9 +264,10 @@ class HwschedMagics(Magics):
             while not handle.session.releasing:
                 left = handle.last_used + timeout - time.monotonic()
                 if left <= 0:
+                    # said before the release starts: a cell run meanwhile asks anew
+                    handle.session.ended_reason = f"released after {timeout:g} s idle"
                     await handle.kernel.close()
                     await handle.session.release(f"idle for {timeout:g} s after its last cell")
-                    handle.session.ended_reason = f"released after {timeout:g} s idle"
                     return
                 await asyncio.sleep(min(left, 5.0))
 

@@ -12,8 +12,10 @@ from traitlets.config import LoggingConfigurable
 
 from jupyter_hwsched.developer.discovery import read_discovery
 from jupyter_hwsched.protocol import settings as env
-from jupyter_hwsched.protocol.clients import SchedulerClient
+from jupyter_hwsched.protocol.clients import SchedulerClient, ShareClient
 from jupyter_hwsched.protocol.errors import UnavailableError
+from jupyter_hwsched.protocol.http import Credential
+from jupyter_hwsched.protocol.identity import cached
 
 
 class HwschedClient(LoggingConfigurable):
@@ -60,7 +62,21 @@ class HwschedClient(LoggingConfigurable):
     def _ca_file_default(self) -> str:
         return env.ca_file() or str(read_discovery().get("ca_file", ""))
 
+    def credential(self) -> str | Credential:
+        """What requests to the scheduler carry: the token where one is set (a pool without
+        identities, or an operator), else credentials this machine's share agent signs for
+        this OS user."""
+        if self.token or not self.share_socket:
+            return self.token
+        socket_path = self.share_socket
+
+        async def from_share_agent() -> str:
+            async with ShareClient(socket_path) as share:
+                return await share.credential()
+
+        return cached(from_share_agent)
+
     def scheduler(self) -> SchedulerClient:
         """A client of the scheduler these settings name (close it, or use ``async with``)."""
         self.check()
-        return SchedulerClient(self.url, self.token, self.ca_file)
+        return SchedulerClient(self.url, self.credential(), self.ca_file)

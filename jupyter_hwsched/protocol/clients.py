@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jupyter_hwsched.protocol.http import JsonClient
+from jupyter_hwsched.protocol.http import Credential, JsonClient
 from jupyter_hwsched.protocol.records import (
     Heartbeat,
     HeartbeatReply,
@@ -24,7 +24,7 @@ from jupyter_hwsched.protocol.records import (
 
 
 class SchedulerClient(JsonClient):
-    def __init__(self, url: str, token: str, ca_file: str | None = None) -> None:
+    def __init__(self, url: str, token: str | Credential, ca_file: str | None = None) -> None:
         super().__init__(
             url,
             token,
@@ -95,6 +95,12 @@ class ShareClient(JsonClient):
 
     async def close_share(self, session_id: str) -> None:
         await self.request("DELETE", f"/shares/{session_id}")
+
+    async def credential(self) -> str:
+        """A credential for the calling OS user, signed by this machine (pools with
+        identities)."""
+        made = await self.request("POST", "/credentials")
+        return str(made["credential"])
 
 
 class AgentClient(JsonClient):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from typing import Any
 
 from tornado import web
 from tornado.log import app_log
 
 from jupyter_hwsched.protocol.errors import AuthError, HwschedError, RequestError
+from jupyter_hwsched.protocol.identity import Principal
 from jupyter_hwsched.protocol.version import PROTOCOL_HEADER, check_protocol, header_version
 
 
@@ -74,19 +76,26 @@ class ErrorMapping(web.RequestHandler):
 
 
 class JsonHandler(ErrorMapping):
-    """Base of the plain tornado services: JSON in and out, the token check."""
+    """Base of the plain tornado services: JSON in and out, who is asking."""
 
-    #: the token every request must carry; ``None`` turns the check off (unix-socket services)
-    token: str | None = None
+    #: checks the request's credential and says who made it; ``None`` turns the check off
+    #: (unix-socket services, which learn the caller from the socket)
+    authenticate: Callable[[str], Principal] | None = None
+    principal: Principal | None = None
 
     def initialize(self, **kwargs: Any) -> None:
         for key, value in kwargs.items():
             setattr(self, key, value)
 
     def prepare(self) -> None:
-        if self.token is not None:
-            check_token(self.request.headers.get("Authorization", ""), self.token)
+        if self.authenticate is not None:
+            self.principal = self.authenticate(bearer(self.request.headers.get("Authorization")))
         self.check_protocol()
+
+    def who(self) -> Principal:
+        """The checked caller (only on a service that authenticates)."""
+        assert self.principal is not None, "prepare() authenticated the request"
+        return self.principal
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -105,12 +114,15 @@ class JsonHandler(ErrorMapping):
             self.finish(json.dumps({"message": "internal error; see the service's log"}))
 
 
-def check_token(header: str, token: str) -> None:
-    """Accept ``Authorization: token X`` or ``Bearer X``."""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() not in ("token", "bearer") or not hmac.compare_digest(
-        value.strip().encode(), token.encode()
-    ):
+def bearer(header: str | None) -> str:
+    """The credential of ``Authorization: token X`` or ``Bearer X`` ('' if none)."""
+    scheme, _, value = (header or "").partition(" ")
+    return value.strip() if scheme.lower() in ("token", "bearer") else ""
+
+
+def check_token(given: str, token: str) -> None:
+    """The shared token of a pool without a CA: whoever holds it may do anything."""
+    if not given or not hmac.compare_digest(given.encode(), token.encode()):
         raise AuthError(
             "the scheduler refused the token: set HWSCHED_TOKEN (or c.HwschedClient.token) "
             "to the token the pool was started with"

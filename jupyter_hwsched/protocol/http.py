@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -22,6 +23,8 @@ from jupyter_hwsched.protocol.tls import check_url, client_context, not_trusted
 from jupyter_hwsched.protocol.version import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 UNIX_HOST = "unix-socket"
+#: gives the credential for one request: a fixed token, or a fresh signed credential
+Credential = Callable[[], Awaitable[str]]
 C = TypeVar("C", bound="JsonClient")
 
 
@@ -47,7 +50,7 @@ class JsonClient:
     def __init__(
         self,
         base_url: str,
-        token: str | None = None,
+        token: str | Credential | None = None,
         *,
         what: str,
         hint: str = "",
@@ -57,7 +60,7 @@ class JsonClient:
     ) -> None:
         self.what = what
         self.hint = hint
-        self.token = token
+        self._credential = token if callable(token) else fixed(token or "")
         self.timeout = timeout
         self.unix_socket = unix_socket
         self.ssl: ssl.SSLContext | None = None
@@ -87,10 +90,11 @@ class JsonClient:
             url += "?" + "&".join(f"{k}={quote(v)}" for k, v in query.items())
         return url
 
-    def headers(self) -> dict[str, str]:
+    async def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", PROTOCOL_HEADER: str(PROTOCOL_VERSION)}
-        if self.token:
-            headers["Authorization"] = f"token {self.token}"
+        credential = await self._credential()
+        if credential:
+            headers["Authorization"] = f"token {credential}"
         return headers
 
     async def request(
@@ -105,7 +109,7 @@ class JsonClient:
         request = HTTPRequest(
             self.url(path, **query),
             method=method,
-            headers=self.headers(),
+            headers=await self.headers(),
             body=json.dumps(body)
             if body is not None
             else (b"" if method in ("POST", "PUT") else None),
@@ -139,3 +143,12 @@ def _error_from_response(code: int, body: bytes, what: str) -> HwschedError:
     except (ValueError, KeyError, TypeError):
         message = f"{what} answered HTTP {code}"
     return error_for_status(code, str(message))
+
+
+def fixed(token: str) -> Credential:
+    """The same token for every request ('' sends none)."""
+
+    async def credential() -> str:
+        return token
+
+    return credential

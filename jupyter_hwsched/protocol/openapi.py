@@ -89,6 +89,20 @@ SESSION = {
         "secret": {"type": "string", "description": "only in the answer to its creation"},
         "secret_sha256": STRING,
         "notebook": {"type": "string", "description": "the notebook the work comes from, or ''"},
+        "owner": _nullable(
+            {
+                "type": "object",
+                "description": "the verified account the work runs as (pools with a CA)",
+                "properties": {
+                    "name": STRING,
+                    "uid": INTEGER,
+                    "gid": INTEGER,
+                    "group": STRING,
+                    "home": STRING,
+                    "groups": {"type": "array", "items": INTEGER},
+                },
+            }
+        ),
         "position": {"type": "integer", "minimum": 1, "description": "queued only"},
         "waiting_for": {"type": "string", "description": "queued only: what holds it back"},
         "estimated_start": _nullable(NUMBER),
@@ -144,7 +158,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "bad input; the message says what to change",
-        401: "missing or wrong token",
+        401: "missing, wrong or expired credential; the message says what to fix",
+        403: "the caller may not act on this object (another user's session, another node)",
         404: "no such node or session (or a malformed name)",
         409: "the session is not in a state that allows this",
         410: "the session has ended",
@@ -158,7 +173,7 @@ def _ref(name: str) -> dict[str, Any]:
 
 
 def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {**responses, **_errors(401)}, **extra}
+    return {"summary": summary, "responses": {**responses, **_errors(401, 403)}, **extra}
 
 
 SESSION_ID = {

@@ -40,7 +40,8 @@ class Issued:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """A key: readable by its owner alone (its directory may hold certificates for all)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)

@@ -255,6 +255,7 @@ class SessionRecord:
     end_reason: str | None = None
     secret_sha256: str = ""
     notebook: str = ""  # the notebook the work comes from, or ''
+    owner: Identity | None = None  # the verified account it runs as (pools with identities)
     # while queued: its place, what holds it back, when it may start
     position: int | None = None
     waiting_for: str | None = None
@@ -294,6 +295,7 @@ class SessionRecord:
             "end_reason": self.end_reason,
             "secret_sha256": self.secret_sha256,
             "notebook": self.notebook,
+            "owner": self.owner.to_json() if self.owner else None,
         }
         if self.queued:
             out["position"] = self.position
@@ -336,6 +338,7 @@ class SessionRecord:
                 end_reason=data.get("end_reason"),
                 secret_sha256=str(data.get("secret_sha256") or ""),
                 notebook=str(data.get("notebook") or ""),
+                owner=Identity.from_json(data["owner"]) if data.get("owner") else None,
                 position=data.get("position"),
                 waiting_for=data.get("waiting_for"),
                 estimated_start=data.get("estimated_start"),

@@ -11,12 +11,14 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from tornado import httpserver, ioloop, web
 from tornado.netutil import bind_sockets
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Integer, List, Unicode, default
 
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
+from jupyter_hwsched.protocol.identity import Verifier
 from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
 from jupyter_hwsched.protocol.tls import is_loopback, server_context
+from jupyter_hwsched.scheduler.access import Authenticator, Revocations, end_revoked
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.store import Store
@@ -37,6 +39,26 @@ class SchedulerApp(ConfigFileApp):
         "", config=True, help="Host certificate to serve HTTPS with (from 'hwsched pki issue')."
     )
     keyfile = Unicode("", config=True, help="The host certificate's key.")
+    ca_file = Unicode(
+        "",
+        config=True,
+        help="The pool CA's certificate. Set, callers have identities: users through their "
+        "machine's credentials, nodes through theirs, and the token is the operator's alone. "
+        "Unset, the one token is everything (a pool on one machine).",
+    )
+    revoked = List(
+        Unicode(),
+        [],
+        config=True,
+        help="Names whose credentials no longer count: a user (ann@dev-1), a developer "
+        "machine (dev-1), a node (gpu-3).",
+    )
+    revoked_file = Unicode(
+        "",
+        config=True,
+        help="A file of revoked names, one a line; read again whenever it changes, so that a "
+        "revocation takes effect at once. Live sessions of a revoked user or machine end.",
+    )
 
     aliases = {
         "config": "SchedulerApp.config_file",
@@ -46,6 +68,7 @@ class SchedulerApp(ConfigFileApp):
         "token": "SchedulerApp.token",
         "certfile": "SchedulerApp.certfile",
         "keyfile": "SchedulerApp.keyfile",
+        "ca-file": "SchedulerApp.ca_file",
         "lease": "Scheduler.lease_seconds",
         "node-timeout": "Scheduler.node_timeout",
     }
@@ -73,8 +96,15 @@ class SchedulerApp(ConfigFileApp):
     async def serve(self, started: asyncio.Future[Any] | None = None) -> None:
         store = Store(self.db)
         scheduler = Scheduler(store, parent=self)
+        revocations = Revocations(self.revoked, self.revoked_file)
+        verifier = (
+            Verifier(self.ca_file, operator_token=self.token, revoked=revocations)
+            if self.ca_file
+            else None
+        )
+        authenticate = Authenticator(self.token, verifier)
         app = web.Application(
-            handlers(scheduler, self.token), default_handler_class=NotFoundHandler
+            handlers(scheduler, authenticate), default_handler_class=NotFoundHandler
         )
         tls = server_context(self.certfile, self.keyfile) if self.certfile else None
         server = httpserver.HTTPServer(app, ssl_options=tls)
@@ -84,7 +114,13 @@ class SchedulerApp(ConfigFileApp):
         host = f"[{self.ip}]" if ":" in self.ip else self.ip
         url = f"{'https' if tls else 'http'}://{host}:{port}"
         self.log.info("hwsched scheduler listening on %s (state in %s)", url, self.db)
-        ticker = ioloop.PeriodicCallback(scheduler.tick, self.tick_interval * 1000)
+
+        def tick() -> None:
+            if verifier is not None:
+                end_revoked(scheduler, revocations())
+            scheduler.tick()
+
+        ticker = ioloop.PeriodicCallback(tick, self.tick_interval * 1000)
         ticker.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

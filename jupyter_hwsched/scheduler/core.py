@@ -25,7 +25,7 @@ from jupyter_hwsched.protocol.errors import (
     SessionEnded,
     UnavailableError,
 )
-from jupyter_hwsched.protocol.records import GpuRecord, Placement, SessionRecord
+from jupyter_hwsched.protocol.records import GpuRecord, Identity, Placement, SessionRecord
 from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.model import Node, Session, WaitHistogram
 from jupyter_hwsched.scheduler.placement import (
@@ -71,6 +71,12 @@ class Scheduler(LoggingConfigurable):
         3600.0,
         config=True,
         help="Runtime assumed for a session without a time limit, for start estimates.",
+    )
+    user_max_priority = Int(
+        0,
+        config=True,
+        help="The highest --priority a user may ask for (operators any); only where the pool "
+        "has identities (a CA).",
     )
     backfill = Bool(
         True,
@@ -201,8 +207,16 @@ class Scheduler(LoggingConfigurable):
     # sessions
 
     def submit(
-        self, request: HardwareRequest, user: str, host: str, group: str = "", notebook: str = ""
+        self,
+        request: HardwareRequest,
+        user: str,
+        host: str,
+        group: str = "",
+        notebook: str = "",
+        owner: Identity | None = None,
     ) -> dict[str, Any]:
+        """Queue a request (``owner``: the verified account it runs as, where the pool has
+        identities); the answer carries the session's secret, this once."""
         reason = impossible_reason(request, self.node_views())
         if reason:
             everywhere = [NodeView(n.name, n.gpus, set(), n.labels) for n in self.nodes.values()]
@@ -229,6 +243,7 @@ class Scheduler(LoggingConfigurable):
             created=now,
             lease_expires=now + self.lease_seconds,
             notebook=notebook,
+            owner=owner,
         )
         secret = secrets.token_urlsafe(24)
         session.secret_hash = hashlib.sha256(secret.encode()).hexdigest()
@@ -369,10 +384,7 @@ class Scheduler(LoggingConfigurable):
 
     def record(self, session_id: str) -> SessionRecord:
         """A session as clients, share agents and node agents are told of it."""
-        session = self.live.get(session_id) or self.store.session(session_id)
-        if session is None:
-            raise NotFoundError(f"no session {session_id}")
-        return self._record(session)
+        return self._record(self.find(session_id))
 
     def _view(self, s: Session) -> dict[str, Any]:
         return self._record(s).to_json()
@@ -395,6 +407,7 @@ class Scheduler(LoggingConfigurable):
             end_reason=s.end_reason,
             secret_sha256=s.secret_hash,
             notebook=s.notebook,
+            owner=s.owner,
         )
         if s.state == "queued":
             record.position = self._positions.get(s.id, len(self._positions) + 1)
@@ -476,6 +489,13 @@ class Scheduler(LoggingConfigurable):
                 }
             )
         return nodes
+
+    def find(self, session_id: str) -> Session:
+        """A session, live or ended."""
+        session = self.live.get(session_id) or self.store.session(session_id)
+        if session is None:
+            raise NotFoundError(f"no session {session_id}")
+        return session
 
     def _live(self, session_id: str) -> Session:
         session = self.live.get(session_id)

@@ -22,6 +22,8 @@ from jupyter_hwsched.protocol.records import (
     text_field,
 )
 from jupyter_hwsched.protocol.version import check_protocol
+from jupyter_hwsched.scheduler import access
+from jupyter_hwsched.scheduler.access import Authenticator
 from jupyter_hwsched.scheduler.accounting import metrics_text, usage_report
 from jupyter_hwsched.scheduler.core import Scheduler
 
@@ -29,6 +31,10 @@ from jupyter_hwsched.scheduler.core import Scheduler
 class SchedulerHandler(JsonHandler):
     scheduler: Scheduler
     surface = "this scheduler"
+
+    def shown(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A session's view as this caller may see it."""
+        return view if access.may_read_view(self.who(), view) else access.public_view(view)
 
 
 class NodesHandler(SchedulerHandler):
@@ -38,6 +44,7 @@ class NodesHandler(SchedulerHandler):
 
 class NodeHandler(SchedulerHandler):
     def put(self, name: str) -> None:
+        access.require_node(self.who(), name, "register")
         node = NodeRegistration.from_json(self.json_body())
         check_protocol(node.protocol, f"node {name}", self.surface)
         gpus = [g.to_json() for g in node.gpus]
@@ -47,6 +54,7 @@ class NodeHandler(SchedulerHandler):
 
 class HeartbeatHandler(SchedulerHandler):
     def post(self, name: str) -> None:
+        access.require_node(self.who(), name, "send the heartbeat of")
         beat = Heartbeat.from_json(self.json_body())
         end = self.scheduler.heartbeat(name, list(beat.sessions), beat.stats.to_json())
         self.write_json({"end": end, "reasons": self.scheduler.end_reasons(end)})
@@ -55,43 +63,56 @@ class HeartbeatHandler(SchedulerHandler):
 class SessionsHandler(SchedulerHandler):
     def get(self) -> None:
         everything = self.get_argument("all", "") in ("1", "true")
-        self.write_json(self.scheduler.sessions(live_only=not everything))
+        views = self.scheduler.sessions(live_only=not everything)
+        self.write_json([self.shown(v) for v in views])
 
     def post(self) -> None:
         asked = SessionSubmission.from_json(self.json_body())
+        owner = access.submitter(self.who(), asked, self.scheduler.user_max_priority)
         session = self.scheduler.submit(
             asked.request,
             user=asked.user,
             host=asked.host,
-            group=asked.group,
+            group=owner.group if owner else asked.group,
             notebook=asked.notebook,
+            owner=owner,
         )
         self.write_json(session, status=201)
 
 
 class SessionHandler(SchedulerHandler):
     def get(self, session_id: str) -> None:
+        session = self.scheduler.find(session_id)
+        if not access.may_read(self.who(), session):
+            access.require_manager(self.who(), session, "read")
         self.write_json(self.scheduler.describe(session_id))
 
     def delete(self, session_id: str) -> None:
+        session = self.scheduler.find(session_id)
+        if not self.who().is_node(session.node):  # the node reports a session it ended
+            access.require_manager(self.who(), session, "end")
         reason = self.get_argument("reason", "released by the client")
         self.write_json(self.scheduler.end(session_id, reason[:500]))
 
 
 class RenewHandler(SchedulerHandler):
     def post(self, session_id: str) -> None:
+        access.require_manager(self.who(), self.scheduler.find(session_id), "renew")
         self.write_json(self.scheduler.renew(session_id))
 
 
 class RunningHandler(SchedulerHandler):
     def post(self, session_id: str) -> None:
-        body = self.body_object()
-        self.write_json(self.scheduler.mark_running(session_id, text_field(body, "node")))
+        node = text_field(self.body_object(), "node")
+        access.require_node(self.who(), node, "report sessions running on")
+        self.write_json(self.scheduler.mark_running(session_id, node))
 
 
 class PoolHandler(SchedulerHandler):
     def get(self) -> None:
-        self.write_json(self.scheduler.pool())
+        pool = self.scheduler.pool()
+        pool["queue"] = [self.shown(v) for v in pool["queue"]]
+        self.write_json(pool)
 
 
 class UsageHandler(SchedulerHandler):
@@ -124,8 +145,10 @@ class NotFoundHandler(JsonHandler):
         raise NotFoundError(f"no such endpoint: {self.request.method} {self.request.path}")
 
 
-def handlers(scheduler: Scheduler, token: str) -> list[tuple[str, type, dict[str, Any]]]:
-    kw = {"scheduler": scheduler, "token": token}
+def handlers(
+    scheduler: Scheduler, authenticate: Authenticator
+) -> list[tuple[str, type, dict[str, Any]]]:
+    kw = {"scheduler": scheduler, "authenticate": authenticate}
     name = f"({NODE_NAME_PATTERN})"
     sid = f"({SESSION_ID_PATTERN})"
     return [

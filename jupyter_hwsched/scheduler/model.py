@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from jupyter_hwsched.protocol.records import HOLDING_STATES, LIVE_STATES
+from jupyter_hwsched.protocol.records import HOLDING_STATES, LIVE_STATES, Identity
 from jupyter_hwsched.protocol.request import HardwareRequest
 
 __all__ = ["HOLDING_STATES", "LIVE_STATES", "Node", "Session", "WaitHistogram"]
@@ -67,6 +67,7 @@ class Session:
     busy: float = 0.0  # GPU-seconds the allocated GPUs were busy, from NVML samples
     secret_hash: str = ""  # sha256 of the secret its client shows the node agent
     notebook: str = ""  # the notebook the work comes from, where it comes from one
+    owner: Identity | None = None  # the verified account it runs as (pools with identities)
 
     @property
     def live(self) -> bool:
@@ -105,6 +106,7 @@ class Session:
             "busy": self.busy,
             "secret_hash": self.secret_hash,
             "notebook": self.notebook,
+            "owner": json.dumps(self.owner.to_json()) if self.owner else "",
         }
 
     @classmethod
@@ -128,6 +130,7 @@ class Session:
             busy=row.get("busy") or 0.0,
             secret_hash=row.get("secret_hash") or "",
             notebook=row.get("notebook") or "",
+            owner=Identity.from_json(json.loads(row["owner"])) if row.get("owner") else None,
         )
 
 

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     end_reason     TEXT,
     busy           REAL NOT NULL DEFAULT 0,
     secret_hash    TEXT NOT NULL DEFAULT '',
-    notebook       TEXT NOT NULL DEFAULT ''
+    notebook       TEXT NOT NULL DEFAULT '',
+    owner          TEXT NOT NULL DEFAULT ''  -- JSON Identity, verified; '' without identities
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_ended ON sessions(ended);
@@ -54,6 +55,7 @@ MIGRATIONS = [
     ("sessions", "busy", "REAL NOT NULL DEFAULT 0"),
     ("sessions", "secret_hash", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "notebook", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "owner", "TEXT NOT NULL DEFAULT ''"),
 ]
 
 

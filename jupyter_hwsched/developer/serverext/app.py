@@ -20,6 +20,7 @@ from jupyter_hwsched.developer.serverext.cluster import ClusterService
 from jupyter_hwsched.developer.serverext.handlers import HANDLERS
 from jupyter_hwsched.developer.serverext.runs import RunService
 from jupyter_hwsched.developer.settings import HwschedClient
+from jupyter_hwsched.protocol.clients import SchedulerClient
 
 
 class HwschedServerApp(ExtensionApp):
@@ -37,12 +38,15 @@ class HwschedServerApp(ExtensionApp):
         "the pool that 'hwsched up' started for this user.",
     )
 
-    def locate_scheduler(self) -> tuple[str, str, str]:
-        """This config's scheduler, else the client's settings (environment, discovery file)."""
+    def locate_scheduler(self) -> SchedulerClient | None:
+        """This config's scheduler, else the client's settings (environment, discovery file);
+        None while no pool can be found."""
         client = HwschedClient(parent=self.serverapp)
         if self.scheduler_url:
-            return self.scheduler_url, self.scheduler_token, client.ca_file
-        return client.url, self.scheduler_token or client.token, client.ca_file
+            client.url = self.scheduler_url
+        if self.scheduler_token:
+            client.token = self.scheduler_token
+        return client.scheduler() if client.url else None
 
     def on_a_node(self) -> bool:
         """Whether this server is a node agent (which runs no remote kernels of its own)."""

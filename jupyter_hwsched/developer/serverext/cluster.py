@@ -17,8 +17,8 @@ from jupyter_hwsched.protocol.errors import ForbiddenError, UnavailableError
 
 #: ends a session held by one of this server's kernels; True if one held it
 KernelReleaser = Callable[[str], Awaitable[bool]]
-#: where the scheduler is now: (url, token, CA file), ('', '', '') while no pool can be found
-Locator = Callable[[], tuple[str, str, str]]
+#: a client of the scheduler where one is configured now, else None
+Locator = Callable[[], SchedulerClient | None]
 
 
 class ClusterService:
@@ -39,9 +39,7 @@ class ClusterService:
         if self.scheduler is None:
             # looked up until found: a pool started after JupyterLab ('hwsched up' beside a
             # running server, a binder) is picked up from its discovery file
-            url, token, ca_file = self.locate()
-            if url:
-                self.scheduler = SchedulerClient(url, token, ca_file)
+            self.scheduler = self.locate()
         if self.scheduler is None:
             raise UnavailableError(
                 "no GPU pool is configured for this Jupyter server: start one with 'hwsched up', "

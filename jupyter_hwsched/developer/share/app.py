@@ -23,6 +23,7 @@ from tornado import httpserver, ioloop, web
 from tornado.netutil import bind_unix_socket
 from traitlets import Float, Unicode, default
 
+from jupyter_hwsched.developer.environment import identity_of
 from jupyter_hwsched.developer.share.sftp import SftpShare, check_share_user
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
@@ -34,6 +35,7 @@ from jupyter_hwsched.protocol.errors import (
     RequestError,
 )
 from jupyter_hwsched.protocol.handler import JsonHandler
+from jupyter_hwsched.protocol.identity import Signer, signed
 from jupyter_hwsched.protocol.records import HOLDING_STATES, ShareGrant
 
 
@@ -74,6 +76,14 @@ class SharesHandler(ShareHandlerBase):
         self.write_json(grant.to_json(), status=201)
 
 
+class CredentialsHandler(ShareHandlerBase):
+    """A credential for the calling OS user, signed with this machine's certificate: how a
+    client proves to the scheduler who it is (the user comes from the socket, not a claim)."""
+
+    def post(self) -> None:
+        self.write_json({"credential": self.agent.credential_for(self.caller())}, status=201)
+
+
 class ShareHandler(ShareHandlerBase):
     async def delete(self, session_id: str) -> None:
         share = self.agent.shares.get(session_id)
@@ -93,12 +103,30 @@ class ShareAgent:
         self.app = app
         self.log = app.log
         self.shares: dict[str, SftpShare] = {}
-        self.scheduler = SchedulerClient(app.scheduler_url, app.token, app.ca_file)
+        self.signer = Signer(app.machine_cert, app.machine_key) if app.machine_cert else None
+        self._schedulers: dict[int, SchedulerClient] = {}
+
+    def credential_for(self, user: pwd.struct_passwd) -> str:
+        if self.signer is None:
+            raise NotFoundError(
+                "this share agent has no machine certificate, so the pool has no identities: "
+                "clients use the pool token (HWSCHED_TOKEN)"
+            )
+        return self.signer.for_user(identity_of(user))
+
+    def scheduler(self, user: pwd.struct_passwd) -> SchedulerClient:
+        """The scheduler, asked as ``user`` (the pool token where there are no identities)."""
+        client = self._schedulers.get(user.pw_uid)
+        if client is None:
+            credential = signed(self.signer, identity_of(user)) if self.signer else self.app.token
+            client = SchedulerClient(self.app.scheduler_url, credential, self.app.ca_file)
+            self._schedulers[user.pw_uid] = client
+        return client
 
     async def open(self, session_id: str, user: pwd.struct_passwd) -> ShareGrant:
         if session_id in self.shares:
             raise RequestError(f"session {session_id} already has a share")
-        session = await self.scheduler.session(session_id)
+        session = await self.scheduler(user).session(session_id)
         if session.state not in HOLDING_STATES:
             raise RequestError(
                 f"session {session_id} is {session.state}: a share opens once it is placed"
@@ -134,9 +162,9 @@ class ShareAgent:
 
     async def watch(self) -> None:
         """Close shares whose session the scheduler reports ended or unknown."""
-        for session_id in list(self.shares):
+        for session_id, share in list(self.shares.items()):
             try:
-                session = await self.scheduler.session(session_id)
+                session = await self.scheduler(share.user).session(session_id)
             except NotFoundError:
                 await self.close(session_id, "the scheduler does not know the session")
                 continue
@@ -149,6 +177,8 @@ class ShareAgent:
     async def close_all(self) -> None:
         for session_id in list(self.shares):
             await self.close(session_id, "the share agent is stopping")
+        for client in self._schedulers.values():
+            client.close()
 
 
 class ShareAgentApp(ConfigFileApp):
@@ -169,6 +199,14 @@ class ShareAgentApp(ConfigFileApp):
     ca_file = Unicode(
         config=True, help="The pool CA's certificate, to verify the scheduler (env HWSCHED_CA)."
     )
+    machine_cert = Unicode(
+        "",
+        config=True,
+        help="This machine's certificate from the pool CA ('hwsched pki issue --role machine'): "
+        "with it the agent vouches for the machine's users. Keep its key readable by the "
+        "agent alone.",
+    )
+    machine_key = Unicode("", config=True, help="The machine certificate's key.")
     check_interval = Float(2.0, config=True, help="Seconds between checks of the open sessions.")
 
     aliases = {
@@ -232,7 +270,11 @@ class ShareAgentApp(ConfigFileApp):
         agent = ShareAgent(self)
         kw = {"agent": agent}
         app = web.Application(
-            [(r"/shares", SharesHandler, kw), (r"/shares/(\w+)", ShareHandler, kw)]
+            [
+                (r"/shares", SharesHandler, kw),
+                (r"/shares/(\w+)", ShareHandler, kw),
+                (r"/credentials", CredentialsHandler, kw),
+            ]
         )
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)

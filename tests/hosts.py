@@ -73,8 +73,6 @@ from typing import Any
 STATE = Path("/var/lib/hwsched-test/hosts")
 #: Where a host sees its private tree, :attr:`Host.root`.
 EXPORT = PurePosixPath("/srv/hwsched-export")
-#: The networks' addresses: network ``k`` is ``10.231.k.0/24``.
-SUPERNET = ipaddress.IPv4Network("10.231.0.0/16")
 NETNS_DIR = Path("/run/netns")
 PREFIX = "hwt-"
 
@@ -99,6 +97,13 @@ mkdir /srv/hwsched-export
 mount --bind "$2/root" /srv/hwsched-export
 echo "ready $$"
 exec sleep infinity </dev/null >/dev/null 2>&1
+"""
+
+
+# Run in each new network namespace, before its interfaces but lo are made.
+_NO_IPV6 = """
+[ -d /proc/sys/net/ipv6 ] || exit 0
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
 """
 
 
@@ -205,7 +210,7 @@ class Network:
         self.id = secrets.token_hex(3)
         self.dir = STATE / self.id
         self.switch = f"{PREFIX}{self.id}-sw"
-        self.subnet: ipaddress.IPv4Network | None = None
+        self.subnet: ipaddress.IPv4Network  # 10.231.k.0/24, once k is claimed
         self._hosts: dict[str, Host] = {}
         self._lock: int | None = None
         self._anchors: list[subprocess.Popen[bytes]] = []
@@ -254,7 +259,7 @@ class Network:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Network {self.id} {self.subnet} {self.addresses}>"
+        return f"<Network {self.id} {getattr(self, 'subnet', None)} {self.addresses}>"
 
     # ---- creating
 
@@ -270,6 +275,10 @@ class Network:
 
         _ip("-batch", "-", input="".join(f"netns add {ns}\n" for ns in self.namespaces))
         self._ns_ids.update(_netns_id(ns) for ns in self.namespaces)
+        # IPv4 only: no IPv6 on the interfaces made from here on (lo keeps ::1), so no
+        # link-local addresses and no router solicitations on the switch
+        for ns in self.namespaces:
+            _run(["nsenter", f"--net={NETNS_DIR / ns}", "sh", "-c", _NO_IPV6])
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
         for i, name in enumerate(self.names, 1):
             ns = f"{PREFIX}{self.id}-{name}"
@@ -361,12 +370,16 @@ class Network:
             raise RuntimeError(f"network {self.id} left things behind: " + "; ".join(problems))
 
 
-def _ip(*args: str, input: str | None = None) -> None:
+def _run(argv: list[str], input: str | None = None) -> None:
     proc = subprocess.run(
-        ["ip", *args], input=input, capture_output=True, text=True, timeout=30, check=False
+        argv, input=input, capture_output=True, text=True, timeout=30, check=False
     )
     if proc.returncode:
-        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()} (input: {input!r})")
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()} (input: {input!r})")
+
+
+def _ip(*args: str, input: str | None = None) -> None:
+    _run(["ip", *args], input=input)
 
 
 def _namespaces(prefix: str) -> list[str]:

@@ -46,6 +46,15 @@ def _root_netns() -> list[str]:
     return sorted(line.split()[0] for line in out.stdout.splitlines())
 
 
+def _cgroup_mounts(mountinfo: str) -> list[str]:
+    """The mount points of cgroup filesystems in a /proc/PID/mountinfo."""
+    return sorted(
+        line.split()[4]
+        for line in mountinfo.splitlines()
+        if line.split(" - ")[1].split()[0] in ("cgroup", "cgroup2")
+    )
+
+
 def _others(netns: list[str]) -> list[str]:
     """Namespaces not made by this harness (which may clear what a killed run left)."""
     return [ns for ns in netns if not ns.startswith("hwt-")]
@@ -119,11 +128,26 @@ def test_each_host_has_its_own_name_and_hosts_file(
         # nothing but eth0 and lo, and no way off the test network
         links = host.run(["ip", "-o", "link"]).stdout
         assert sorted(re.findall(r"^\d+: ([^:@]+)", links, re.MULTILINE)) == ["eth0", "lo"]
+        addrs = re.findall(
+            r"^\d+: (\S+)\s+(inet6?) (\S+)", host.run(["ip", "-o", "addr"]).stdout, re.M
+        )
+        assert sorted(addrs) == [
+            ("eth0", "inet", f"{host.address}/24"),
+            ("lo", "inet", "127.0.0.1/8"),
+            ("lo", "inet6", "::1/128"),
+        ]
         routes = host.run(["ip", "-4", "route"]).stdout.strip()
+        # the machine's cgroup mounts, which a dockerd in the host needs, are all there
+        assert _cgroup_mounts(host.run(["cat", "/proc/self/mountinfo"]).stdout) == (
+            _cgroup_mounts(Path("/proc/self/mountinfo").read_text())
+        )
+        assert host.run(["ip", "netns", "list"]).stdout == ""
         assert routes == f"{net.subnet} dev eth0 proto kernel scope link src {host.address}"
     assert socket.gethostname() == root_before["hostname"]
     assert Path("/etc/hosts").read_bytes() == root_before["etc_hosts"]
     assert _root_links() == root_before["links"]
+    switch = ["ip", "-n", net.switch, "-o", "addr"]
+    assert subprocess.run(switch, capture_output=True, text=True, check=True).stdout == ""
     root_addrs = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
     assert str(net.subnet.network_address)[:-1] not in root_addrs
 
@@ -234,7 +258,9 @@ def test_failed_creation_leaves_nothing(monkeypatch: pytest.MonkeyPatch, fail_at
     real_ip, real_wait_ready = hosts._ip, hosts._wait_ready
 
     def ip(*args: str, input: str | None = None) -> None:
-        seen.setdefault("id", re.search(r"hwt-([0-9a-f]+)-", " ".join(args) + (input or ""))[1])
+        found = re.search(r"hwt-([0-9a-f]+)-", " ".join(args) + (input or ""))
+        assert found
+        seen.setdefault("id", found[1])
         if fail_at == "veth" and "type veth" in (input or ""):
             seen["ns_id"] = hosts._netns_id(f"hwt-{seen['id']}-sw")
             raise RuntimeError("injected")

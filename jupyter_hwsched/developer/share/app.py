@@ -9,6 +9,7 @@ session ended or gone, so a client killed mid-run leaves no share open.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import pwd
 import shutil
@@ -16,6 +17,7 @@ import signal
 import socket
 import struct
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 from jupyter_core.paths import jupyter_runtime_dir
@@ -33,6 +35,7 @@ from jupyter_hwsched.protocol.errors import (
     HwschedError,
     NotFoundError,
     RequestError,
+    UnavailableError,
 )
 from jupyter_hwsched.protocol.handler import JsonHandler
 from jupyter_hwsched.protocol.identity import Signer, signed
@@ -134,6 +137,9 @@ class ShareAgent:
         if user.pw_uid != 0 and session.user != user.pw_name:
             raise ForbiddenError(f"session {session_id} belongs to another user")
         check_share_user(user)
+        if session.placement is None:
+            raise RequestError(f"session {session_id} has no node to share with")
+        node_addresses = await addresses_of(session.placement.agent_url)
         share = SftpShare(
             session_id=session_id,
             user=user,
@@ -141,6 +147,7 @@ class ShareAgent:
             ip=self.app.listen_ip,
             root=self.app.root,
             sshd_path=self.app.sshd_path,
+            allowed_from=node_addresses,
         )
         self.shares[session_id] = share
         try:
@@ -179,6 +186,21 @@ class ShareAgent:
             await self.close(session_id, "the share agent is stopping")
         for client in self._schedulers.values():
             client.close()
+
+
+async def addresses_of(url: str) -> tuple[str, ...]:
+    """The addresses a node agent's URL names: the only ones its share will accept."""
+    host = urlsplit(url).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return (host,)
+    except ValueError:
+        pass
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError as exc:
+        raise UnavailableError(f"cannot resolve the placed node {host!r}: {exc}") from None
+    return tuple(sorted({str(info[4][0]) for info in found}))
 
 
 class ShareAgentApp(ConfigFileApp):

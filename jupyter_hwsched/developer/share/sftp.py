@@ -80,6 +80,8 @@ class SftpShare:
     root: str
     sshd_path: str = "/usr/sbin/sshd"
     log_level: str = "INFO"
+    #: the addresses the placed node connects from; no other host may log in
+    allowed_from: tuple[str, ...] = ()
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     opened: float = field(default_factory=time.time)
@@ -94,7 +96,8 @@ class SftpShare:
         host_pub = keygen(self.directory / "host_key")
         client_pub = keygen(self.directory / "client_key")
         authorized = self.directory / "authorized_keys"
-        authorized.write_text(f"restrict {client_pub}\n")
+        only = f',from="{",".join(self.allowed_from)}"' if self.allowed_from else ""
+        authorized.write_text(f"restrict{only} {client_pub}\n")
         authorized.chmod(0o644)
         private_key = (self.directory / "client_key").read_text()
         (self.directory / "client_key").unlink()

@@ -25,7 +25,8 @@ def test_share_config_loads() -> None:
     app = ShareAgentApp()
     app.initialize([f"--config={SERVER / 'share_config.py'}"])
     assert app.listen_ip == "10.0.0.21"
-    assert app.scheduler_url.startswith("http://")
+    assert app.scheduler_url.startswith("https://")
+    assert app.machine_cert and app.ca_file
 
 
 def test_agent_config_names_real_settings() -> None:

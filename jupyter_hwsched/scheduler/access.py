@@ -88,6 +88,15 @@ def end_revoked(scheduler: Scheduler, revoked: Collection[str]) -> None:
             scheduler.end(session.id, reason, drain=True)
 
 
+def end_unowned(scheduler: Scheduler) -> None:
+    """A pool that starts checking identities ends the sessions made before, whose owner
+    nobody verified (their users ask again, as themselves)."""
+    for session in list(scheduler.live.values()):
+        if session.owner is None:
+            reason = "the pool now checks who asks: ask for the GPUs again"
+            scheduler.end(session.id, reason, drain=True)
+
+
 def may_manage(who: Principal, session: Session) -> bool:
     """The owner or an operator: end, renew, read in full."""
     return who.operator or who.is_user(session.user, session.host)

@@ -18,7 +18,12 @@ from jupyter_hwsched.protocol.appconfig import ConfigFileApp
 from jupyter_hwsched.protocol.identity import Verifier
 from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
 from jupyter_hwsched.protocol.tls import is_loopback, server_context
-from jupyter_hwsched.scheduler.access import Authenticator, Revocations, end_revoked
+from jupyter_hwsched.scheduler.access import (
+    Authenticator,
+    Revocations,
+    end_revoked,
+    end_unowned,
+)
 from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.store import Store
@@ -103,6 +108,8 @@ class SchedulerApp(ConfigFileApp):
             else None
         )
         authenticate = Authenticator(self.token, verifier)
+        if verifier is not None:
+            end_unowned(scheduler)
         app = web.Application(
             handlers(scheduler, authenticate), default_handler_class=NotFoundHandler
         )

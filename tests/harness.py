@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,7 +30,11 @@ from typing import Any
 
 import psutil
 
+from jupyter_hwsched.protocol.pki import init_ca, issue
+
 DEV_USER = "hwdev"
+#: the developer machine a pool with identities calls this machine
+MACHINE = "devbox-a"
 LEASE = 4.0
 
 
@@ -52,16 +57,24 @@ def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> 
 
 
 def call_json(
-    url: str, method: str, path: str, token: str, body: Any = None, timeout: float = 300
+    url: str,
+    method: str,
+    path: str,
+    token: str,
+    body: Any = None,
+    timeout: float = 300,
+    ca: str | None = None,
 ) -> Any:
-    """One JSON request with a token (a scheduler's, a Jupyter server's); None if no body."""
+    """One JSON request with a token (a scheduler's, a Jupyter server's); None if no body.
+    ``ca``: the pool CA, for an https URL."""
     request = urllib.request.Request(
         url + path,
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    context = ssl.create_default_context(cafile=ca) if ca else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         raw = response.read()
         return json.loads(raw) if raw else None
 
@@ -110,7 +123,11 @@ class Pool:
         before_agent: Callable[[Pool], None] | None = None,
         node_timeout: float = 10.0,
         lease: float = LEASE,
+        identities: bool = False,
     ) -> None:
+        """``identities``: TLS with a pool CA made for the pool, and callers with identities:
+        the share agent vouches for this machine's users (as machine ``MACHINE``), the node
+        signs for itself, and the pool token is the operator's; clients run without it."""
         Pool._count += 1
         self.workdir = workdir
         self.agent_args = agent_args
@@ -118,18 +135,27 @@ class Pool:
         self.node = node or f"test-node-{os.getpid()}-{Pool._count}"
         self.port = free_port()
         self.agent_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.identities = identities
+        self.url = f"{'https' if identities else 'http'}://127.0.0.1:{self.port}"
         # state outside /tmp: sshd's StrictModes refuses key files under world-writable dirs
         self.state = Path(f"/var/lib/hwsched-test/{os.getpid()}-{Pool._count}")
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(parents=True, mode=0o711)
         self.share_socket = str(self.state / "share.sock")
+        self.pki = self.state / "pki"
+        self.ca = str(init_ca(self.pki).cert) if identities else ""
+        self.revoked = self.state / "revoked"
         self.env = dict(
             os.environ,
             HWSCHED_URL=self.url,
             HWSCHED_TOKEN=self.token,
             HWSCHED_SHARE_SOCKET=self.share_socket,
+            HWSCHED_CA=self.ca,
             PYTHONUNBUFFERED="1",
+        )
+        #: what clients run with: without the pool token where callers have identities
+        self.client_env = (
+            {k: v for k, v in self.env.items() if k != "HWSCHED_TOKEN"} if identities else self.env
         )
         me = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
         self.services = [
@@ -143,6 +169,12 @@ class Pool:
                     f"--lease={lease}",
                     f"--node-timeout={node_timeout}",
                     "--SchedulerApp.tick_interval=0.25",
+                    *self.tls_args("scheduler", "scheduler", "SchedulerApp"),
+                    *(
+                        [f"--ca-file={self.ca}", f"--SchedulerApp.revoked_file={self.revoked}"]
+                        if identities
+                        else []
+                    ),
                 ],
                 self.env,
                 workdir / "scheduler.log",
@@ -165,6 +197,7 @@ class Pool:
                     f"--scheduler-url={self.url}",
                     f"--state-dir={self.state / 'share'}",
                     "--ShareAgentApp.check_interval=0.5",
+                    *self.machine_args(MACHINE),
                 ],
                 self.env,
                 workdir / "share.log",
@@ -192,11 +225,30 @@ class Pool:
                 "--AgentApp.share_check_interval=1",
                 "--AgentApp.allow_root=True",  # most tests run their clients as root
                 f"--ServerApp.root_dir={self.state}",
+                *self.tls_args(node, "node", "ServerApp"),
+                *([f"--AgentApp.ca_file={self.ca}"] if self.identities else []),
                 *args,
             ],
             self.env,
             self.workdir / f"{name}.log",
         )
+
+    def tls_args(self, name: str, role: str, app: str) -> list[str]:
+        """A certificate of the pool's CA for a service on 127.0.0.1 (with identities)."""
+        if not self.identities:
+            return []
+        made = issue(self.pki, name, role, self.pki / "issued", ("127.0.0.1",))
+        return [f"--{app}.certfile={made.cert}", f"--{app}.keyfile={made.key}"]
+
+    def machine_args(self, machine: str) -> list[str]:
+        """A share agent's machine certificate (with identities)."""
+        if not self.identities:
+            return []
+        made = issue(self.pki, machine, "machine", self.pki / "machines")
+        return [
+            f"--ShareAgentApp.machine_cert={made.cert}",
+            f"--ShareAgentApp.machine_key={made.key}",
+        ]
 
     def add_agent(self, node: str, simulate: str, *args: str) -> Service:
         """Another node in the same pool; it is stopped with the pool."""
@@ -213,7 +265,8 @@ class Pool:
     # talking to the scheduler directly
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
-        return call_json(self.url, method, path, self.token, body)
+        """A call to the scheduler with the pool token (the operator's, with identities)."""
+        return call_json(self.url, method, path, self.token, body, ca=self.ca or None)
 
     def pool(self) -> dict[str, Any]:
         return dict(self.api("GET", "/api/pool"))
@@ -320,7 +373,7 @@ class Pool:
         argv = self.client_cmd([str(Path(sys.executable).parent / "hwrun"), *args], user)
         return subprocess.run(
             argv,
-            env={**self.env, **(env or {})},
+            env={**self.client_env, **(env or {})},
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -334,7 +387,7 @@ class Pool:
         # its own process group, like a job in a terminal, so that Ctrl-C can be sent to it
         return subprocess.Popen(
             argv,
-            env=self.env,
+            env=self.client_env,
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

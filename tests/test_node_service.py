@@ -14,7 +14,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +235,16 @@ def test_a_heartbeat_ends_what_the_scheduler_ended(tmp_path: Path) -> None:
         assert w.kernels.stopped == [f"kernel-of-{asked.id}"]
 
     run(tmp_path, scenario)
+
+
+def test_work_runs_as_the_verified_owner_whatever_the_request_claims(tmp_path: Path) -> None:
+    owner = Identity("ann", 4321, 4321, "ann", str(tmp_path), (4321,))
+
+    async def scenario(w: World) -> None:
+        asked = await w.submit()
+        placed = await w.node.placed_session(asked.id, asked.secret)
+        claims_root = w.spec(tmp_path, uid=0)  # what a forged request would say
+        session = await w.node.start_session(claims_root, replace(placed, owner=owner))
+        assert (session.uid, session.gid, session.spec.user) == (4321, 4321, owner)
+
+    run(tmp_path, scenario, allow_root=False)  # and root is not allowed here at all

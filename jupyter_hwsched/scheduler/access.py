@@ -133,15 +133,15 @@ def require_node(who: Principal, name: str, action: str) -> None:
 
 def submitter(who: Principal, asked: SessionSubmission, max_priority: int) -> Identity | None:
     """Check a submission against its credential; the verified account the work runs as
-    (None where the pool has no identities, or an operator submits for someone)."""
+    (None where the pool has no identities, or an operator submits for someone). The
+    session's machine is the one that vouched for the user, whatever the request says."""
     if who.operator:
         return None
     if who.kind != "user" or who.user is None:
         raise ForbiddenError(f"{who.label} may not ask for GPUs: only users (and operators) may")
-    if (asked.user, asked.host) != (who.name, who.machine):
+    if asked.user != who.name:
         raise ForbiddenError(
-            f"you are {who.label}: a session is asked for as yourself, not as "
-            f"{asked.user}@{asked.host}"
+            f"you are {who.label}: a session is asked for as yourself, not as {asked.user}"
         )
     if asked.request.priority > max_priority:
         raise ForbiddenError(

@@ -72,7 +72,7 @@ class SessionsHandler(SchedulerHandler):
         session = self.scheduler.submit(
             asked.request,
             user=asked.user,
-            host=asked.host,
+            host=self.who().machine if owner else asked.host,
             group=owner.group if owner else asked.group,
             notebook=asked.notebook,
             owner=owner,

@@ -28,6 +28,13 @@ def scheduler_token() -> str:
     return os.environ.get(TOKEN_VARIABLE, "")
 
 
+def read_secret(path: str) -> str:
+    """A secret kept in a file (its first line): secrets never go on a command line, where
+    every user of the machine can read them."""
+    with open(path) as f:
+        return f.readline().strip()
+
+
 def share_socket() -> str:
     """The local share agent's unix socket from the environment, or ''."""
     return os.environ.get(SHARE_SOCKET_VARIABLE, "")

@@ -38,7 +38,12 @@ class SchedulerApp(ConfigFileApp):
         DEFAULT_SCHEDULER_PORT, config=True, help="Port to listen on (0 picks a free one)."
     )
     db = Unicode(config=True, help="SQLite file with the scheduler's state.")
-    token = Unicode(config=True, help="Token every request must carry (env HWSCHED_TOKEN).")
+    token = Unicode(
+        config=True,
+        help="The pool token: the operators' (env HWSCHED_TOKEN, or --token-file). Never put "
+        "it on a command line.",
+    )
+    token_file = Unicode("", config=True, help="A file (0600) whose first line is the token.")
     tick_interval = Float(1.0, config=True, help="Seconds between lease and node checks.")
     certfile = Unicode(
         "", config=True, help="Host certificate to serve HTTPS with (from 'hwsched pki issue')."
@@ -70,7 +75,7 @@ class SchedulerApp(ConfigFileApp):
         "ip": "SchedulerApp.ip",
         "port": "SchedulerApp.port",
         "db": "SchedulerApp.db",
-        "token": "SchedulerApp.token",
+        "token-file": "SchedulerApp.token_file",
         "certfile": "SchedulerApp.certfile",
         "keyfile": "SchedulerApp.keyfile",
         "ca-file": "SchedulerApp.ca_file",
@@ -85,6 +90,8 @@ class SchedulerApp(ConfigFileApp):
 
     @default("token")
     def _token_default(self) -> str:
+        if self.token_file:
+            return env.read_secret(self.token_file)
         return env.scheduler_token() or secrets.token_hex(16)
 
     def start(self) -> None:

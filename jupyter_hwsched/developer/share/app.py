@@ -238,7 +238,6 @@ class ShareAgentApp(ConfigFileApp):
         "listen-ip": "ShareAgentApp.listen_ip",
         "root": "ShareAgentApp.root",
         "scheduler-url": "ShareAgentApp.scheduler_url",
-        "token": "ShareAgentApp.token",
     }
 
     @default("socket_path")

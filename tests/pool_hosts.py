@@ -64,6 +64,8 @@ T = TypeVar("T")
 
 #: Where the pools keep their state (outside /tmp: sshd's StrictModes), one directory each.
 POOLS = Path("/var/lib/hwsched-test")
+#: This checkout: the services and clients run its code whatever the virtualenv has installed
+REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 HWRUN = str(VENV_BIN / "hwrun")
 HWSCHED = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
@@ -81,9 +83,9 @@ def _service_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("HWSCHED_", "DOCKER_", "JUPYTER_")) and k != "PATH"
+        if not k.startswith(("HWSCHED_", "DOCKER_", "JUPYTER_")) and k not in ("PATH", "PYTHONPATH")
     }
-    return {**env, "PATH": PATH, "PYTHONUNBUFFERED": "1", **extra}
+    return {**env, "PATH": PATH, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **extra}
 
 
 def _unused_port(taken: set[int]) -> int:
@@ -101,6 +103,26 @@ def _unused_port(taken: set[int]) -> int:
         taken.add(port)
         return port
     raise RuntimeError("no free port in 20000-29999")
+
+
+#: what a node agent logs when its extension failed: it then serves on without it, never ready
+_AGENT_FAILED = re.compile(r"jupyter_hwsched\.agent \| extension failed (loading|starting)")
+
+
+def _wait_ready(service: Service, marker: str, timeout: float) -> str:
+    """``service.wait_line(marker)``, but failing at once where the node agent's extension
+    failed (the server does not exit then)."""
+
+    def ready() -> str | None:
+        text = service.log.read_text(errors="replace")
+        if _AGENT_FAILED.search(text):
+            raise RuntimeError(f"{service.name} failed:\n{text[-3000:]}")
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited:\n{text[-3000:]}")
+        found = [line for line in text.splitlines() if line.startswith(marker)]
+        return found[0] if found else None
+
+    return str(wait_for(ready, timeout, f"{service.name} to start"))
 
 
 def in_netns(host: Host, call: Callable[[], T]) -> T:
@@ -264,6 +286,7 @@ class HostsPool:
             self.host(name).run(
                 ["mount", "-t", "tmpfs", "-o", "mode=0755,size=64k", "hwsched-mask", STATE]
             )
+        self._check_code()
         tls = self._certificates()
         self.dockerd = self._start_dockerd()
         sched = self.host(SCHEDULER)
@@ -294,11 +317,24 @@ class HostsPool:
             raise RuntimeError(f"the scheduler says {line!r}, not {self.scheduler_url}")
         wait_for(self._docker_up, 60, "node1's dockerd to answer")
         self.services["agent"] = self._agent_service(tls[NODE])
-        line = self.services["agent"].wait_line("HWSCHED_AGENT_READY", timeout=120)
+        line = _wait_ready(self.services["agent"], "HWSCHED_AGENT_READY", 120)
         if line.split()[1] != self.agent_url:
             raise RuntimeError(f"the agent says {line!r}, not {self.agent_url}")
         for name in DEVELOPERS:
             self.services[f"share-{name}"].wait_line("HWSCHED_SHARE_READY")
+
+    def _check_code(self) -> None:
+        """The hosts import this checkout's package (not a copy installed in the venv)."""
+        where = (
+            self.host(NODE)
+            .run(
+                [sys.executable, "-c", "import jupyter_hwsched; print(jupyter_hwsched.__file__)"],
+                env=_service_env(),
+            )
+            .stdout.strip()
+        )
+        if not Path(where).is_relative_to(REPO):
+            raise RuntimeError(f"the hosts would run {where}, not the code of {REPO}")
 
     def _certificates(self) -> dict[str, Any]:
         """The pool CA, and a certificate for each host in its role."""

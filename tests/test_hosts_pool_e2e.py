@@ -1,0 +1,109 @@
+"""End to end over separate hosts: hwrun on developer hosts, the scheduler and a GPU node each
+on a host of its own, every link TLS with the pool CA, clients identified by their machine.
+
+The pool is :class:`pool_hosts.HostsPool` (see there for how the hosts and the developer
+hosts' exported roots are made). Clients run inside ``dev1`` with no token: the share agent of
+their machine signs their credentials, and the work runs on ``node1`` as the account it
+verified.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from harness import DEV_USER
+from pool_hosts import DEVELOPERS, NODE, SCHEDULER, HostsPool, tcp_listeners
+
+pytestmark = pytest.mark.e2e
+
+GPU_PROBE = "import socket, os; print(socket.gethostname(), os.environ['CUDA_VISIBLE_DEVICES'])"
+
+
+@pytest.fixture(scope="module")
+def hosts_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostsPool]:
+    with HostsPool(tmp_path_factory.mktemp("hosts-pool")) as pool:
+        print(f"hosts pool started in {pool.started_in:.1f}s: {pool.addresses}")
+        yield pool
+
+
+@pytest.fixture
+def clean(hosts_pool: HostsPool) -> Iterator[HostsPool]:
+    """The pool, checked clean before and after the test."""
+    hosts_pool.assert_clean()
+    yield hosts_pool
+    hosts_pool.assert_clean(timeout=60)
+
+
+def test_a_run_from_dev1_as_root_lands_on_node1_and_leaves_nothing(clean: HostsPool) -> None:
+    work = clean.workdir_in("dev1", "root-work")
+    began = time.monotonic()
+    done = clean.hwrun("dev1", ["--gpu", "1", "--", "python", "-c", GPU_PROBE], cwd=work)
+    took = time.monotonic() - began
+    assert done.returncode == 0, clean.explain(done)
+    host, gpus = done.stdout.split()
+    assert host == NODE, clean.explain(done)
+    assert gpus in ("0", "1"), clean.explain(done)
+    print(f"hwrun on node1 from dev1 took {took:.1f}s")
+    # the GPU goes back, the container and the mount go away (waited for: the agent tears
+    # down after the client has its exit status)
+    clean.assert_clean()
+    assert clean.holders() == []
+    assert clean.containers() == []
+    assert clean.node_mounts() == []
+
+
+def test_a_run_as_hwdev_runs_as_the_verified_account(clean: HostsPool) -> None:
+    work = clean.workdir_in("dev1", "hwdev-work", owner=DEV_USER)
+    done = clean.hwrun(
+        "dev1",
+        ["--gpu", "1", "--", "sh", "-c", "id -u; id -un; hostname; touch by-hwdev"],
+        user=DEV_USER,
+        cwd=work,
+    )
+    assert done.returncode == 0, clean.explain(done)
+    assert done.stdout.split() == ["4321", DEV_USER, NODE], clean.explain(done)
+    assert (clean.host("dev1").root / "hwdev-work" / "by-hwdev").stat().st_uid == 4321
+    # the scheduler recorded the session as hwdev of dev1, as dev1's share agent vouched
+    sessions = clean.api("GET", "/api/sessions?all=1")
+    mine = [(s["host"], s["state"]) for s in sessions if s["user"] == DEV_USER]
+    assert mine == [("dev1", "ended")], sessions
+
+
+def test_what_a_run_writes_is_on_dev1_and_not_on_dev2(clean: HostsPool) -> None:
+    dev1, dev2 = clean.host("dev1"), clean.host("dev2")
+    work = clean.workdir_in("dev1", "written-work")
+    done = clean.hwrun(
+        "dev1", ["--gpu", "1", "--", "sh", "-c", "echo written on $(hostname) > out.txt"], cwd=work
+    )
+    assert done.returncode == 0, clean.explain(done)
+    target = str(work / "out.txt")
+    assert dev1.run(["cat", target]).stdout == f"written on {NODE}\n"
+    assert dev2.run(["test", "-e", target], check=False).returncode == 1
+    # nor by the machine's path of the tree: no developer host sees the private trees there
+    raw = str(dev1.root / "written-work" / "out.txt")
+    assert dev1.run(["test", "-e", raw], check=False).returncode == 1
+    assert dev2.run(["test", "-e", raw], check=False).returncode == 1
+    assert not (dev2.root / "written-work").exists()
+
+
+def test_nothing_listens_on_loopback(hosts_pool: HostsPool) -> None:
+    for port in (hosts_pool.scheduler_port, hosts_pool.agent_port):
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", port), timeout=5),
+        ):
+            pass
+    # in every host, each listening TCP socket is on the host's own address
+    listening = {}
+    for name in (*DEVELOPERS, SCHEDULER, NODE):
+        host = hosts_pool.host(name)
+        listening[name] = tcp_listeners(host.pid)
+        assert all(address == host.address for address, _ in listening[name]), listening
+    sched, node = hosts_pool.host(SCHEDULER), hosts_pool.host(NODE)
+    assert listening[SCHEDULER] == [(sched.address, hosts_pool.scheduler_port)]
+    assert listening[NODE] == [(node.address, hosts_pool.agent_port)]
+    assert hosts_pool.scheduler_url.startswith(f"https://{sched.address}:")
+    assert hosts_pool.agent_url.startswith(f"https://{node.address}:")

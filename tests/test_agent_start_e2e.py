@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
-from harness import Pool
+from harness import Pool, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -46,3 +48,26 @@ def test_agent_start_removes_leftover_containers_and_mounts(
         assert other.mounts() == []
     finally:
         other.stop()
+
+
+def test_an_agent_that_cannot_start_says_why_and_exits(tmp_path: Path) -> None:
+    """Not half-loaded: jupyter_server would serve on without the extension."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_hwsched.cli.hwsched",
+            "agent",
+            "--ip=127.0.0.1",
+            f"--port={free_port()}",
+            "--scheduler-url=http://127.0.0.1:1",
+            "--simulate-gpus=3xNOPE-XYZ",
+            f"--state-dir={tmp_path / 'state'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "the node agent cannot start: --simulate-gpus '3xNOPE-XYZ'" in done.stderr
+    assert "AttributeError" not in done.stderr

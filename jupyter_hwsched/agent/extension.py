@@ -145,20 +145,26 @@ class AgentApp(ExtensionApp):
                 env.INSECURE_VARIABLE,
             )
             self.exit(2)
-        self.node = NodeService(
-            node_name=self.node_name,
-            inventory=discover(self.simulate_gpus, self.node_name, self.simulate_if_no_gpu),
-            runner=self.runner_class(parent=self),
-            scheduler=SchedulerClient(self.scheduler_url, self.credential(), self.ca_file),
-            kernels=ServerKernels(self),
-            state_dir=Path(self.state_dir),
-            sshfs_options=list(self.sshfs_options),
-            labels=list(self.labels),
-            allow_root=self.allow_root,
-            log=self.log,
-        )
-        self.settings["hwsched_node"] = self.node
-        self.node.remove_leftovers()
+        try:
+            self.node = NodeService(
+                node_name=self.node_name,
+                inventory=discover(self.simulate_gpus, self.node_name, self.simulate_if_no_gpu),
+                runner=self.runner_class(parent=self),
+                scheduler=SchedulerClient(self.scheduler_url, self.credential(), self.ca_file),
+                kernels=ServerKernels(self),
+                state_dir=Path(self.state_dir),
+                sshfs_options=list(self.sshfs_options),
+                labels=list(self.labels),
+                allow_root=self.allow_root,
+                log=self.log,
+            )
+            self.settings["hwsched_node"] = self.node
+            self.node.remove_leftovers()
+        except Exception as exc:
+            # jupyter_server would log this and serve on without the extension, half-loaded:
+            # a node that cannot start says why in one line and exits
+            self.log.critical("the node agent cannot start: %s", exc)
+            raise SystemExit(1) from None
 
     def credential(self) -> str | Credential:
         """What the node's calls to the scheduler carry: credentials it signs with its own

@@ -10,10 +10,13 @@ verified.
 from __future__ import annotations
 
 import socket
+import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from capture import Capture
 from harness import DEV_USER
 from pool_hosts import DEVELOPERS, NODE, SCHEDULER, HostsPool, tcp_listeners
 
@@ -107,3 +110,55 @@ def test_nothing_listens_on_loopback(hosts_pool: HostsPool) -> None:
     assert listening[NODE] == [(node.address, hosts_pool.agent_port)]
     assert hosts_pool.scheduler_url.startswith(f"https://{sched.address}:")
     assert hosts_pool.agent_url.startswith(f"https://{node.address}:")
+
+
+CELL = """
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+shell.extension_manager.load_extension("jupyter_hwsched")
+result = shell.run_cell({cell!r})
+raise SystemExit(0 if result.success else 1)
+"""
+
+
+def test_a_capture_on_the_wire_shows_nothing_in_the_clear(clean: HostsPool) -> None:
+    """What an eavesdropper on dev1's, the scheduler's and node1's cables sees of a %%hwrun
+    cell: neither the code, nor its output, nor a credential, a session secret or a key."""
+    tag = uuid.uuid4().hex[:12]
+    code_marker, output = f"CODE-{tag}", f"OUTPUT-{tag}"
+    cell = f"%%hwrun --gpu 1\nprint('OUTPUT-' + {tag!r})  # {code_marker}\n"
+    work = clean.workdir_in("dev1", f"capture-{tag}")
+    dev1, node1 = clean.host("dev1"), clean.host(NODE)
+    control = f"CONTROL-{tag}".encode()
+    with Capture(clean.net, ["dev1", SCHEDULER, NODE]) as wire:
+        # a clear-text datagram from dev1 to node1: shows the capture would see clear text
+        dev1.run(
+            [
+                "python3",
+                "-c",
+                "import socket, sys; socket.socket(socket.AF_INET, socket.SOCK_DGRAM)"
+                f".sendto(sys.argv[1].encode(), ({node1.address!r}, 9))",
+                control.decode(),
+            ]
+        )
+        done = dev1.run(
+            [sys.executable, "-c", CELL.format(cell=cell)],
+            cwd=str(work),
+            env=clean.client_env("dev1"),
+            check=False,
+            timeout=180,
+        )
+    assert done.returncode == 0, clean.explain(done)
+    assert output in done.stdout, clean.explain(done)
+    assert wire.seen(control), "the capture saw nothing: it cannot vouch for anything"
+    assert wire.size > 100_000  # the run's traffic: TLS, and the share's SSH
+    secrets = {
+        "the cell's code": code_marker.encode(),
+        "the cell's output": output.encode(),
+        "the operator token": clean.token.encode(),
+        "a credential (JWT)": b"eyJhbGciOiJFUzI1NiIs",
+        "a token header": b"Authorization: token",
+        "the share's private key": b"OPENSSH PRIVATE KEY",
+    }
+    leaked = [what for what, data in secrets.items() if wire.seen(data)]
+    assert leaked == [], f"in the clear on the wire: {leaked}"

@@ -126,6 +126,9 @@ def test_bob_cannot_touch_alices_session(idpool: Pool) -> None:
             urllib.request.urlopen(agent, timeout=30, context=context)
         assert refused.value.code == 403
         refused.value.close()
+        # nor through its websocket (her command's stream), nor the node's kernel list
+        for path in (f"/hwsched/sessions/{session_id}/command", "/api/kernels"):
+            assert node_refuses(idpool, node_url, path, bob) == 403, path
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert out.split() == ["started", "done"]  # every line, after all of Bob's attempts
@@ -207,3 +210,35 @@ async def _operator_pool(pool: Pool) -> dict[str, Any]:
 
     async with SchedulerClient(pool.url, pool.token, pool.ca) as api:
         return await api.pool()
+
+
+def node_refuses(pool: Pool, node_url: str, path: str, credential: str) -> int:
+    """The status a node agent answers a request (a websocket upgrade for ``.../command``)
+    with ``credential``."""
+
+    async def attempt() -> int:
+        from tornado.httpclient import HTTPClientError, HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        scheme = "wss" if path.endswith("/command") else "https"
+        request = HTTPRequest(
+            node_url.replace("https", scheme, 1) + path,
+            headers={"Authorization": f"token {credential}"},
+            ssl_options=ssl.create_default_context(cafile=pool.ca),
+        )
+        try:
+            if scheme == "wss":
+                ws = await websocket_connect(request)
+                ws.close()
+                return 101
+            from tornado.httpclient import AsyncHTTPClient
+
+            client = AsyncHTTPClient(force_instance=True)
+            try:
+                return (await client.fetch(request)).code
+            finally:
+                client.close()
+        except HTTPClientError as exc:
+            return exc.code
+
+    return asyncio.run(attempt())

@@ -178,11 +178,22 @@ def test_root_runs_only_where_the_node_allows_it(tmp_path: Path) -> None:
     async def scenario(w: World) -> None:
         asked = await w.submit()
         placed = await w.node.placed_session(asked.id, asked.secret)
-        with pytest.raises(ForbiddenError, match="does not run work as root"):
+        with pytest.raises(ForbiddenError, match="does not run work as root for ann@"):
             await w.node.start_session(w.spec(tmp_path, uid=0), placed)
         assert w.node.sessions == {}
 
     run(tmp_path, scenario, allow_root=False)
+
+
+def test_root_for_the_users_the_operator_lists(tmp_path: Path) -> None:
+    async def scenario(w: World) -> None:
+        asked = await w.submit()
+        placed = await w.node.placed_session(asked.id, asked.secret)
+        session = await w.node.start_session(w.spec(tmp_path, uid=0), placed)
+        assert session.uid == 0
+
+    listed = (f"ann@{socket.gethostname()}",)
+    run(tmp_path, scenario, allow_root=False, root_users=listed)
 
 
 def test_a_failed_kernel_start_undoes_everything_and_says_why(tmp_path: Path) -> None:

@@ -76,6 +76,13 @@ class AgentApp(ExtensionApp):
         help="Run sessions whose developer is root (uid 0). Off on a shared node; 'hwsched up' "
         "turns it on, since there the developer and the node are the same machine.",
     )
+    root_users = List(
+        Unicode(),
+        [],
+        config=True,
+        help="Users who may run work as root here, as the scheduler verified them: "
+        "'root@dev-21' (where allow_root is off, as on a shared node).",
+    )
     share_check_interval = Float(
         5.0, config=True, help="Seconds between checks that each session's share still answers."
     )
@@ -156,6 +163,7 @@ class AgentApp(ExtensionApp):
                 sshfs_options=list(self.sshfs_options),
                 labels=list(self.labels),
                 allow_root=self.allow_root,
+                root_users=tuple(self.root_users),
                 log=self.log,
             )
             self.settings["hwsched_node"] = self.node

@@ -69,6 +69,7 @@ class NodeService:
         sshfs_options: list[str],
         labels: list[str],
         allow_root: bool = False,
+        root_users: tuple[str, ...] = (),
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.node_name = node_name
@@ -81,6 +82,7 @@ class NodeService:
         self.sshfs_options = sshfs_options
         self.labels = labels
         self.allow_root = allow_root
+        self.root_users = frozenset(root_users)
         self.log = log or logging.getLogger(__name__)
         self.public_url = ""
         self.sessions: dict[str, NodeSession] = {}
@@ -230,10 +232,11 @@ class NodeService:
                 f"node {self.node_name} runs work on its own filesystem (no container engine), "
                 f"so it takes sessions only from its own host, not from {placed.host}"
             )
-        if spec.user.uid == 0 and not self.allow_root:
+        asker = f"{placed.user}@{placed.host}"
+        if spec.user.uid == 0 and not (self.allow_root or asker in self.root_users):
             raise ForbiddenError(
-                "this node does not run work as root: run the client as your own user "
-                "(or start the agent with --AgentApp.allow_root=True)"
+                f"this node does not run work as root for {asker}: run the client as your own "
+                "user (or the node's operator lists you in --AgentApp.root_users)"
             )
         unknown = [i for i in placed.gpu_ids if i not in self.gpus]
         if unknown:

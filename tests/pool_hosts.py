@@ -71,7 +71,10 @@ HWRUN = str(VENV_BIN / "hwrun")
 HWSCHED = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
 DEVELOPERS = ("dev1", "dev2")
 SCHEDULER, NODE = "sched", "node1"
-HOST_NAMES = [*DEVELOPERS, SCHEDULER, NODE]
+#: a second GPU node's host: it holds a node certificate of its own and runs no agent, the
+#: vantage point of a node (or an impostor) that the sessions on node1 are none of its business
+OTHER_NODE = "node2"
+HOST_NAMES = [*DEVELOPERS, SCHEDULER, NODE, OTHER_NODE]
 PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _CLONE_NEWNET = 0x40000000
@@ -202,6 +205,7 @@ class HostsPool:
         self.scheduler_port = _unused_port(taken)
         self.agent_port = _unused_port(taken)
         self.started_in = 0.0  # seconds start() took
+        self.certificates: dict[str, Any] = {}  # role's name -> its issued certificate
 
     # ---- the hosts and where things are
 
@@ -287,7 +291,7 @@ class HostsPool:
                 ["mount", "-t", "tmpfs", "-o", "mode=0755,size=64k", "hwsched-mask", STATE]
             )
         self._check_code()
-        tls = self._certificates()
+        tls = self.certificates = self._certificates()
         self.dockerd = self._start_dockerd()
         sched = self.host(SCHEDULER)
         self.services["scheduler"] = Service(
@@ -346,6 +350,7 @@ class HostsPool:
         made = {
             "scheduler": issue(pki, SCHEDULER, "scheduler", issued, (sched.address,)),
             NODE: issue(pki, NODE, "node", issued, (node.address,)),
+            OTHER_NODE: issue(pki, OTHER_NODE, "node", issued, (self.host(OTHER_NODE).address,)),
         }
         for name in DEVELOPERS:
             made[name] = issue(pki, name, "machine", issued / name)

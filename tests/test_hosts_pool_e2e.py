@@ -9,16 +9,22 @@ verified.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
+import urllib.error
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from capture import Capture
-from harness import DEV_USER
-from pool_hosts import DEVELOPERS, NODE, SCHEDULER, HostsPool, tcp_listeners
+from harness import DEV_USER, UnixHTTPConnection
+from pool_hosts import DEVELOPERS, NODE, OTHER_NODE, SCHEDULER, HostsPool, tcp_listeners
+
+from jupyter_hwsched.protocol.identity import Signer
+from jupyter_hwsched.protocol.records import Identity
 
 pytestmark = pytest.mark.e2e
 
@@ -162,3 +168,73 @@ def test_a_capture_on_the_wire_shows_nothing_in_the_clear(clean: HostsPool) -> N
     }
     leaked = [what for what, data in secrets.items() if wire.seen(data)]
     assert leaked == [], f"in the clear on the wire: {leaked}"
+
+
+def test_the_share_admits_the_placed_node_only_and_nodes_speak_for_themselves(
+    clean: HostsPool,
+) -> None:
+    """Root on dev1 asks for a session and opens its share (as a client does); then node2,
+    another node's host, tries the share with the very key, and node1's name."""
+    certs = clean.certificates
+    root_dev1 = Signer(certs["dev1"].cert, certs["dev1"].key).for_user(
+        Identity("root", 0, 0, "root", "/root")
+    )
+    asked = {"request": {"gpus": 1}, "user": "root", "host": "dev1"}
+    session = clean.api("POST", "/api/sessions", asked, credential=root_dev1)
+    try:
+        assert session["state"] == "placed" and session["node"] == NODE
+        grant = share_of(clean.share_socket("dev1"), session["id"])
+        assert grant["host"] == clean.host("dev1").address
+        key = clean.dir / "grant-key"
+        key.write_text(grant["private_key"])
+        key.chmod(0o600)
+        known = clean.dir / "grant-known"
+        known.write_text(f"share {grant['host_key']}\n")
+        sftp = [
+            "sftp",
+            "-b",
+            "-",
+            "-i",
+            str(key),
+            "-P",
+            str(grant["port"]),
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            "HostKeyAlias=share",
+            "-o",
+            "BatchMode=yes",
+            f"{grant['user']}@{grant['host']}",
+        ]
+        elsewhere = clean.host(OTHER_NODE).run(sftp, input="ls /\n", check=False)
+        assert elsewhere.returncode != 0 and "Permission denied" in elsewhere.stderr
+        placed = clean.host(NODE).run(sftp, input="ls /\n", check=False)
+        assert placed.returncode == 0, placed.stderr
+        assert "/usr" in placed.stdout
+        # node2's own credential registers, beats and reports nothing as node1
+        node2 = Signer(certs[OTHER_NODE].cert, certs[OTHER_NODE].key).for_self()
+        for method, path, body in (
+            ("PUT", f"/api/nodes/{NODE}", {"url": "https://x:1", "gpus": [], "protocol": 1}),
+            ("POST", f"/api/nodes/{NODE}/heartbeat", {"sessions": []}),
+            ("POST", f"/api/sessions/{session['id']}/running", {"node": NODE}),
+        ):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                clean.api(method, path, body, credential=node2, via=OTHER_NODE)
+            assert refused.value.code == 403, (path, refused.value.reason)
+            assert f"node {OTHER_NODE} may not" in str(refused.value.reason)
+        assert clean.api("GET", f"/api/sessions/{session['id']}")["state"] == "placed"
+    finally:
+        clean.api("DELETE", f"/api/sessions/{session['id']}", credential=root_dev1)
+
+
+def share_of(socket_path: str, session_id: str) -> dict[str, Any]:
+    """What the share agent hands the client of a session: the share's grant."""
+    conn = UnixHTTPConnection(socket_path)
+    try:
+        conn.request("POST", "/shares", json.dumps({"session_id": session_id}))
+        answer = conn.getresponse()
+        body: dict[str, Any] = json.loads(answer.read())
+    finally:
+        conn.close()
+    assert answer.status == 201, body
+    return body

@@ -79,6 +79,23 @@ def call_json(
         return json.loads(raw) if raw else None
 
 
+def assert_nothing_left(
+    leftovers: Callable[[], dict[str, Any]], timeout: float, what: str, detail: str = ""
+) -> None:
+    """Wait until ``leftovers()`` finds nothing; else fail with what it last found."""
+    last: dict[str, Any] = {}
+
+    def clean() -> bool:
+        nonlocal last
+        last = leftovers()
+        return not last
+
+    try:
+        wait_for(clean, timeout, f"{what} to be clean")
+    except AssertionError:
+        raise AssertionError(f"left behind: {last}{detail}") from None
+
+
 class Service:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
@@ -346,17 +363,7 @@ class Pool:
 
     def assert_clean(self, timeout: float = 30.0) -> None:
         """Everything of every session is gone (waits out the asynchronous parts)."""
-        last: dict[str, Any] = {}
-
-        def clean() -> bool:
-            nonlocal last
-            last = self.leftovers()
-            return not last
-
-        try:
-            wait_for(clean, timeout, "the pool to be clean")
-        except AssertionError:
-            raise AssertionError(f"left behind: {last}") from None
+        assert_nothing_left(self.leftovers, timeout, "the pool")
 
     def client_cmd(self, argv: list[str], user: str | None = None) -> list[str]:
         # runuser without --login keeps the environment (HWSCHED_*), resets HOME and USER

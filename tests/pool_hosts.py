@@ -55,7 +55,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import psutil
-from harness import LEASE, Service, UnixHTTPConnection, wait_for
+from harness import LEASE, Service, UnixHTTPConnection, assert_nothing_left, wait_for
 from hosts import EXPORT, NETNS_DIR, PREFIX, STATE, Host, Network
 
 from jupyter_hwsched.protocol.pki import init_ca, issue
@@ -638,17 +638,7 @@ class HostsPool:
 
     def assert_clean(self, timeout: float = 30.0) -> None:
         """Nothing of any session is left (waits out the asynchronous parts)."""
-        last: dict[str, Any] = {}
-
-        def clean() -> bool:
-            nonlocal last
-            last = self.leftovers()
-            return not last
-
-        try:
-            wait_for(clean, timeout, "the hosts pool to be clean")
-        except AssertionError:
-            raise AssertionError(f"left behind: {last}\n{self.log_tails()}") from None
+        assert_nothing_left(self.leftovers, timeout, "the hosts pool", f"\n{self.log_tails()}")
 
     # ---- diagnostics
 

@@ -29,6 +29,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$VENV/bin/pip" install -q -U pip
 fi
 "$VENV/bin/pip" install -q "$HERE[test,lab]"
+# the Remote GPU kernelspec with this venv's interpreter by absolute path: front ends such as
+# VS Code run a kernelspec's argv with their own PATH
+"$VENV/bin/hwsched" kernelspec install >/dev/null
 chmod -R a+rX "$VENV"
 
 # a developer account that is not root, for tests of uid handling. '*' = no password but

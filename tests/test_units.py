@@ -97,7 +97,7 @@ def test_bridge_takes_another_port_when_its_port_was_taken_meanwhile() -> None:
     taker.listen()
     taken = taker.getsockname()[1]
     connection = {"ip": "127.0.0.1", "key": "k", "shell_port": taken}
-    bridge = KernelBridge(connection, "http://127.0.0.1:1", "k1", "s", no_shutdown)
+    bridge = KernelBridge(connection, no_shutdown)
     try:
         sock = bridge._bind("shell", zmq.ROUTER)
         port = bridge.connection["shell_port"]

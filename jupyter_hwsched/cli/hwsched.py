@@ -27,6 +27,10 @@ SUBCOMMANDS = {
         "run scheduler, node agent and share agent on this machine",
     ),
     "pki": ("jupyter_hwsched.cli.pki:main", "the pool's certificate authority (for operators)"),
+    "kernelspec": (
+        "jupyter_hwsched.developer.kernelspecs:main",
+        "install, list and remove Remote GPU kernelspecs",
+    ),
 }
 
 

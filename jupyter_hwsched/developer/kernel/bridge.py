@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,30 +25,57 @@ from jupyter_client.session import Session
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
 from jupyter_hwsched.protocol.errors import UnavailableError
+from jupyter_hwsched.protocol.version import __version__
 from jupyter_hwsched.protocol.websocket import open_websocket
 
 log = logging.getLogger(__name__)
 
 ShutdownHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
+#: what the bridge says of the kernel before the remote one answers for itself
+KERNEL_INFO: dict[str, Any] = {
+    "status": "ok",
+    "protocol_version": "5.3",
+    "implementation": "hwsched-remote",
+    "implementation_version": __version__,
+    "language_info": {
+        "name": "python",
+        "version": ".".join(map(str, sys.version_info[:3])),
+        "mimetype": "text/x-python",
+        "file_extension": ".py",
+        "pygments_lexer": "ipython3",
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "nbconvert_exporter": "python",
+    },
+    "banner": "Remote GPU kernel (jupyter-hwsched): waiting for its GPU",
+    "help_links": [],
+}
+
 
 class KernelBridge:
+    """``bind()`` serves the connection file's ports at once; ``attach()`` connects them to
+    the remote kernel once it exists. In between (the queue, the start on the node) the
+    bridge answers ``kernel_info`` itself, hands interrupts to ``on_interrupt`` and holds
+    every other request until the kernel is there."""
+
     def __init__(
         self,
         connection: dict[str, Any],
-        agent_url: str,
-        kernel_id: str,
-        secret: str,
         on_shutdown: ShutdownHandler,
         reconnect_for: float = 30.0,
         ca_file: str | None = None,
+        on_interrupt: ShutdownHandler | None = None,
     ) -> None:
         self.connection = connection
-        self.agent_url = agent_url
+        self.agent_url = ""
         self.ca_file = ca_file
-        self.path = f"/api/kernels/{kernel_id}/channels"
-        self.secret = secret
+        self.path = ""
+        self.secret = ""
         self.on_shutdown = on_shutdown
+        self.on_interrupt = on_interrupt
+        self.attached = asyncio.Event()
+        self.held: list[tuple[str, dict[str, Any]]] = []  # requests made before attach()
+        self.waiting = ""  # where the kernel is on its way, for a cell that waits
         key = connection.get("key", b"")
         self.session = Session(
             key=key.encode() if isinstance(key, str) else key,
@@ -113,16 +141,39 @@ class KernelBridge:
                 delay = min(2.0, delay * 2)
         return False
 
-    async def start(self) -> None:
+    async def start(self, agent_url: str, kernel_id: str, secret: str) -> None:
+        """Connect to the remote kernel, then serve the ports (a kernel that exists)."""
+        self._use(agent_url, kernel_id, secret)
         await self._connect()
+        self.bind()
+        self._attached()
+
+    def bind(self) -> None:
+        """Serve the connection file's ports (a kernel still on its way)."""
         for name in ("shell", "control", "stdin"):
             sock = self._bind(name, zmq.ROUTER)
             self.tasks.append(asyncio.create_task(self._from_clients(name, sock)))
         self._bind("iopub", zmq.PUB)
         hb = self._bind("hb", zmq.REP)
         self.tasks.append(asyncio.create_task(self._heartbeat(hb)))
+
+    async def attach(self, agent_url: str, kernel_id: str, secret: str) -> None:
+        """Connect the served ports to the remote kernel; pass on what was held."""
+        self._use(agent_url, kernel_id, secret)
+        await self._connect()
+        self._attached()
+        held, self.held = self.held, []
+        for channel, msg in held:
+            await self._to_kernel(channel, msg)
+
+    def _use(self, agent_url: str, kernel_id: str, secret: str) -> None:
+        self.agent_url, self.secret = agent_url, secret
+        self.path = f"/api/kernels/{kernel_id}/channels"
+
+    def _attached(self) -> None:
         self.reader = asyncio.create_task(self._from_kernel())
         self.tasks.append(self.reader)
+        self.attached.set()
 
     async def _heartbeat(self, sock: zmq.asyncio.Socket) -> None:
         while True:
@@ -149,7 +200,29 @@ class KernelBridge:
             if msg["header"]["msg_type"] == "shutdown_request":
                 await self.on_shutdown(msg)  # may stop this bridge, this task included
                 continue
+            if not self.attached.is_set():
+                await self._before_attach(channel, msg)
+                continue
             await self._to_kernel(channel, msg)
+
+    async def _before_attach(self, channel: str, msg: dict[str, Any]) -> None:
+        kind = msg["header"]["msg_type"]
+        if kind == "kernel_info_request":
+            self.busy_idle(msg, lambda: self.reply(channel, msg, "kernel_info_reply", KERNEL_INFO))
+        elif kind == "interrupt_request" and self.on_interrupt is not None:
+            self.reply(channel, msg, "interrupt_reply", {"status": "ok"})
+            await self.on_interrupt(msg)
+        else:
+            self.held.append((channel, msg))
+            if kind == "execute_request" and self.waiting:
+                self.notify(self.waiting)
+
+    def busy_idle(self, parent: dict[str, Any], between: Callable[[], None]) -> None:
+        """What a kernel publishes around a reply: busy, the reply, idle."""
+        iopub = self.sockets["iopub"]
+        self.session.send(iopub, "status", {"execution_state": "busy"}, parent=parent)
+        between()
+        self.session.send(iopub, "status", {"execution_state": "idle"}, parent=parent)
 
     async def _to_kernel(self, channel: str, msg: dict[str, Any]) -> None:
         wire: dict[str, object] = {
@@ -195,6 +268,8 @@ class KernelBridge:
     ) -> None:
         """Answer a client directly (e.g. a shutdown_reply), as the kernel would."""
         idents = self.routes.pop(parent["header"]["msg_id"], [])
+        if msg_type == "execute_reply":
+            self.in_flight.discard(parent["header"]["msg_id"])
         self.session.send(self.sockets[channel], msg_type, content, parent=parent, ident=idents)
 
     async def _from_kernel(self) -> None:

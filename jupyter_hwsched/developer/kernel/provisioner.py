@@ -13,6 +13,7 @@ Config comes from the kernelspec (``metadata.kernel_provisioner.config``: ``gpus
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -20,12 +21,15 @@ import typing as t
 from dataclasses import replace
 
 from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import Any, Float
 
 from jupyter_hwsched.developer.environment import caller_env
 from jupyter_hwsched.developer.kernel import registry
 from jupyter_hwsched.developer.kernel.bridge import KernelBridge
+from jupyter_hwsched.developer.kernel.launcher import launcher_args
+from jupyter_hwsched.developer.options import request_from_args
 from jupyter_hwsched.developer.session import RemoteSession, describe_gpus, kernel_argv
 from jupyter_hwsched.developer.settings import HwschedClient
 from jupyter_hwsched.protocol.errors import HwschedError
@@ -55,20 +59,32 @@ class RemoteGpuProvisioner(LocalProvisioner):
     idle_check_interval = Float(1.0, config=True, help="Seconds between idle checks.")
 
     remote: RemoteSession | None = None
+    spawned = False  # the launcher runs as a process (a blocking kernel manager)
     bridge: KernelBridge | None = None
     #: the request of a "Run on GPU" run: its GPU count and type replace the kernelspec's
     asked: HardwareRequest | None = None
     _idle_task: asyncio.Future[None] | None = None
 
+    def launcher_options(self) -> argparse.Namespace | None:
+        """The request and interpreter the kernelspec's argv gives its launcher."""
+        spec = self.kernel_spec
+        return launcher_args(list(spec.argv)) if spec is not None else None
+
     def request(self) -> HardwareRequest:
-        """The kernelspec's request; a run's own GPU count and type take the place of its."""
-        own = make_request(
-            gpus=self.gpus,
-            gpu_type=self.gpu_type,
-            gpu_mem=self.gpu_mem,
-            timeout=self.timeout,
-            node=self.node,
-            priority=self.priority,
+        """The kernelspec's request (its argv, or for an older spec its provisioner config);
+        a run's own GPU count and type take the place of its."""
+        options = self.launcher_options()
+        own = (
+            request_from_args(options)
+            if options is not None
+            else make_request(
+                gpus=self.gpus,
+                gpu_type=self.gpu_type,
+                gpu_mem=self.gpu_mem,
+                timeout=self.timeout,
+                node=self.node,
+                priority=self.priority,
+            )
         )
         if self.asked is None:
             return own
@@ -109,6 +125,13 @@ class RemoteGpuProvisioner(LocalProvisioner):
         return str(root) if root else os.getcwd()
 
     async def launch_kernel(self, cmd: list[str], **kwargs: t.Any) -> KernelConnectionInfo:
+        if not isinstance(self.parent, AsyncKernelManager):
+            # a blocking manager (jupyter console, scripts) turns its event loop only while
+            # it calls in, which would starve a relay here: start the kernelspec's argv, the
+            # launcher, as a process of its own, like a local kernel
+            self.spawned = True
+            result: KernelConnectionInfo = await super().launch_kernel(cmd, **kwargs)
+            return result
         state = getattr(self, "_attach_state", None)
         if self.remote is None and state is not None:
             # a restarted server takes over a remote kernel that kept running
@@ -122,7 +145,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
                 HwschedClient(parent=self),
                 self.request(),
                 "kernel",
-                kernel_argv(),
+                kernel_argv(options.python if (options := self.launcher_options()) else None),
                 cwd=kwargs.get("cwd") or self.default_cwd(),
                 env=caller_env(env),
                 notebook=env.get("JPY_SESSION_NAME", ""),
@@ -142,14 +165,9 @@ class RemoteGpuProvisioner(LocalProvisioner):
         placement = self.remote.record.placement
         assert placement is not None, "an acquired session is placed"
         self.bridge = KernelBridge(
-            dict(self.connection_info),
-            placement.agent_url,
-            self.remote.kernel_id,
-            self.remote.secret,
-            self._on_shutdown,
-            ca_file=self.remote.settings.ca_file,
+            dict(self.connection_info), self._on_shutdown, ca_file=self.remote.settings.ca_file
         )
-        await self.bridge.start()
+        await self.bridge.start(placement.agent_url, self.remote.kernel_id, self.remote.secret)
         ports = self.bridge.connection  # the ports it bound, which may differ from those picked
         info = self.connection_info
         info["shell_port"], info["iopub_port"] = ports["shell_port"], ports["iopub_port"]
@@ -211,20 +229,28 @@ class RemoteGpuProvisioner(LocalProvisioner):
 
     @property
     def has_process(self) -> bool:
+        if self.spawned:
+            return bool(super().has_process)
         return self.bridge is not None
 
     async def poll(self) -> int | None:
+        if self.spawned:
+            return await super().poll()
         if self.bridge is None or self.bridge.closed.is_set():
             return 0
         return None
 
     async def wait(self) -> int | None:
+        if self.spawned:
+            return await super().wait()
         if self.bridge is not None:
             await self.bridge.closed.wait()
         return 0
 
     async def send_signal(self, signum: int) -> None:
         """SIGINT interrupts the remote kernel (the fallback of message-mode interrupts)."""
+        if self.spawned:
+            return await super().send_signal(signum)
         if signum == signal.SIGINT and self.remote is not None and self.remote.agent:
             assert self.remote.kernel_id is not None
             await self.remote.agent.interrupt(self.remote.kernel_id)
@@ -232,6 +258,8 @@ class RemoteGpuProvisioner(LocalProvisioner):
             await self.kill()
 
     async def kill(self, restart: bool = False) -> None:
+        if self.spawned:
+            return await super().kill(restart=restart)
         if self.bridge is not None:
             await self.bridge.stop()
         if restart and self.remote is not None and not self.remote.releasing:
@@ -241,9 +269,13 @@ class RemoteGpuProvisioner(LocalProvisioner):
                 self.log.warning("restarting the remote kernel failed: %s", exc)
 
     async def terminate(self, restart: bool = False) -> None:
+        if self.spawned:
+            return await super().terminate(restart=restart)
         await self.kill(restart=restart)
 
     async def cleanup(self, restart: bool = False) -> None:
+        if self.spawned:
+            return await super().cleanup(restart=restart)
         if self.bridge is not None:
             await self.bridge.stop()
             self.bridge = None

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +32,8 @@ from jupyter_hwsched.protocol.websocket import open_websocket
 log = logging.getLogger(__name__)
 
 ShutdownHandler = Callable[[dict[str, Any]], Awaitable[None]]
+#: how many passed-on request ids the bridge remembers (their output may come much later)
+SENT_KEPT = 10_000
 
 #: what the bridge says of the kernel before the remote one answers for itself
 KERNEL_INFO: dict[str, Any] = {
@@ -76,6 +79,10 @@ class KernelBridge:
         self.attached = asyncio.Event()
         self.held: list[tuple[str, dict[str, Any]]] = []  # requests made before attach()
         self.waiting = ""  # where the kernel is on its way, for a cell that waits
+        self.announced_busy: set[str] = set()  # held requests already said busy for
+        #: the requests this bridge passed on, newest last: the node's server nudges the
+        #: kernel with requests of its own, whose output no client here asked for
+        self.sent: OrderedDict[str, None] = OrderedDict()
         key = connection.get("key", b"")
         self.session = Session(
             key=key.encode() if isinstance(key, str) else key,
@@ -214,8 +221,14 @@ class KernelBridge:
             await self.on_interrupt(msg)
         else:
             self.held.append((channel, msg))
-            if kind == "execute_request" and self.waiting:
-                self.notify(self.waiting)
+            if kind == "execute_request":
+                # busy now, as a kernel says at once; the remote kernel's own busy for this
+                # request is dropped later, so that a client sees one
+                iopub = self.sockets["iopub"]
+                self.session.send(iopub, "status", {"execution_state": "busy"}, parent=msg)
+                self.announced_busy.add(msg["header"]["msg_id"])
+                if self.waiting:
+                    self.notify(self.waiting)
 
     def busy_idle(self, parent: dict[str, Any], between: Callable[[], None]) -> None:
         """What a kernel publishes around a reply: busy, the reply, idle."""
@@ -234,6 +247,9 @@ class KernelBridge:
             "buffers": [],
         }
         text = json.dumps(wire)
+        self.sent[msg["header"]["msg_id"]] = None
+        while len(self.sent) > SENT_KEPT:
+            self.sent.popitem(last=False)
         for _ in range(2):  # once more after a reconnect
             try:
                 await asyncio.wait_for(self.connected.wait(), self.reconnect_for)
@@ -285,6 +301,8 @@ class KernelBridge:
             channel = msg.pop("channel", "iopub")
             msg.pop("buffers", None)
             if channel == "iopub":
+                if self._announced(msg):
+                    continue
                 self.session.send(self.sockets["iopub"], msg)
             elif channel in ("shell", "control", "stdin"):
                 parent_id = (msg.get("parent_header") or {}).get("msg_id", "")
@@ -298,6 +316,18 @@ class KernelBridge:
                 )
                 self.session.send(self.sockets[channel], msg, ident=idents)
         self.closed.set()
+
+    def _announced(self, msg: dict[str, Any]) -> bool:
+        """Output not for this bridge's clients: the remote kernel's busy for a request the
+        bridge already said busy for, or what the node's own requests caused."""
+        parent = (msg.get("parent_header") or {}).get("msg_id", "")
+        if parent and parent not in self.sent:
+            return True
+        content = msg.get("content") or {}
+        if parent in self.announced_busy and content.get("execution_state") == "busy":
+            self.announced_busy.discard(parent)
+            return True
+        return False
 
     async def stop(self) -> None:
         self.stopping = True

@@ -13,7 +13,10 @@ from jupyter_hwsched.protocol.request import HardwareRequest, make_request
 F = TypeVar("F", bound=Callable[..., Any])
 
 REQUEST_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (("--gpu",), {"default": "1", "metavar": "N", "help": "number of GPUs (default 1)"}),
+    (
+        ("--gpu", "--gpus"),
+        {"default": "1", "dest": "gpu", "metavar": "N", "help": "number of GPUs (default 1)"},
+    ),
     (
         ("--gpu-type",),
         {"default": None, "metavar": "T", "help": "GPU model, e.g. A100 or A100-80GB"},

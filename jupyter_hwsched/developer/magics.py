@@ -28,7 +28,12 @@ from jupyter_hwsched.developer.loop import BackgroundLoop
 from jupyter_hwsched.developer.options import request_arguments, request_from_args
 from jupyter_hwsched.developer.outputs import OutputRelay, RemoteError, RemoteResult
 from jupyter_hwsched.developer.render import render_pool
-from jupyter_hwsched.developer.session import RemoteSession, describe_gpus, kernel_argv
+from jupyter_hwsched.developer.session import (
+    RemoteSession,
+    describe_gpus,
+    kernel_argv,
+    phase_words,
+)
 from jupyter_hwsched.developer.settings import HwschedClient
 from jupyter_hwsched.developer.transfer import PULL_EXPRESSION, names, pack, pull_expression, unpack
 from jupyter_hwsched.protocol.errors import HwschedError, RequestError, SessionEnded
@@ -61,15 +66,11 @@ def _escape(text: str) -> str:
 def phase_text(phase: str, info: SessionRecord | None, session: RemoteSession) -> str:
     if info is None:
         return phase
-    if phase == "queued":
-        return f"queued, position {info.position}: {info.waiting_for or ''}"
+    if phase in ("queued", "placed", "sharing"):
+        return phase_words(phase, info)
     where = f"{info.node}, {describe_gpus(info)}"
-    if phase == "placed":
-        return f"placed on {where}; mounting your environment"
-    if phase == "sharing":
-        return f"placed on {where}; starting the kernel"
     if phase == "ready":
-        return f"running on {where} (waited {session.timings.waited():.1f} s)"
+        return f"{phase_words(phase, info)} (waited {session.timings.waited():.1f} s)"
     if phase == "kept":
         return f"running on {where} (kept session)"
     if phase == "kept-idle":

@@ -50,6 +50,18 @@ def describe_gpus(session: SessionRecord) -> str:
     return ", ".join(parts)
 
 
+def phase_words(phase: str, info: SessionRecord) -> str:
+    """How a start phase reads wherever it is shown: a cell's status line, a kernel's log."""
+    if phase == "queued":
+        return f"queued, position {info.position}: {info.waiting_for or ''}"
+    where = f"{info.node}, {describe_gpus(info)}"
+    if phase == "placed":
+        return f"placed on {where}; mounting your environment"
+    if phase == "sharing":
+        return f"placed on {where}; starting the kernel"
+    return f"running on {where}"
+
+
 @dataclass
 class Timings:
     submitted: float = 0.0

@@ -27,7 +27,7 @@ from typing import Any
 from jupyter_hwsched.developer.environment import caller_env
 from jupyter_hwsched.developer.kernel.bridge import KernelBridge
 from jupyter_hwsched.developer.options import add_request_arguments, request_from_args
-from jupyter_hwsched.developer.session import RemoteSession, describe_gpus, kernel_argv
+from jupyter_hwsched.developer.session import RemoteSession, kernel_argv, phase_words
 from jupyter_hwsched.developer.settings import HwschedClient
 from jupyter_hwsched.protocol.errors import HwschedError
 from jupyter_hwsched.protocol.records import SessionRecord
@@ -62,14 +62,8 @@ def launcher_args(argv: list[str]) -> argparse.Namespace | None:
 
 def phase_line(phase: str, info: SessionRecord) -> str:
     """One line for the launcher's log and the waiting cell, per start phase."""
-    if phase == "queued":
-        return f"[hwsched] waiting for a GPU: queued, position {info.position}: {info.waiting_for}"
-    where = f"{info.node}, {describe_gpus(info)}"
-    if phase == "ready":
-        return f"[hwsched] the kernel runs on {where}"
-    if phase == "placed":
-        return f"[hwsched] placed on {where}; mounting your environment there"
-    return f"[hwsched] starting the kernel on {where}"
+    waiting = "waiting for a GPU: " if phase == "queued" else ""
+    return f"[hwsched] {waiting}{phase_words(phase, info)}"
 
 
 class Launcher:

@@ -170,3 +170,14 @@ def test_a_client_of_another_protocol_is_told_to_upgrade(scheduler: tuple[str, s
 
     with pytest.raises(VersionError, match=r"this client speaks protocol .*upgrade"):
         asyncio.run(ask())
+
+
+def test_a_scheduler_without_a_ca_tells_a_signed_credential_what_to_do() -> None:
+    from jupyter_hwsched.protocol.errors import AuthError
+    from jupyter_hwsched.scheduler.access import Authenticator
+
+    with pytest.raises(AuthError, match=r"checks no identities .*sign_with_certificate=False"):
+        Authenticator("the-token")("eyJhbGciOiJFUzI1NiJ9.e30.c2ln")
+    with pytest.raises(AuthError, match="refused the token"):
+        Authenticator("the-token")("another-token")
+    assert Authenticator("the-token")("the-token").operator

@@ -65,6 +65,12 @@ class Authenticator:
 
     def __call__(self, credential: str) -> Principal:
         if self.verifier is None:
+            if credential.startswith("eyJ") and credential.count(".") == 2:
+                raise AuthError(
+                    "this scheduler checks no identities (it has no --ca-file), so it takes "
+                    "the pool token only: give it the pool CA, or send the token (a node: "
+                    "--AgentApp.sign_with_certificate=False)"
+                )
             check_token(credential, self.token)
             return OPERATOR
         if not credential:

@@ -81,7 +81,7 @@ class KernelBridge:
         self.waiting = ""  # where the kernel is on its way, for a cell that waits
         self.announced_busy: set[str] = set()  # held requests already said busy for
         #: the requests this bridge passed on, newest last: the node's server nudges the
-        #: kernel with requests of its own, whose output no client here asked for
+        #: kernel with kernel_info requests of its own, whose status no client here asked for
         self.sent: OrderedDict[str, None] = OrderedDict()
         key = connection.get("key", b"")
         self.session = Session(
@@ -319,9 +319,12 @@ class KernelBridge:
 
     def _announced(self, msg: dict[str, Any]) -> bool:
         """Output not for this bridge's clients: the remote kernel's busy for a request the
-        bridge already said busy for, or what the node's own requests caused."""
-        parent = (msg.get("parent_header") or {}).get("msg_id", "")
-        if parent and parent not in self.sent:
+        bridge already said busy for, or the status the node's server causes when it nudges
+        the kernel with a kernel_info_request of its own."""
+        parent_header = msg.get("parent_header") or {}
+        parent = parent_header.get("msg_id", "")
+        nudge = parent_header.get("msg_type") == "kernel_info_request"
+        if parent and nudge and parent not in self.sent:
             return True
         content = msg.get("content") or {}
         if parent in self.announced_busy and content.get("execution_state") == "busy":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import venv
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,27 @@ def test_current_directory_under_tmp(clean_pool: Pool, tmp_path: Path) -> None:
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert "private to each GPU node" in line
+
+
+def test_a_program_under_tmp_is_refused_before_anything_is_asked(
+    clean_pool: Pool, workspace: Path, tmp_path: Path
+) -> None:
+    """A venv under /tmp first in PATH: the node would run its own python, or none."""
+    env_dir = tmp_path / "venv-in-tmp"
+    venv.create(env_dir, with_pip=False)
+    path = f"{env_dir / 'bin'}:{os.environ['PATH']}"
+    result = clean_pool.hwrun(
+        ["--gpu", "1", "--", "python", "-c", "print(1)"], cwd=str(workspace), env={"PATH": path}
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert f"python is {env_dir}/bin/python, under /tmp" in line
+    assert "private to each GPU node" in line and "python3 -m venv" in line
+    assert clean_pool.api("GET", "/api/sessions") == []  # nothing was queued
+    moved = clean_pool.hwrun(
+        ["--gpu", "1", "--", "true"],
+        cwd=str(workspace),
+        env={"PYTHONPATH": str(tmp_path / "mods")},
+    )
+    assert moved.returncode == 2
+    assert f"PYTHONPATH names {tmp_path / 'mods'}, under /tmp" in moved.stderr

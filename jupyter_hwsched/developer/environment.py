@@ -5,8 +5,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import socket
 
+from jupyter_hwsched.protocol.errors import RequestError
 from jupyter_hwsched.protocol.records import Identity
 
 #: variables that only make sense on the caller's machine, or are secrets of the client
@@ -87,3 +89,38 @@ def caller_identity() -> Identity:
 
 def caller_host() -> str:
     return socket.gethostname()
+
+
+#: what each GPU node keeps its own: the caller's files there are not the node's
+PRIVATE = "/tmp"
+
+
+def private(path: str) -> bool:
+    """Whether a path lies where the node has its own files, not the caller's."""
+    absolute = os.path.abspath(path)
+    return absolute == PRIVATE or absolute.startswith(PRIVATE + "/")
+
+
+def check_visible(argv: list[str], env: dict[str, str], cwd: str) -> None:
+    """Refuse, before anything is asked of the pool, a run that needs a path the node cannot
+    see: it would run another program there, or none, and say nothing of why."""
+    why = "which stays private to each GPU node"
+    if private(cwd):
+        raise RequestError(
+            f"the current directory {cwd} is under {PRIVATE}, {why}: run from a directory "
+            "outside it (your home or a project directory)"
+        )
+    program = argv[0]
+    found = program if "/" in program else shutil.which(program, path=env.get("PATH"))
+    if found and private(found):
+        raise RequestError(
+            f"{program} is {found}, under {PRIVATE}, {why}: the node would run another "
+            f"{os.path.basename(program)} or none. Install it outside {PRIVATE} (for a venv: "
+            "python3 -m venv ~/venvs/NAME)"
+        )
+    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
+        if entry and private(entry):
+            raise RequestError(
+                f"PYTHONPATH names {entry}, under {PRIVATE}, {why}: the node would import "
+                f"other modules or none. Move them outside {PRIVATE}"
+            )

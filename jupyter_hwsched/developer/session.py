@@ -16,7 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from jupyter_hwsched.developer.environment import caller_env, caller_host, caller_identity
+from jupyter_hwsched.developer.environment import (
+    caller_env,
+    caller_host,
+    caller_identity,
+    check_visible,
+)
 from jupyter_hwsched.developer.settings import HwschedClient
 from jupyter_hwsched.protocol.clients import AgentClient, ShareClient
 from jupyter_hwsched.protocol.errors import HwschedError, SessionEnded
@@ -116,6 +121,8 @@ class RemoteSession:
             raise
 
     async def _acquire(self, progress: ProgressCallback) -> SessionRecord:
+        if self.argv:
+            check_visible(self.argv, self.env, self.cwd)
         self.timings.submitted = time.time()
         me = caller_identity()
         info = await self.scheduler.submit(

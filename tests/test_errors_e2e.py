@@ -92,10 +92,3 @@ def test_a_program_under_tmp_is_refused_before_anything_is_asked(
     assert f"python is {env_dir}/bin/python, under /tmp" in line
     assert "private to each GPU node" in line and "python3 -m venv" in line
     assert clean_pool.api("GET", "/api/sessions") == []  # nothing was queued
-    moved = clean_pool.hwrun(
-        ["--gpu", "1", "--", "true"],
-        cwd=str(workspace),
-        env={"PYTHONPATH": str(tmp_path / "mods")},
-    )
-    assert moved.returncode == 2
-    assert f"PYTHONPATH names {tmp_path / 'mods'}, under /tmp" in moved.stderr

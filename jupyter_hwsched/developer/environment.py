@@ -118,9 +118,3 @@ def check_visible(argv: list[str], env: dict[str, str], cwd: str) -> None:
             f"{os.path.basename(program)} or none. Install it outside {PRIVATE} (for a venv: "
             "python3 -m venv ~/venvs/NAME)"
         )
-    for entry in env.get("PYTHONPATH", "").split(os.pathsep):
-        if entry and private(entry):
-            raise RequestError(
-                f"PYTHONPATH names {entry}, under {PRIVATE}, {why}: the node would import "
-                f"other modules or none. Move them outside {PRIVATE}"
-            )

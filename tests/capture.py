@@ -8,8 +8,6 @@ frame until it is closed. ``seen(b"...")`` says whether some bytes crossed in th
 
 from __future__ import annotations
 
-import ctypes
-import os
 import select
 import socket
 import threading
@@ -17,8 +15,8 @@ from pathlib import Path
 from types import TracebackType
 
 from hosts import NETNS_DIR, Network
+from netns import enter
 
-_CLONE_NEWNET = 0x40000000
 _ETH_P_ALL = 0x0003
 _LIMIT = 512 * 1024 * 1024  # bytes kept at most
 
@@ -60,13 +58,7 @@ class Capture:
     def _run(self) -> None:
         sockets: list[socket.socket] = []
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(self.netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns into {self.netns}")
-            finally:
-                os.close(fd)
+            enter(self.netns)
             for port in self.ports:
                 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ALL))
                 sock.bind((port, _ETH_P_ALL))

@@ -1,4 +1,4 @@
-"""A pool spread over separate test hosts: every part on its own host, over TLS, with identities.
+"""A pool spread over test hosts: every part on its own host, over TLS, with identities.
 
 The hosts come from :class:`hosts.Network` (network, UTS and mount namespaces, addresses on a
 private /24): ``dev1`` and ``dev2`` are developer machines, ``sched`` runs the scheduler and
@@ -21,20 +21,16 @@ is rooted there, so the developer's python, ``/usr``, ``/etc`` and ``/opt`` are 
 :data:`hosts.EXPORT` (``/srv/hwsched-export``) in that host alone: work directories live
 there, so what a run writes on ``dev1`` is in ``dev1``'s tree and nowhere in ``dev2``'s. In
 the developer hosts :data:`hosts.STATE` is covered by an empty tmpfs too, so that no host
-reaches another's private tree through the machine's paths. The node's mounts and the agent's
-state are no FUSE loop: the node mounts the share in its own mount namespace, which the
-developer hosts do not see (their copy of the agent's state directory stays empty).
+reaches another's private tree through the machine's paths. There is no FUSE loop: the node
+mounts the share in its own mount namespace, which the developer hosts do not see.
 
-Each service logs to a file in the given work directory (:meth:`HostsPool.log_tails` gives
-their ends for failure messages). Stopping stops the services, checks that no container,
-mount or process is left, stops the Docker Engine last, closes the network and removes every
-directory the pool made, and raises if anything stayed. Needs root, like ``hosts.py``.
+Services log to files in the work directory. Stopping checks that nothing is left, stops the
+Docker Engine last, removes the network and the pool's directories. Needs root.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import pwd
@@ -45,22 +41,19 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 from harness import LEASE, Service, UnixHTTPConnection, assert_nothing_left, wait_for
 from hosts import EXPORT, NETNS_DIR, PREFIX, STATE, Host, Network
+from netns import in_netns
 
 from jupyter_hwsched.protocol.pki import init_ca, issue
-
-T = TypeVar("T")
 
 #: Where the pools keep their state (outside /tmp: sshd's StrictModes), one directory each.
 POOLS = Path("/var/lib/hwsched-test")
@@ -76,9 +69,6 @@ SCHEDULER, NODE = "sched", "node1"
 OTHER_NODE = "node2"
 HOST_NAMES = [*DEVELOPERS, SCHEDULER, NODE, OTHER_NODE]
 PATH = f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-_CLONE_NEWNET = 0x40000000
-_TCP_LISTEN = "0A"
 
 
 def _service_env(**extra: str) -> dict[str, str]:
@@ -126,56 +116,6 @@ def _wait_ready(service: Service, marker: str, timeout: float) -> str:
         return found[0] if found else None
 
     return str(wait_for(ready, timeout, f"{service.name} to start"))
-
-
-def in_netns(host: Host, call: Callable[[], T]) -> T:
-    """Run ``call`` in a thread that has entered ``host``'s network namespace (the network
-    namespace is per thread, so nothing else of this process moves)."""
-    result: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(NETNS_DIR / host.netns, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"setns into {host.netns}: {os.strerror(errno)}")
-            finally:
-                os.close(fd)
-            result["value"] = call()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=body, name=f"netns-{host.name}")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]  # type: ignore[no-any-return]
-
-
-def tcp_listeners(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of every listening TCP socket in the network namespace of ``pid``."""
-    found = []
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[3] != _TCP_LISTEN:
-                continue
-            hex_addr, hex_port = fields[1].split(":")
-            raw = bytes.fromhex(hex_addr)
-            if table == "tcp":
-                address = socket.inet_ntop(socket.AF_INET, raw[::-1])
-            else:  # four little-endian 32-bit words
-                words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-                address = socket.inet_ntop(socket.AF_INET6, words)
-            found.append((address, int(hex_port, 16)))
-    return sorted(found)
 
 
 class HostsPool:

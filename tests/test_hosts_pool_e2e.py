@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from capture import Capture
 from harness import DEV_USER, UnixHTTPConnection
-from pool_hosts import DEVELOPERS, NODE, OTHER_NODE, SCHEDULER, HostsPool, tcp_listeners
+from netns import tcp_listeners
+from pool_hosts import DEVELOPERS, NODE, OTHER_NODE, SCHEDULER, HostsPool
 
 from jupyter_hwsched.protocol.identity import Signer
 from jupyter_hwsched.protocol.records import Identity

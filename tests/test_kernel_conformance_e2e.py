@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -64,6 +65,7 @@ def teardown_module() -> None:
             pool.assert_clean(timeout=60)
         finally:
             pool.stop()
+            shutil.rmtree(_state["work"], ignore_errors=True)
 
 
 class RemoteGpuKernelTests(jupyter_kernel_test.KernelTests):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Pool
+from harness import Pool, wait_for
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
@@ -91,15 +91,13 @@ class Blocker:
         self.pool.api("DELETE", f"/api/sessions/{self.id}")
 
     def hold_until(self, condition: Any, what: str) -> Any:
-        deadline = time.monotonic() + 120  # guards against a hang only
-        while True:
+        """Keep the GPUs held (its lease renewed) until ``condition()`` holds."""
+
+        def renewed() -> Any:
             self.renew()
-            found = condition()
-            if found:
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.3)
+            return condition()
+
+        return wait_for(renewed, 120, what)
 
 
 def test_an_ide_style_launch_answers_while_queued_runs_on_the_gpu_and_interrupts(

@@ -270,6 +270,21 @@ class DockerRunner(Runner):
         except self.docker.errors.NotFound:
             pass
 
+    def pause(self, container_id: str) -> None:
+        """The engine's pause: the cgroup freezer, for every process of the container."""
+        try:
+            self.client.api.pause(container_id)
+        except self.docker.errors.APIError as exc:
+            if "already paused" not in str(exc):
+                raise
+
+    def resume(self, container_id: str) -> None:
+        try:
+            self.client.api.unpause(container_id)
+        except self.docker.errors.APIError as exc:
+            if exc.status_code not in (404, 409) and "not paused" not in str(exc):
+                raise
+
     def containers(self, node: str) -> dict[str, str]:
         """Session id -> container id for every container of ours on this node."""
         found = self.client.api.containers(all=True, filters={"label": f"{NODE_LABEL}={node}"})

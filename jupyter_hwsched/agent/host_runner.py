@@ -117,6 +117,20 @@ class HostRunner(Runner):
                 continue
         return total
 
+    def pause(self, container_id: str) -> None:
+        self._signal_groups(container_id, signal.SIGSTOP)
+
+    def resume(self, container_id: str) -> None:
+        self._signal_groups(container_id, signal.SIGCONT)
+
+    def _signal_groups(self, container_id: str, signum: int) -> None:
+        for proc in self._groups.get(container_id, []):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signum)
+                except ProcessLookupError:
+                    pass
+
     def containers(self, node: str) -> dict[str, str]:
         return {}  # nothing of a host session outlives the agent's process groups
 

@@ -106,6 +106,15 @@ class Runner(LoggingConfigurable):
         """Session id -> environment id for everything of this node's (for leftover removal)."""
         raise NotImplementedError
 
+    def pause(self, container_id: str) -> None:
+        """Stop everything in the environment from running (the producer of a stream whose
+        reader fell behind); ``resume`` lets it go on where it was."""
+        raise NotImplementedError
+
+    def resume(self, container_id: str) -> None:
+        """Undo ``pause``; an environment that is not paused, or gone, is fine."""
+        raise NotImplementedError
+
     def remove_session(self, session_id: str, node: str) -> None:
         """Remove whatever environment of this session exists, found by its labels."""
         found = self.containers(node).get(session_id)

@@ -83,7 +83,13 @@ class DockerRunner(Runner):
     docker_host = Unicode(config=True, help="Docker Engine socket (env DOCKER_HOST).")
     base_image = Unicode("hwsched-base:1", config=True, help="Name of the imported base image.")
     network_mode = Unicode(
-        "host", config=True, help="Container network; 'host' lets the agent reach the kernel."
+        "none",
+        config=True,
+        help="The containers' network. 'none' (the default): no network at all; the kernel's "
+        "channels are unix sockets the agent reaches through the session's run directory. "
+        "For work that needs egress, the name of a Docker network the operator made for it "
+        "(a macvlan network on the node's LAN, or a bridge with NAT). 'host' shares the "
+        "node's own network, its local services included, and is refused.",
     )
     init_binary = Unicode(
         config=True, help="Static init (tini) copied into the base image; empty for none."
@@ -109,6 +115,12 @@ class DockerRunner(Runner):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
+        if self.network_mode == "host":
+            raise UnavailableError(
+                "DockerRunner.network_mode 'host' would put every session on the node's own "
+                "network, beside the agent and each other: leave it 'none', or name a Docker "
+                "network made for egress"
+            )
         import docker
 
         self.docker = docker
@@ -142,7 +154,7 @@ class DockerRunner(Runner):
                 continue
             binds[str(path)] = {"bind": f"/{entry}", "mode": "rw"}
         binds[str(spec.scratch)] = {"bind": "/tmp", "mode": "rw"}
-        binds[str(spec.run_dir)] = {"bind": RUN_DIR, "mode": "ro"}
+        binds[str(spec.run_dir)] = {"bind": RUN_DIR, "mode": "rw"}  # the kernel's sockets
         for host, inside in spec.extra_binds.items():
             binds[host] = {"bind": inside, "mode": "ro"}
         return binds

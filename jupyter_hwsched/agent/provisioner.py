@@ -2,15 +2,21 @@
 
 The node agent's jupyter_server asks for a ``hwsched-container`` kernel with the session in
 the start arguments; this provisioner writes the connection file into the session's run
-directory (shown read-only in the container), starts the developer's own Python there as the
-developer, and answers poll/signal/kill for that process. Ports and the connection file are
-prepared exactly as for a local kernel, because with host networking the kernel is local to
-the node.
+directory, starts the developer's own Python there as the developer, and answers
+poll/signal/kill for that process.
+
+The kernel's channels are unix sockets (ZMQ's ``ipc://`` transport) in the session's run
+directory, never TCP ports: the container has no network of its own (``network_mode=none``)
+and no other session's run directory, so only this node's agent, which sees every run
+directory on its own disk, can reach a kernel. The agent's kernel manager holds the node's path
+of the sockets; the connection file the kernel reads holds the same sockets as the container
+sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from typing import TYPE_CHECKING, Any
@@ -23,6 +29,21 @@ from jupyter_hwsched.protocol.errors import RequestError
 
 if TYPE_CHECKING:
     from jupyter_hwsched.agent.sessions import NodeSession
+
+
+#: the stem of the kernel's socket files in the run directory: k-1 ... k-5
+SOCKETS = "k"
+#: longest path of a unix socket (sun_path less its terminating NUL) on Linux
+MAX_SOCKET_PATH = 107
+
+
+def _check_socket_path(stem: str) -> None:
+    longest = f"{stem}-99"
+    if len(longest.encode()) > MAX_SOCKET_PATH:
+        raise RequestError(
+            f"the node's state directory is too deep for a kernel's unix sockets ({longest} is "
+            f"over {MAX_SOCKET_PATH} bytes): give the agent a shorter --state-dir"
+        )
 
 
 class ContainerProvisioner(LocalProvisioner):
@@ -41,12 +62,30 @@ class ContainerProvisioner(LocalProvisioner):
         km = self.parent
         assert km is not None, "a provisioner always has its kernel manager as parent"
         name = f"kernel-{self.kernel_id}.json"
-        km.connection_file = str(session.run_dir / name)
-        km.ip = "127.0.0.1"
+        visible = session.runner.visible_run_dir(session.run_dir)
+        # the manager's own connection file (the node's paths) stays outside the run directory;
+        # jupyter_client rewrites it whenever it differs from what the provisioner returned
+        km.connection_file = str(session.base / f"agent-{name}")
+        # a kernel that cannot start says why and ends its session (NodeService): no restart
+        # loop. ServerKernels turns restarts on once the kernel has answered.
+        km.autorestart = False
+        km.transport = "ipc"
+        km.cache_ports = False  # a port cache is for TCP
+        km.ip = str(session.run_dir / SOCKETS)
+        _check_socket_path(km.ip)
         kwargs = await super().pre_launch(**kwargs)
-        os.chmod(km.connection_file, 0o400)
-        os.chown(km.connection_file, session.uid, session.gid)
-        inside = f"{session.runner.visible_run_dir(session.run_dir)}/{name}"
+        # the kernel's copy: the same sockets, at the path its container shows
+        info = dict(self.connection_info)
+        info["ip"] = f"{visible}/{SOCKETS}"
+        info = {k: v.decode() if isinstance(v, bytes) else v for k, v in info.items()}
+        own = session.run_dir / name
+        own.unlink(missing_ok=True)
+        # the developer owns the run directory: never follow a link they may have put there
+        fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(fd, "w") as out:
+            os.fchown(out.fileno(), session.uid, session.gid)
+            json.dump(info, out)
+        inside = f"{visible}/{name}"
         kwargs["cmd"] = [arg.replace("{connection_file}", inside) for arg in session.spec.argv]
         return kwargs
 

@@ -40,6 +40,42 @@ AGENT_ENV = (
 )
 
 
+class StartLog:
+    """What a process wrote (stdout and stderr together), its first and last few KiB, kept to
+    say why it failed to start. Bounded, whatever the process writes."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._head = bytearray()
+        self._tail = bytearray()
+
+    def add(self, data: bytes) -> None:
+        room = self.keep - len(self._head)
+        if room > 0:
+            self._head += data[:room]
+            data = data[room:]
+        if data:
+            self._tail += data
+            del self._tail[: max(0, len(self._tail) - self.keep)]
+
+    def lines(self) -> list[str]:
+        text = (self._head + (b"\n...\n" if self._tail else b"") + self._tail).decode(
+            errors="replace"
+        )
+        return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+    def summary(self, most: int = 6) -> str:
+        """One line: the lines before a Python traceback and the exception it ended with, or
+        else the first lines; joined with " | ". "" if the process wrote nothing."""
+        lines = self.lines()
+        marker = "Traceback (most recent call last):"
+        if marker in lines:
+            before = lines[: lines.index(marker)]
+            ending = [line.strip() for line in lines if line[:1] not in (" ", "\t")]
+            lines = [*before[-(most - 1) :], ending[-1]] if ending else before
+        return " | ".join(lines[:most])
+
+
 @dataclass
 class NodeSession:
     id: str
@@ -58,6 +94,7 @@ class NodeSession:
     end_reason: str | None = None
     starting: asyncio.Future[None] | None = None  # done once the start path has finished
     torn_down: bool = False
+    kernel_log: StartLog = field(default_factory=StartLog)  # the kernel's first lines
 
     @property
     def uid(self) -> int:
@@ -108,7 +145,9 @@ class NodeSession:
 
     def prepare(self) -> None:
         """Mount the share and start the container (blocking; run off the event loop)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        # the kernel binds its sockets here, as the developer; nobody else may enter
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chown(self.run_dir, self.uid, self.gid)
         scratch = self.base / "tmp"
         scratch.mkdir(exist_ok=True)
         scratch.chmod(0o1777)
@@ -161,8 +200,10 @@ class NodeSession:
 
     def exec_kernel(self, argv: list[str]) -> ExecProcess:
         assert self.container_id is not None
+        self.kernel_log = StartLog()
 
         def log(stream: str, data: bytes) -> None:
+            self.kernel_log.add(data)
             self.runner.log.debug(
                 "[%s kernel %s] %s", self.id, stream, data.decode(errors="replace").rstrip()
             )

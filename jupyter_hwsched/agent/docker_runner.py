@@ -20,6 +20,7 @@ from typing import Any
 
 from traitlets import List, Unicode, default
 
+from jupyter_hwsched.agent.limits import LimitCounters, read_counters
 from jupyter_hwsched.agent.runner import (
     INIT,
     NODE_LABEL,
@@ -79,6 +80,8 @@ def _base_image_tar(init_binary: str | None) -> bytes:
 
 class DockerRunner(Runner):
     """Runs session containers on the node's Docker Engine."""
+
+    enforces_limits = True
 
     docker_host = Unicode(config=True, help="Docker Engine socket (env DOCKER_HOST).")
     base_image = Unicode("hwsched-base:1", config=True, help="Name of the imported base image.")
@@ -164,6 +167,14 @@ class DockerRunner(Runner):
         command = list(self.keepalive)
         if self.init_binary:
             command = [INIT, "-s", "--", *command]
+        limits: dict[str, Any] = {}
+        if spec.limits is not None:
+            limits = {
+                "mem_limit": spec.limits.memory,
+                "memswap_limit": spec.limits.memory,  # no swap beyond the limit
+                "pids_limit": spec.limits.pids,
+                "nano_cpus": int(spec.limits.cpus * 1e9),
+            }
         try:
             container = self.client.containers.run(
                 self.base_image,
@@ -181,6 +192,7 @@ class DockerRunner(Runner):
                 # the developer's own work needs no privilege beyond their uid
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
+                **limits,
             )
         except self.docker.errors.DockerException as exc:
             self.remove_session(spec.session_id, spec.node)  # created, then failed to start
@@ -281,6 +293,26 @@ class DockerRunner(Runner):
             self.client.api.remove_container(container_id, force=True, v=True)
         except self.docker.errors.NotFound:
             pass
+
+    def limit_counters(self, container_id: str) -> LimitCounters:
+        """From the container's cgroups: v2 (cgroupfs or systemd driver), else v1."""
+        root = "/sys/fs/cgroup"
+        return read_counters(
+            [
+                (
+                    f"{root}/docker/{container_id}/memory.events",
+                    f"{root}/docker/{container_id}/pids.events",
+                ),
+                (
+                    f"{root}/system.slice/docker-{container_id}.scope/memory.events",
+                    f"{root}/system.slice/docker-{container_id}.scope/pids.events",
+                ),
+                (
+                    f"{root}/memory/docker/{container_id}/memory.oom_control",
+                    f"{root}/pids/docker/{container_id}/pids.events",
+                ),
+            ]
+        )
 
     def pause(self, container_id: str) -> None:
         """The engine's pause: the cgroup freezer, for every process of the container."""

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from traitlets.config import LoggingConfigurable
 
+from jupyter_hwsched.agent.limits import LimitCounters, Limits
+
 SESSION_LABEL = "hwsched.session"
 NODE_LABEL = "hwsched.node"
 #: where the agent's per-session files (connection files) appear inside the container
@@ -41,6 +43,7 @@ class ContainerSpec:
     groups: list[int] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     extra_binds: dict[str, str] = field(default_factory=dict)  # host path -> container path
+    limits: Limits | None = None  # None: unlimited (a runner that cannot enforce them)
 
 
 class ExecProcess:
@@ -66,6 +69,8 @@ class Runner(LoggingConfigurable):
     #: True: the session's root is the developer's share, mounted on the node. False: the
     #: session runs on the node's own root (the node is the developer's machine).
     roots_at_share = True
+    #: whether ``create`` enforces a ContainerSpec's limits (memory, processes, CPU)
+    enforces_limits = False
 
     def visible_run_dir(self, run_dir: Path) -> str:
         """Where the session's run directory (connection files) appears to its processes."""
@@ -105,6 +110,10 @@ class Runner(LoggingConfigurable):
     def containers(self, node: str) -> dict[str, str]:
         """Session id -> environment id for everything of this node's (for leftover removal)."""
         raise NotImplementedError
+
+    def limit_counters(self, container_id: str) -> LimitCounters:
+        """How often the environment ran into its memory and process limits so far."""
+        return LimitCounters()
 
     def pause(self, container_id: str) -> None:
         """Stop everything in the environment from running (the producer of a stream whose

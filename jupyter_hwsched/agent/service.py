@@ -21,6 +21,7 @@ from typing import Protocol
 
 from jupyter_hwsched.agent.authorizer import secret_hash
 from jupyter_hwsched.agent.gpus import GpuInventory
+from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import mounts_under, unmount
 from jupyter_hwsched.agent.runner import Runner
 from jupyter_hwsched.agent.sessions import NodeSession
@@ -70,6 +71,7 @@ class NodeService:
         labels: list[str],
         allow_root: bool = False,
         root_users: tuple[str, ...] = (),
+        limits: SessionLimits | None = None,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.node_name = node_name
@@ -83,6 +85,7 @@ class NodeService:
         self.labels = labels
         self.allow_root = allow_root
         self.root_users = frozenset(root_users)
+        self.limits = limits if limits is not None else SessionLimits()
         self.log = log or logging.getLogger(__name__)
         self.public_url = ""
         self.sessions: dict[str, NodeSession] = {}
@@ -99,7 +102,10 @@ class NodeService:
         for point in mounts_under(state / "mnt"):
             self.log.warning("unmounting leftover share %s", point)
             unmount(point)
-        stuck = mounts_under(state / "mnt")
+        for point in mounts_under(state / "sessions"):
+            self.log.warning("unmounting a leftover session /tmp %s", point)
+            unmount(point)
+        stuck = mounts_under(state / "mnt") + mounts_under(state / "sessions")
         if stuck:
             # never walk into a live mount: that is a developer's disk
             raise UnavailableError(f"cannot unmount leftover shares {stuck}; unmount them by hand")
@@ -162,6 +168,16 @@ class NodeService:
                 await self.end_session(
                     session_id, "the connection to the developer's share was lost"
                 )
+
+    async def check_limits(self) -> None:
+        """End, alone, every session that went over one of its limits, saying which."""
+        loop = asyncio.get_running_loop()
+        for session_id, session in list(self.sessions.items()):
+            if session.container_id is None or session.end_reason is not None:
+                continue
+            reason = await loop.run_in_executor(None, session.over_limit)
+            if reason:
+                await self.end_session(session_id, reason)
 
     # GPU use
 
@@ -250,6 +266,11 @@ class NodeService:
         if placed.owner is not None:
             spec = replace(spec, user=placed.owner)
         self._check_placement(placed, spec)
+        try:
+            limits = self.limits.resolve(placed.request) if self.runner.enforces_limits else None
+        except HwschedError as exc:
+            await self._report_end(placed.id, str(exc))  # its GPUs go back at once
+            raise
         session = NodeSession(
             id=placed.id,
             secret_hash=placed.secret_sha256,
@@ -259,6 +280,7 @@ class NodeService:
             state_dir=self.state_dir,
             runner=self.runner,
             sshfs_options=list(self.sshfs_options),
+            limits=limits,
         )
         self.sessions[session.id] = session
         loop = asyncio.get_running_loop()

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jupyter_hwsched.agent.gpus import driver_libraries
-from jupyter_hwsched.agent.mount import SshfsMount, mounted
+from jupyter_hwsched.agent.limits import LimitCounters, Limits, limit_reason
+from jupyter_hwsched.agent.mount import SshfsMount, mounted, unmount
 from jupyter_hwsched.agent.runner import (
     AGENT_DIR,
     ContainerSpec,
@@ -95,6 +97,8 @@ class NodeSession:
     starting: asyncio.Future[None] | None = None  # done once the start path has finished
     torn_down: bool = False
     kernel_log: StartLog = field(default_factory=StartLog)  # the kernel's first lines
+    limits: Limits | None = None  # None: the runner enforces none
+    counters: LimitCounters = field(default_factory=LimitCounters)  # at the start
 
     @property
     def uid(self) -> int:
@@ -148,9 +152,17 @@ class NodeSession:
         # the kernel binds its sockets here, as the developer; nobody else may enter
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chown(self.run_dir, self.uid, self.gid)
-        scratch = self.base / "tmp"
+        scratch = self.scratch
         scratch.mkdir(exist_ok=True)
         scratch.chmod(0o1777)
+        if self.limits is not None and os.geteuid() == 0:
+            # a /tmp of the limit's size, in memory (charged to the session's memory limit)
+            options = f"size={self.limits.tmp},mode=1777,nosuid,nodev"
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", options, "hwsched-tmp", str(scratch)],
+                check=True,
+                capture_output=True,
+            )
         root = Path("/")
         if self.runner.roots_at_share:
             if self.spec.share is None:
@@ -181,8 +193,22 @@ class NodeSession:
                 groups=list(self.spec.user.groups),
                 devices=devices,
                 extra_binds=binds,
+                limits=self.limits,
             )
         )
+        self.counters = self.runner.limit_counters(self.container_id)
+
+    @property
+    def scratch(self) -> Path:
+        """The node-local directory shown as the session's /tmp."""
+        return self.base / "tmp"
+
+    def over_limit(self) -> str:
+        """One line naming the limit the session went over, or ``""``."""
+        if self.limits is None or self.container_id is None:
+            return ""
+        now = self.runner.limit_counters(self.container_id)
+        return limit_reason(self.limits, self.counters, now, self.scratch)
 
     def _gpu_devices(self) -> tuple[list[str], dict[str, str]]:
         """Device nodes of the allocated real GPUs; simulated GPUs have none."""
@@ -220,6 +246,13 @@ class NodeSession:
 
     def exec_command(self, on_output: OutputCallback, on_exit: ExitCallback) -> ExecProcess:
         assert self.container_id is not None
+
+        def exited(code: int) -> None:
+            if code != 0 and self.end_reason is None:
+                # killed for going over a limit: that, not the exit status, is the news
+                self.end_reason = self.over_limit() or None
+            on_exit(code)
+
         self.command = self.runner.exec(
             self.container_id,
             self.spec.argv,
@@ -227,7 +260,7 @@ class NodeSession:
             self.spec.cwd,
             f"{self.uid}:{self.gid}",
             on_output,
-            on_exit,
+            exited,
         )
         return self.command
 
@@ -242,6 +275,11 @@ class NodeSession:
                 self.runner.remove_session(self.id, self.node)  # one made before a failure
         except Exception as exc:
             self.runner.log.error("session %s: removing its container failed: %s", self.id, exc)
+        if mounted(self.scratch):
+            unmount(self.scratch)
+            if mounted(self.scratch):
+                self.runner.log.error("session %s: %s is still mounted", self.id, self.scratch)
+                return
         if self.mount is not None:
             self.mount.unmount()
             if mounted(self.mountpoint):

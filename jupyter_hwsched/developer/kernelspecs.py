@@ -43,6 +43,8 @@ def request_options(request: HardwareRequest) -> list[str]:
         ("--timeout", f"{request.timeout:g}" if request.timeout else None),
         ("--node", request.node),
         ("--priority", str(request.priority) if request.priority else None),
+        ("--mem", str(request.mem) if request.mem else None),
+        ("--cpus", f"{request.cpus:g}" if request.cpus else None),
     ):
         if value:
             out += [flag, value]

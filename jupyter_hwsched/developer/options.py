@@ -34,6 +34,14 @@ REQUEST_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         {"default": "0", "metavar": "P", "help": "higher runs first (-100..100, default 0)"},
     ),
     (("--timeout",), {"default": None, "metavar": "S", "help": "time limit of the run in seconds"}),
+    (
+        ("--mem",),
+        {"default": None, "metavar": "SIZE", "help": "memory for the run, e.g. 32G (node default)"},
+    ),
+    (
+        ("--cpus",),
+        {"default": None, "metavar": "N", "help": "CPU cores for the run (node default)"},
+    ),
 ]
 
 
@@ -57,4 +65,6 @@ def request_from_args(ns: argparse.Namespace) -> HardwareRequest:
         timeout=ns.timeout,
         node=ns.node,
         priority=ns.priority,
+        mem=ns.mem,
+        cpus=ns.cpus,
     )

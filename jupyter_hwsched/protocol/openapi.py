@@ -16,7 +16,12 @@ from jupyter_hwsched.protocol.records import (
     NODE_NAME_PATTERN,
     SESSION_ID_PATTERN,
 )
-from jupyter_hwsched.protocol.request import MAX_GPUS_PER_REQUEST, MAX_PRIORITY, MIN_PRIORITY
+from jupyter_hwsched.protocol.request import (
+    MAX_CPUS,
+    MAX_GPUS_PER_REQUEST,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+)
 from jupyter_hwsched.protocol.version import PROTOCOL_HEADER, PROTOCOL_VERSION, __version__
 
 
@@ -66,6 +71,10 @@ REQUEST = {
             "maximum": MAX_PRIORITY,
             "default": 0,
         },
+        "mem": _nullable({"type": "integer", "minimum": 1, "description": "bytes of memory"}),
+        "cpus": _nullable(
+            {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": MAX_CPUS}
+        ),
     },
 }
 SESSION = {

@@ -19,22 +19,22 @@ _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-def parse_memory(text: str | int | None) -> int | None:
+def parse_memory(text: str | int | None, option: str = "--gpu-mem") -> int | None:
     """Bytes from ``"40G"``, ``"512M"``, ``"80GiB"`` or a plain byte count."""
     if text is None or text == "":
         return None
     if isinstance(text, int) and not isinstance(text, bool):
         if text <= 0:
-            raise RequestError(f"--gpu-mem must be positive, got {text}")
+            raise RequestError(f"{option} must be positive, got {text}")
         return text
     match = _MEM_RE.match(str(text))
     if not match:
         raise RequestError(
-            f"--gpu-mem {text!r} is not a memory size: write a number with a unit, like 40G or 512M"
+            f"{option} {text!r} is not a memory size: write a number with a unit, like 40G or 512M"
         )
     value = float(match.group(1)) * _UNITS[match.group(2).upper()]
     if value <= 0:
-        raise RequestError(f"--gpu-mem must be positive, got {text!r}")
+        raise RequestError(f"{option} must be positive, got {text!r}")
     return int(value)
 
 
@@ -59,6 +59,8 @@ class HardwareRequest:
     timeout: float | None = None  # seconds the session may run
     node: str | None = None  # a node name or a node label
     priority: int = 0  # higher goes first; MIN_PRIORITY..MAX_PRIORITY
+    mem: int | None = None  # the session's memory limit, bytes (None: the node's default)
+    cpus: float | None = None  # the session's CPU limit, in cores (None: the node's default)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,7 +81,8 @@ class HardwareRequest:
         return make_request(**{k: data[k] for k in FIELDS if k in data})
 
 
-FIELDS = ("gpus", "gpu_type", "gpu_mem", "timeout", "node", "priority")
+FIELDS = ("gpus", "gpu_type", "gpu_mem", "timeout", "node", "priority", "mem", "cpus")
+MAX_CPUS = 4096
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=\-]*$")
 
@@ -91,6 +94,8 @@ def make_request(
     timeout: Any = None,
     node: Any = None,
     priority: Any = 0,
+    mem: Any = None,
+    cpus: Any = None,
 ) -> HardwareRequest:
     """Build a request from loosely typed values, raising :class:`RequestError` on bad ones."""
     gpus = _whole(gpus, "--gpu", "write e.g. --gpu 1")
@@ -111,7 +116,7 @@ def make_request(
                 )
         if gpu_type:
             gpu_type = "|".join(a.strip() for a in gpu_type.split("|"))
-    mem = parse_memory(gpu_mem)
+    gpu_memory = parse_memory(gpu_mem)
     if timeout is not None:
         try:
             timeout = float(timeout)
@@ -128,8 +133,24 @@ def make_request(
         raise RequestError(
             f"--priority {priority} is out of range: use {MIN_PRIORITY} to {MAX_PRIORITY}"
         )
+    if cpus is not None:
+        try:
+            cpus = float(cpus)
+        except (TypeError, ValueError):
+            raise RequestError(
+                f"--cpus {cpus!r} is not a number of cores: write e.g. --cpus 4"
+            ) from None
+        if not 0 < cpus <= MAX_CPUS:  # NaN fails this too
+            raise RequestError(f"--cpus must be more than 0 and at most {MAX_CPUS}, got {cpus:g}")
     return HardwareRequest(
-        gpus=gpus, gpu_type=gpu_type, gpu_mem=mem, timeout=timeout, node=node, priority=priority
+        gpus=gpus,
+        gpu_type=gpu_type,
+        gpu_mem=gpu_memory,
+        timeout=timeout,
+        node=node,
+        priority=priority,
+        mem=parse_memory(mem, "--mem"),
+        cpus=cpus,
     )
 
 

@@ -47,6 +47,8 @@ class RemoteGpuProvisioner(LocalProvisioner):
     timeout = Any(None, allow_none=True, config=True, help="Seconds the session may run.")
     node = Any(None, allow_none=True, config=True, help="A node name or label.")
     priority = Any(0, config=True, help="Queue priority, -100..100.")
+    mem = Any(None, allow_none=True, config=True, help="Memory for the session, e.g. 32G.")
+    cpus = Any(None, allow_none=True, config=True, help="CPU cores for the session.")
     idle_timeout = Float(
         900.0,
         config=True,
@@ -84,6 +86,8 @@ class RemoteGpuProvisioner(LocalProvisioner):
                 timeout=self.timeout,
                 node=self.node,
                 priority=self.priority,
+                mem=self.mem,
+                cpus=self.cpus,
             )
         )
         if self.asked is None:

@@ -98,7 +98,7 @@ async def world(tmp_path: Path, **node_options: Any) -> AsyncIterator[World]:
     node = NodeService(
         node_name=NODE,
         inventory=SimulatedInventory("2xA100-80GB", NODE),
-        runner=HostRunner(),
+        runner=HostRunner(single_user=True),
         scheduler=SchedulerClient(f"http://127.0.0.1:{port}", token),
         kernels=kernels,
         state_dir=tmp_path / "agent",

@@ -4,12 +4,19 @@ Where no container engine exists (seen on GPU workstations and on the lent GPU m
 tests run on), ``hwsched up`` can still hand out the machine's GPUs one session at a time: the
 work runs as the developer's uid in its own process group, with only the allocated GPUs
 visible, and ``remove`` kills the group. There is no share and no isolation of the filesystem,
-so the agent accepts such sessions only from its own host.
+so the agent accepts such sessions only from its own host, and starts with this runner only
+where the operator has said that one developer uses the pool (``single_user``): plain
+processes of two developers on one node could reach each other's files and processes.
+
+Where the agent runs as root and ``unshare`` and ``setpriv`` exist, each process gets a network
+namespace of its own (only a loopback), as a container would: its kernel's channels are unix
+sockets, so it needs none.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -17,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 import psutil
+from traitlets import Bool
 
 from jupyter_hwsched.agent.runner import (
     ContainerSpec,
@@ -25,13 +33,47 @@ from jupyter_hwsched.agent.runner import (
     OutputCallback,
     Runner,
 )
+from jupyter_hwsched.protocol.errors import UnavailableError
+
+#: a new network namespace with its loopback up, then the developer's uid, then the work
+_NO_NETWORK = 'ip link set lo up 2>/dev/null; exec "$@"'
 
 
 class HostRunner(Runner):
     roots_at_share = False
 
+    single_user = Bool(
+        False,
+        config=True,
+        help="Say that one developer uses this pool. The host runner runs work as plain "
+        "processes on the node, where one developer could reach another's; the agent refuses "
+        "to start with it otherwise ('hwsched up' sets it).",
+    )
+    isolate_network = Bool(
+        True,
+        config=True,
+        help="Give each process a network namespace of its own (only a loopback), where the "
+        "agent runs as root and unshare and setpriv exist.",
+    )
+
     def __init__(self, **kw: object) -> None:
         super().__init__(**kw)
+        if not self.single_user:
+            raise UnavailableError(
+                "the host runner runs work as plain processes on this node, where developers "
+                "could reach each other's files and processes: use the Docker runner for a "
+                "pool that several developers share, or set --HostRunner.single_user=True if "
+                "only one developer uses it"
+            )
+        self.unshare = (
+            self.isolate_network
+            and os.geteuid() == 0
+            and bool(shutil.which("unshare") and shutil.which("setpriv"))
+        )
+        if self.isolate_network and not self.unshare:
+            self.log.warning(
+                "host runner: sessions share the node's network (needs root, unshare and setpriv)"
+            )
         self._groups: dict[str, list[subprocess.Popen[bytes]]] = {}
         self._specs: dict[str, ContainerSpec] = {}
 
@@ -57,6 +99,15 @@ class HostRunner(Runner):
         spec = self._specs[container_id]
         uid, gid = (int(x) for x in user.split(":"))
         as_other = os.geteuid() == 0 and uid != 0
+        if self.unshare:
+            groups = ",".join(str(g) for g in spec.groups if g != gid) or None
+            argv = [
+                "unshare", "--net", "--", "sh", "-c", _NO_NETWORK, "sh",
+                "setpriv", f"--reuid={uid}", f"--regid={gid}",
+                f"--groups={groups}" if groups else "--clear-groups",
+                "--", *argv,
+            ]  # fmt: skip
+            as_other = False  # setpriv switches, after the namespace is made
         proc = subprocess.Popen(
             argv,
             env=env,

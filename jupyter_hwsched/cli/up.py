@@ -28,7 +28,10 @@ from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
 DEFAULT_SIMULATED = "2xA100-80GB"
 RUNNERS = {
     "docker": [],
-    "host": ["--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner"],
+    "host": [
+        "--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner",
+        "--HostRunner.single_user=True",  # the one developer is the machine's own
+    ],
 }
 
 

@@ -26,6 +26,8 @@ from harness import Pool, wait_for
 from jupyter_hwsched.agent.gpus import NvmlInventory
 
 HOST_RUNNER = "--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner"
+SINGLE_USER = "--HostRunner.single_user=True"  # the lent machine has one developer: us
+SINGLE_USER = "--HostRunner.single_user=True"
 TORCH_PROBE = """
 import os, torch
 print("visible", os.environ["CUDA_VISIBLE_DEVICES"])
@@ -64,7 +66,7 @@ def main(report_path: str) -> int:
     check(all(g.uuid in smi for g in nvml), "NVML UUIDs match nvidia-smi -L")
 
     work = Path(tempfile.mkdtemp(prefix="hwsched-gpu-", dir=str(Path.cwd())))
-    pool = Pool(work, simulate="", agent_args=(HOST_RUNNER,))
+    pool = Pool(work, simulate="", agent_args=(HOST_RUNNER, SINGLE_USER))
     bin_dir = Path(sys.executable).parent
     try:
         node = next(n for n in pool.pool()["nodes"] if n["name"] == pool.node)

@@ -6,8 +6,7 @@ private /24): ``dev1`` and ``dev2`` are developer machines, ``sched`` runs the s
 loopback, and every link is TLS with certificates of the pool's own CA:
 
 - ``sched``: ``hwsched scheduler`` with a certificate for its address and the CA
-  (``--ca-file``), so callers have identities; the pool token (``HWSCHED_TOKEN``) is the
-  operator's.
+  (``--ca-file``), so callers have identities; the pool token is the operator's.
 - ``node1``: a Docker Engine of its own, started inside the host with its own socket, data
   and exec roots (``--iptables=false --bridge=none``, as ``scripts/dockerd.sh``), and the node
   agent, which signs its calls to the scheduler with its ``node`` certificate.
@@ -322,7 +321,7 @@ class HostsPool:
             self.workdir / "dockerd.log",
         )
 
-    def _agent_service(self, cert: Any) -> Service:
+    def _agent_service(self, cert: Any, *extra: str) -> Service:  # extra: a test's settings
         node = self.host(NODE)
         (self.dir / NODE / "runtime").mkdir(mode=0o700, exist_ok=True)
         return Service(
@@ -344,6 +343,7 @@ class HostsPool:
                     "--AgentApp.heartbeat_interval=0.5",
                     "--AgentApp.share_check_interval=1",
                     f"--ServerApp.root_dir={self.dir / NODE}",
+                    *extra,
                 ]
             ),
             _service_env(

@@ -23,18 +23,22 @@ from jupyter_hwsched.agent.docker_runner import DockerRunner
 from jupyter_hwsched.agent.gpus import discover
 from jupyter_hwsched.agent.handlers import handlers
 from jupyter_hwsched.agent.kernelspecs import CONTAINER_KERNEL
+from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import DEFAULT_OPTIONS
 from jupyter_hwsched.agent.runner import Runner
 from jupyter_hwsched.agent.service import NodeService
+from jupyter_hwsched.agent.serving import AGENT_LIMITS, LimitSettings, limit_server
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.clients import SchedulerClient
+from jupyter_hwsched.protocol.errors import KernelStartError
 from jupyter_hwsched.protocol.http import Credential
 from jupyter_hwsched.protocol.identity import Signer, signed
 from jupyter_hwsched.protocol.tls import is_loopback
 
 
-class AgentApp(ExtensionApp):
+class AgentApp(ExtensionApp, LimitSettings):
+    limit_defaults = AGENT_LIMITS  # the server limits' settings: c.AgentApp.max_body_bytes...
     name = "hwsched_agent"
     description = "Serve this node's GPUs to the hwsched scheduler."
     load_other_extensions = False
@@ -82,6 +86,15 @@ class AgentApp(ExtensionApp):
         config=True,
         help="Users who may run work as root here, as the scheduler verified them: "
         "'root@dev-21' (where allow_root is off, as on a shared node).",
+    )
+    kernel_start_timeout = Float(
+        300.0,
+        config=True,
+        help="Seconds a kernel may take to answer its first request (its imports arrive over "
+        "the share). A kernel that exits sooner fails the start at once, with its first lines.",
+    )
+    limit_check_interval = Float(
+        1.0, config=True, help="Seconds between checks of each session against its limits."
     )
     share_check_interval = Float(
         5.0, config=True, help="Seconds between checks that each session's share still answers."
@@ -164,6 +177,7 @@ class AgentApp(ExtensionApp):
                 labels=list(self.labels),
                 allow_root=self.allow_root,
                 root_users=tuple(self.root_users),
+                limits=SessionLimits(parent=self),
                 log=self.log,
             )
             self.settings["hwsched_node"] = self.node
@@ -186,6 +200,7 @@ class AgentApp(ExtensionApp):
         self.handlers.extend(handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        limit_server(serverapp, self.server_limits())
         if not self.public_url:
             host = (
                 serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else socket.gethostname()
@@ -202,6 +217,10 @@ class AgentApp(ExtensionApp):
             self.node.check_shares, self.share_check_interval * 1000
         )
         self._share_check.start()
+        self._limit_check = PeriodicCallback(
+            self.node.check_limits, self.limit_check_interval * 1000
+        )
+        self._limit_check.start()
         kind = "simulated" if self.node.inventory.simulated else "NVML"
         print(
             f"HWSCHED_AGENT_READY {self.public_url} node={self.node_name} "
@@ -226,6 +245,7 @@ class AgentApp(ExtensionApp):
         if hasattr(self, "_heartbeat"):
             self._heartbeat.stop()
             self._share_check.stop()
+            self._limit_check.stop()
         await self.node.stop()
 
 
@@ -241,9 +261,33 @@ class ServerKernels:
         return self.app.serverapp.kernel_manager
 
     async def start_kernel(self, session: NodeSession) -> str:
+        """Start the kernel and wait until it answers: a kernel that exits first fails the
+        start with its own first lines, at once, instead of a restart loop."""
         kernel_id: str = await self.manager.start_kernel(
             kernel_name=CONTAINER_KERNEL, hwsched_session=session
         )
+        km = self.manager.get_kernel(kernel_id)
+        client = km.client()
+        client.start_channels()
+        try:
+            await client.wait_for_ready(timeout=self.app.kernel_start_timeout)
+        except RuntimeError:
+            code = await km.provisioner.poll() if km.provisioner else None
+            said = session.kernel_log.summary()
+            await self.shutdown_kernel(kernel_id)
+            if code is None:
+                raise KernelStartError(
+                    f"the kernel did not answer within {self.app.kernel_start_timeout:g} s"
+                    + (f"; it wrote: {said}" if said else "")
+                ) from None
+            raise KernelStartError(
+                f"the kernel exited at start (exit code {code})"
+                + (f": {said}" if said else ", writing nothing")
+            ) from None
+        finally:
+            client.stop_channels()
+        km.autorestart = True  # from now on a crash restarts it, as in local Jupyter
+        km.start_restarter()
         return kernel_id
 
     async def shutdown_kernel(self, kernel_id: str) -> None:

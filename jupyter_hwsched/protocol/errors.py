@@ -52,6 +52,18 @@ class ConflictError(HwschedError):
     status = 409
 
 
+class TooLargeError(HwschedError):
+    """A request body over the service's limit; the message says the limit."""
+
+    status = 413
+
+
+class TooManyRequestsError(HwschedError):
+    """The caller already has as much waiting as one caller may; the message says how much."""
+
+    status = 429
+
+
 class UnavailableError(HwschedError):
     """A service could not be reached, or could not do the work now."""
 
@@ -70,6 +82,11 @@ class SessionEnded(HwschedError):
     status = 410
 
 
+class KernelStartError(SessionEnded):
+    """The session's kernel or command could not start; the message carries its own first
+    lines. Its session has ended, its GPUs are back."""
+
+
 _BY_STATUS: dict[int, type[HwschedError]] = {
     cls.status: cls
     for cls in (
@@ -79,6 +96,8 @@ _BY_STATUS: dict[int, type[HwschedError]] = {
         NotFoundError,
         ConflictError,
         SessionEnded,
+        TooLargeError,
+        TooManyRequestsError,
         UnavailableError,
         VersionError,
     )

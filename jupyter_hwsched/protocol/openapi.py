@@ -172,7 +172,9 @@ def _errors(*codes: int) -> dict[str, Any]:
         404: "no such node or session (or a malformed name)",
         409: "the session is not in a state that allows this",
         410: "the session has ended",
+        413: "the request body is over the server's limit; the message says the limit",
         426: "the caller speaks another protocol version; the message says what to upgrade",
+        429: "the user has as many sessions waiting as one user may; end some or wait",
     }
     return {str(c): _json({"$ref": "#/components/schemas/Error"}, text[c]) for c in codes}
 
@@ -339,7 +341,7 @@ SPEC: dict[str, Any] = {
             ),
             "post": _op(
                 "Ask for GPUs; fails at once if no node could ever hold the request",
-                {"201": _json(_ref("Session"), "queued or placed"), **_errors(400)},
+                {"201": _json(_ref("Session"), "queued or placed"), **_errors(400, 413, 429)},
                 requestBody=_body(
                     {
                         "type": "object",

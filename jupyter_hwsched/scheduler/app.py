@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
-from tornado import httpserver, ioloop, web
+from tornado import ioloop, web
 from tornado.netutil import bind_sockets
 from traitlets import Float, Integer, List, Unicode, default
 
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
 from jupyter_hwsched.protocol.identity import Verifier
+from jupyter_hwsched.protocol.serving import LimitSettings, limited_server
 from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
 from jupyter_hwsched.protocol.tls import is_loopback, server_context
 from jupyter_hwsched.scheduler.access import (
@@ -29,7 +30,7 @@ from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.store import Store
 
 
-class SchedulerApp(ConfigFileApp):
+class SchedulerApp(ConfigFileApp, LimitSettings):
     name = "hwsched-scheduler"
     description = "Serve the GPU pool's queue and placement over HTTP."
 
@@ -121,7 +122,7 @@ class SchedulerApp(ConfigFileApp):
             handlers(scheduler, authenticate), default_handler_class=NotFoundHandler
         )
         tls = server_context(self.certfile, self.keyfile) if self.certfile else None
-        server = httpserver.HTTPServer(app, ssl_options=tls)
+        server = limited_server(app, self.server_limits(), ssl_options=tls)
         socks = bind_sockets(self.port, self.ip)
         server.add_sockets(socks)
         port = socks[0].getsockname()[1]

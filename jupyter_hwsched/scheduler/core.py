@@ -23,6 +23,7 @@ from jupyter_hwsched.protocol.errors import (
     NotFoundError,
     RequestError,
     SessionEnded,
+    TooManyRequestsError,
     UnavailableError,
 )
 from jupyter_hwsched.protocol.records import GpuRecord, Identity, Placement, SessionRecord
@@ -77,6 +78,13 @@ class Scheduler(LoggingConfigurable):
         config=True,
         help="The highest --priority a user may ask for (operators any); only where the pool "
         "has identities (a CA).",
+    )
+    max_queued_per_user = Int(
+        20,
+        min=0,
+        config=True,
+        help="Sessions one user may have waiting in the queue at once (0: no limit); one "
+        "more is refused with 429 until some start or end.",
     )
     backfill = Bool(
         True,
@@ -217,6 +225,7 @@ class Scheduler(LoggingConfigurable):
     ) -> dict[str, Any]:
         """Queue a request (``owner``: the verified account it runs as, where the pool has
         identities); the answer carries the session's secret, this once."""
+        self._check_queue_cap(user)
         reason = impossible_reason(request, self.node_views())
         if reason:
             everywhere = [NodeView(n.name, n.gpus, set(), n.labels) for n in self.nodes.values()]
@@ -253,6 +262,17 @@ class Scheduler(LoggingConfigurable):
         self.schedule()
         # the secret goes to the client that asked, once; node agents check it by its hash
         return {**self.describe(session.id), "secret": secret}
+
+    def _check_queue_cap(self, user: str) -> None:
+        cap = self.max_queued_per_user
+        if not cap:
+            return
+        waiting = sum(1 for s in self.live.values() if s.state == "queued" and s.user == user)
+        if waiting >= cap:
+            raise TooManyRequestsError(
+                f"{user} already has {waiting} sessions waiting in the queue, the most one "
+                f"user may have: end some (hwsched status lists them) or wait until they start"
+            )
 
     def renew(self, session_id: str) -> dict[str, Any]:
         session = self._live(session_id)

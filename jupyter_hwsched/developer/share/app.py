@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import psutil
 from jupyter_core.paths import jupyter_runtime_dir
-from tornado import httpserver, ioloop, web
+from tornado import ioloop, web
 from tornado.netutil import bind_unix_socket
 from traitlets import Float, Unicode, default
 
@@ -40,6 +40,7 @@ from jupyter_hwsched.protocol.errors import (
 from jupyter_hwsched.protocol.handler import JsonHandler
 from jupyter_hwsched.protocol.identity import Signer, signed
 from jupyter_hwsched.protocol.records import HOLDING_STATES, ShareGrant
+from jupyter_hwsched.protocol.serving import ServerLimits, limited_server
 
 
 def peer_uid(handler: web.RequestHandler) -> int:
@@ -300,7 +301,7 @@ class ShareAgentApp(ConfigFileApp):
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         Path(self.state_dir).mkdir(parents=True, exist_ok=True, mode=0o711)
         sock = bind_unix_socket(self.socket_path, mode=0o666 if os.geteuid() == 0 else 0o600)
-        server = httpserver.HTTPServer(app)
+        server = limited_server(app, ServerLimits())  # requests and answers are small
         server.add_socket(sock)
         watcher = ioloop.PeriodicCallback(agent.watch, self.check_interval * 1000)
         watcher.start()

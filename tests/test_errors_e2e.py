@@ -70,25 +70,29 @@ def test_status_with_wrong_token(clean_pool: Pool) -> None:
     assert "refused the token" in line
 
 
-def test_current_directory_under_tmp(clean_pool: Pool, tmp_path: Path) -> None:
-    result = clean_pool.hwrun(["--gpu", "1", "--", "true"], cwd=str(tmp_path))
+def test_the_current_directory_tmp_itself_is_refused(clean_pool: Pool) -> None:
+    result = clean_pool.hwrun(["--gpu", "1", "--", "true"], cwd="/tmp")
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
-    assert "private to each GPU node" in line
-
-
-def test_a_program_under_tmp_is_refused_before_anything_is_asked(
-    clean_pool: Pool, workspace: Path, tmp_path: Path
-) -> None:
-    """A venv under /tmp first in PATH: the node would run its own python, or none."""
-    env_dir = tmp_path / "venv-in-tmp"
-    venv.create(env_dir, with_pip=False)
-    path = f"{env_dir / 'bin'}:{os.environ['PATH']}"
-    result = clean_pool.hwrun(
-        ["--gpu", "1", "--", "python", "-c", "print(1)"], cwd=str(workspace), env={"PATH": path}
-    )
-    assert result.returncode == 2, result.stderr
-    [line] = result.stderr.splitlines()
-    assert f"python is {env_dir}/bin/python, under /tmp" in line
-    assert "private to each GPU node" in line and "python3 -m venv" in line
+    assert "the current directory is /tmp itself" in line and "private to each GPU node" in line
     assert clean_pool.api("GET", "/api/sessions") == []  # nothing was queued
+
+
+def test_a_venv_and_a_directory_under_tmp_are_shown_on_the_node(
+    clean_pool: Pool, tmp_path: Path
+) -> None:
+    """The node's /tmp is its own, so what the run needs of the caller's (a venv first in
+    PATH, the working directory) is shown from the share at the same paths: the node runs the
+    caller's own python there, never its other one."""
+    env_dir = tmp_path / "venv-in-tmp"
+    venv.create(env_dir, with_pip=False, symlinks=True)
+    path = f"{env_dir / 'bin'}:{os.environ['PATH']}"
+    probe = "import os, sys; print(sys.prefix); print(os.getcwd()); open('made-there', 'w')"
+    os.chmod(tmp_path, 0o755)
+    result = clean_pool.hwrun(
+        ["--gpu", "1", "--", "python", "-c", probe], cwd=str(tmp_path), env={"PATH": path}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(env_dir), str(tmp_path)]
+    assert (tmp_path / "made-there").exists()  # written through the share, not on the node
+    clean_pool.assert_clean()

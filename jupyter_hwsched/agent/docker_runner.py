@@ -160,6 +160,8 @@ class DockerRunner(Runner):
         binds[str(spec.run_dir)] = {"bind": RUN_DIR, "mode": "rw"}  # the kernel's sockets
         for host, inside in spec.extra_binds.items():
             binds[host] = {"bind": inside, "mode": "ro"}
+        for host, inside in spec.shown.items():
+            binds[host] = {"bind": inside, "mode": "rw"}  # over the private /tmp
         return binds
 
     def create(self, spec: ContainerSpec) -> str:

@@ -43,6 +43,7 @@ class ContainerSpec:
     groups: list[int] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     extra_binds: dict[str, str] = field(default_factory=dict)  # host path -> container path
+    shown: dict[str, str] = field(default_factory=dict)  # the share's /tmp/NAME, writable
     limits: Limits | None = None  # None: unlimited (a runner that cannot enforce them)
 
 

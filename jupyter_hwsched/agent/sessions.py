@@ -181,6 +181,7 @@ class NodeSession:
                 f"as {self.spec.user.name}: run from a directory that user can enter"
             )
         devices, binds = self._gpu_devices() if self.runner.roots_at_share else ([], {})
+        shown = self._shown(root) if self.runner.roots_at_share else {}
         self.container_id = self.runner.create(
             ContainerSpec(
                 session_id=self.id,
@@ -193,6 +194,7 @@ class NodeSession:
                 groups=list(self.spec.user.groups),
                 devices=devices,
                 extra_binds=binds,
+                shown=shown,
                 limits=self.limits,
             )
         )
@@ -209,6 +211,25 @@ class NodeSession:
             return ""
         now = self.runner.limit_counters(self.container_id)
         return limit_reason(self.limits, self.counters, now, self.scratch)
+
+    def _shown(self, root: Path) -> dict[str, str]:
+        """The developer's /tmp/NAME paths the run needs, from the share, over the private
+        /tmp; a link is refused, as for every directory bound from the share."""
+        shown = {}
+        for path in self.spec.shown:
+            source = root / path.lstrip("/")
+            if source.is_symlink() or not source.exists():
+                raise RequestError(
+                    f"{path} cannot be shown on the node: it is "
+                    + (
+                        "a link"
+                        if source.is_symlink()
+                        else f"not readable as {self.spec.user.name}"
+                    )
+                    + " through the share; move what the run needs out of /tmp"
+                )
+            shown[str(source)] = path
+        return shown
 
     def _gpu_devices(self) -> tuple[list[str], dict[str, str]]:
         """Device nodes of the allocated real GPUs; simulated GPUs have none."""

@@ -9,7 +9,7 @@ import shutil
 import socket
 
 from jupyter_hwsched.protocol.errors import RequestError
-from jupyter_hwsched.protocol.records import Identity
+from jupyter_hwsched.protocol.records import MAX_SHOWN, Identity
 
 #: variables that only make sense on the caller's machine, or are secrets of the client
 LOCAL_ONLY = frozenset(
@@ -91,7 +91,7 @@ def caller_host() -> str:
     return socket.gethostname()
 
 
-#: what each GPU node keeps its own: the caller's files there are not the node's
+#: what each GPU node keeps its own: a session's /tmp is the node's, in memory
 PRIVATE = "/tmp"
 
 
@@ -101,20 +101,37 @@ def private(path: str) -> bool:
     return absolute == PRIVATE or absolute.startswith(PRIVATE + "/")
 
 
-def check_visible(argv: list[str], env: dict[str, str], cwd: str) -> None:
-    """Refuse, before anything is asked of the pool, a run that needs a path the node cannot
-    see: it would run another program there, or none, and say nothing of why."""
-    why = "which stays private to each GPU node"
-    if private(cwd):
-        raise RequestError(
-            f"the current directory {cwd} is under {PRIVATE}, {why}: run from a directory "
-            "outside it (your home or a project directory)"
-        )
-    program = argv[0]
+def shown_paths(argv: list[str], env: dict[str, str], cwd: str) -> tuple[str, ...]:
+    """What of the caller's ``/tmp`` the run needs, which the node then shows from the share
+    at the same paths (its own ``/tmp`` being private): the directory (or file) right under
+    ``/tmp`` that holds the working directory, the program, and each ``PATH`` and
+    ``PYTHONPATH`` entry that exists here. ``/tmp`` itself cannot be shown: a run from it,
+    or that needs it whole, is refused with what to change."""
+    needed: list[tuple[str, str]] = [(cwd, "the current directory")]
+    program = argv[0] if argv else ""
     found = program if "/" in program else shutil.which(program, path=env.get("PATH"))
-    if found and private(found):
+    if found:
+        needed.append((found, program))
+    for variable in ("PATH", "PYTHONPATH"):
+        for entry in env.get(variable, "").split(os.pathsep):
+            if entry and os.path.isabs(entry) and os.path.exists(entry):
+                needed.append((entry, f"the {variable} entry {entry}"))
+    shown: list[str] = []
+    for path, what in needed:
+        absolute = os.path.normpath(os.path.join(cwd, path))
+        if not private(absolute):
+            continue
+        if absolute == PRIVATE:
+            raise RequestError(
+                f"{what} is {PRIVATE} itself, which stays private to each GPU node: use a "
+                f"directory under it (or outside it) instead"
+            )
+        top = "/".join(absolute.split("/")[:3])  # /tmp/NAME
+        if top not in shown:
+            shown.append(top)
+    if len(shown) > MAX_SHOWN:
         raise RequestError(
-            f"{program} is {found}, under {PRIVATE}, {why}: the node would run another "
-            f"{os.path.basename(program)} or none. Install it outside {PRIVATE} (for a venv: "
-            "python3 -m venv ~/venvs/NAME)"
+            f"the run needs {len(shown)} paths under {PRIVATE} ({', '.join(shown)}), more than "
+            f"{MAX_SHOWN}: move some of them out of {PRIVATE}"
         )
+    return tuple(shown)

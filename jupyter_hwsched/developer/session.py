@@ -20,7 +20,7 @@ from jupyter_hwsched.developer.environment import (
     caller_env,
     caller_host,
     caller_identity,
-    check_visible,
+    shown_paths,
 )
 from jupyter_hwsched.developer.settings import HwschedClient
 from jupyter_hwsched.protocol.clients import AgentClient, ShareClient
@@ -121,8 +121,8 @@ class RemoteSession:
             raise
 
     async def _acquire(self, progress: ProgressCallback) -> SessionRecord:
-        if self.argv:
-            check_visible(self.argv, self.env, self.cwd)
+        # what of this machine's /tmp the run needs; refused here if it cannot be shown
+        shown = shown_paths(self.argv, self.env, self.cwd)
         self.timings.submitted = time.time()
         me = caller_identity()
         info = await self.scheduler.submit(
@@ -155,7 +155,7 @@ class RemoteSession:
             credentials = await self.share.open(self.id)
         progress("sharing", info)
         self.agent = AgentClient(info.placement.agent_url, self.secret, self.settings.ca_file)
-        spec = StartSpec(credentials, me, self.cwd, self.env, self.kind, self.argv)
+        spec = StartSpec(credentials, me, self.cwd, self.env, self.kind, self.argv, shown)
         self.kernel_id = await self.agent.start(self.id, spec)
         self.timings.ready = time.time()
         progress("ready", info)

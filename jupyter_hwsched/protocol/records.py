@@ -9,6 +9,7 @@ registration and heartbeat. ``from_json`` validates untrusted input and raises
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeGuard
 
@@ -177,6 +178,11 @@ class ShareGrant:
         )
 
 
+#: the most paths under /tmp one run may have the node show from its share
+MAX_SHOWN = 16
+_SHOWN_RE = re.compile(r"^/tmp/(?!\.\.?$)[^/\x00]{1,255}$")
+
+
 @dataclass(frozen=True)
 class StartSpec:
     """What a client sends a node agent to start its placed session."""
@@ -187,6 +193,9 @@ class StartSpec:
     env: dict[str, str]
     kind: str  # "kernel" or "command"
     argv: list[str]
+    #: paths /tmp/NAME of the developer's that the run needs (its /tmp is the node's own):
+    #: the node shows them from the share at the same paths
+    shown: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,6 +205,7 @@ class StartSpec:
             "env": self.env,
             "kind": self.kind,
             "argv": self.argv,
+            "shown": list(self.shown),
         }
 
     @classmethod
@@ -212,7 +222,15 @@ class StartSpec:
         cwd = data.get("cwd")
         if not isinstance(cwd, str) or not cwd.startswith("/"):
             raise RequestError("cwd must be an absolute path")
-        if cwd == "/tmp" or cwd.startswith("/tmp/"):
+        shown = data.get("shown") or []
+        if not isinstance(shown, list) or len(shown) > MAX_SHOWN:
+            raise RequestError(f"shown must be a list of at most {MAX_SHOWN} paths")
+        for path in shown:
+            if not (isinstance(path, str) and _SHOWN_RE.match(path)):
+                raise RequestError(f"shown: {path!r} is not a path /tmp/NAME")
+        if (cwd == "/tmp" or cwd.startswith("/tmp/")) and not any(
+            cwd == p or cwd.startswith(p + "/") for p in shown
+        ):
             raise RequestError(
                 f"the current directory {cwd} is under /tmp, which stays private to each GPU "
                 "node: run from a directory outside /tmp (your home or a project directory)"
@@ -223,7 +241,7 @@ class StartSpec:
             raise RequestError("kind must be 'kernel' or 'command'")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise RequestError("argv must be a non-empty list of strings")
-        return cls(grant, user, cwd, env, kind, argv)
+        return cls(grant, user, cwd, env, kind, argv, tuple(shown))
 
 
 @dataclass(frozen=True)

@@ -14,3 +14,14 @@ c.AgentApp.public_url = "https://gpu-node-1.example.internal:8766"
 c.AgentApp.labels = ["nvlink", "rack-3"]
 c.AgentApp.state_dir = "/var/lib/hwsched/agent"
 # c.DockerRunner.docker_host = "unix:///var/run/docker.sock"
+
+# what one session may use of this node; users ask within the bounds with --mem and --cpus
+c.SessionLimits.memory = "16G"  # swap included; the session's /tmp counts too
+c.SessionLimits.max_memory = "400G"
+c.SessionLimits.cpus = 8.0
+c.SessionLimits.max_cpus = 64.0
+c.SessionLimits.pids = 4096
+c.SessionLimits.tmp = "8G"
+# no network for the work (the default); name a Docker network made for egress to allow it
+# c.DockerRunner.network_mode = "hwsched-egress"
+c.AgentApp.kernel_start_timeout = 300.0

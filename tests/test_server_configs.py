@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jupyter_hwsched.developer.share.app import ShareAgentApp
+from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.app import SchedulerApp
 from jupyter_hwsched.scheduler.core import Scheduler
 
@@ -39,3 +40,8 @@ def test_agent_config_names_real_settings() -> None:
     assert set(config.AgentApp) <= set(AgentApp.class_trait_names(config=True))
     assert set(config.ServerApp) <= set(ServerApp.class_trait_names(config=True))
     assert config.AgentApp.labels == ["nvlink", "rack-3"]
+    from jupyter_hwsched.agent.limits import SessionLimits
+
+    assert set(config.SessionLimits) <= set(SessionLimits.class_trait_names(config=True))
+    limits = SessionLimits(config=config).resolve(HardwareRequest(mem=32 * 2**30))
+    assert (limits.memory, limits.cpus, limits.tmp) == (32 * 2**30, 8.0, 8 * 2**30)

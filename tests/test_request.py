@@ -63,7 +63,7 @@ def test_request_from_json_validates_fields() -> None:
         {"gpus": 2, "gpu_type": "A100", "gpu_mem": "40G"}
     ) == HardwareRequest(gpus=2, gpu_type="A100", gpu_mem=40 * 1024**3)
     with pytest.raises(RequestError, match="unknown request field"):
-        HardwareRequest.from_json({"gpus": 1, "cpus": 4})
+        HardwareRequest.from_json({"gpus": 1, "ram": 4})
     with pytest.raises(RequestError, match="JSON object"):
         HardwareRequest.from_json([1])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import socket
 import tarfile
 import threading
 import time
@@ -190,6 +191,7 @@ class DockerRunner(Runner):
                 volumes=self.binds(spec),
                 devices=[f"{d}:{d}:rwm" for d in spec.devices],
                 working_dir="/",
+                hostname=socket.gethostname(),  # the node's, as on its own network
                 environment={"HWSCHED_SESSION": spec.session_id},
                 # the developer's own work needs no privilege beyond their uid
                 cap_drop=["ALL"],

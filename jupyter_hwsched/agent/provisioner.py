@@ -58,7 +58,6 @@ class ContainerProvisioner(LocalProvisioner):
             raise RequestError(
                 "kernels on a GPU node start through the agent's /hwsched/sessions endpoint"
             )
-        self.session = session
         km = self.parent
         assert km is not None, "a provisioner always has its kernel manager as parent"
         name = f"kernel-{self.kernel_id}.json"
@@ -66,13 +65,15 @@ class ContainerProvisioner(LocalProvisioner):
         # the manager's own connection file (the node's paths) stays outside the run directory;
         # jupyter_client rewrites it whenever it differs from what the provisioner returned
         km.connection_file = str(session.base / f"agent-{name}")
-        # a kernel that cannot start says why and ends its session (NodeService): no restart
-        # loop. ServerKernels turns restarts on once the kernel has answered.
-        km.autorestart = False
+        if self.session is None:  # the first start, not a restart
+            # a kernel that cannot start says why and ends its session (NodeService): no
+            # restart loop. ServerKernels turns restarts on once the kernel has answered.
+            km.autorestart = False
         km.transport = "ipc"
         km.cache_ports = False  # a port cache is for TCP
         km.ip = str(session.run_dir / SOCKETS)
         _check_socket_path(km.ip)
+        self.session = session
         kwargs = await super().pre_launch(**kwargs)
         # the kernel's copy: the same sockets, at the path its container shows
         info = dict(self.connection_info)

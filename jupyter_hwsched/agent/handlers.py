@@ -4,6 +4,9 @@
 ends it. ``/hwsched/sessions/{id}/command``: a websocket that runs a command session's command
 and streams its output (binary frames: one byte 1 or 2 for stdout or stderr, then the bytes),
 ending with a text frame ``{"exit": code}``; the client sends ``{"signal": N}`` to signal it.
+The output is relayed losslessly with a bound on what the agent holds for a client that does
+not read (``c.CommandRelay.max_unsent_bytes``, 8 MiB): past it the command is paused, blocked
+on its write, until the client reads (see relay.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web, websocket
 
 from jupyter_hwsched.agent.authorizer import ADMIN, session_of
+from jupyter_hwsched.agent.relay import CommandRelay, OutputWindow
 from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol.errors import ForbiddenError, NotFoundError
@@ -118,6 +122,7 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
         return True  # token-authenticated API, not a browser page
 
     session: NodeSession
+    window: OutputWindow | None = None
 
     async def open(self, session_id: str) -> None:
         session = node_of(self).sessions.get(session_id)
@@ -128,22 +133,41 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
             self.close(4009, "the command of this session has already run")
             return
         self.session = session
+        window = self.window = OutputWindow(CommandRelay(config=self.config).max_unsent_bytes)
         loop = asyncio.get_running_loop()
 
         def on_output(stream: str, data: bytes) -> None:
+            # in a pump thread: waiting here leaves the rest of the output unread, so the
+            # command blocks on its next write until the client has read this far
             frame = bytes([STREAM_CODES[stream]]) + data
-            loop.call_soon_threadsafe(self._send, frame, True)
+            window.reserve(len(frame), lambda: session.torn_down)
+            loop.call_soon_threadsafe(self._send_output, frame)
 
         def on_exit(code: int) -> None:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._finish(code)))
 
         await loop.run_in_executor(None, session.exec_command, on_output, on_exit)
 
-    def _send(self, message: bytes | str, binary: bool = False) -> None:
+    def _send_output(self, frame: bytes) -> None:
+        assert self.window is not None
+        window, size = self.window, len(frame)
+        sent = self._send(frame, True)
+        if sent is None:
+            window.sent(size)
+            return
+
+        def flushed(future: asyncio.Future[None]) -> None:
+            _retrieve(future)
+            window.sent(size)
+
+        sent.add_done_callback(flushed)
+
+    def _send(self, message: bytes | str, binary: bool = False) -> asyncio.Future[None] | None:
+        """Write a frame; the future is done once the frame reached the socket."""
         try:
-            self.write_message(message, binary=binary)
+            return self.write_message(message, binary=binary)
         except websocket.WebSocketClosedError:
-            pass
+            return None
 
     async def _finish(self, code: int) -> None:
         reason = self.session.end_reason
@@ -155,7 +179,13 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
             if not await loop.run_in_executor(None, mount.responsive):
                 reason = "the connection to the developer's share was lost"
         # a command killed because its session ended did not exit on its own: say why
-        self._send(json.dumps({"ended": reason} if reason else {"exit": code}))
+        last = self._send(json.dumps({"ended": reason} if reason else {"exit": code}))
+        # close only once the client has taken everything (tornado drops a connection whose
+        # client has not answered a close within 5 s), or once the session is gone
+        if last is not None:
+            last.add_done_callback(_retrieve)
+            while not last.done() and not self.session.torn_down:
+                await asyncio.wait([last], timeout=0.5)
         self.close(1000)
 
     def on_message(self, message: str | bytes) -> None:
@@ -168,11 +198,19 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
             self.session.command.signal(signum)
 
     def on_close(self) -> None:
+        if self.window is not None:
+            self.window.close()  # a pump waiting for this client goes on (and hangs up)
         # like ssh: a client that goes away hangs up its command
         session = getattr(self, "session", None)
         proc = session.command if session else None
         if proc is not None:
             proc.signal(signal.SIGHUP)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """A write to a connection that closed failed: nothing more to do about it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def handlers() -> list[tuple[str, type]]:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from jupyter_hwsched.agent.relay import may_pause, running
 from jupyter_hwsched.agent.runner import ExecProcess
 from jupyter_hwsched.protocol.errors import RequestError
 
@@ -93,7 +94,11 @@ class ContainerProvisioner(LocalProvisioner):
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         assert self.session is not None
         loop = asyncio.get_running_loop()
-        self.proc = await loop.run_in_executor(None, self.session.exec_kernel, cmd)
+        await running(self.session)  # a restart may find the container paused
+        try:
+            self.proc = await loop.run_in_executor(None, self.session.exec_kernel, cmd)
+        finally:
+            may_pause(self.session)
         self.pid = self.proc.pid
         return self.connection_info
 
@@ -115,6 +120,8 @@ class ContainerProvisioner(LocalProvisioner):
 
     async def send_signal(self, signum: int) -> None:
         if self.proc is not None:
+            if signum in (signal.SIGKILL, signal.SIGTERM) and self.session is not None:
+                await running(self.session)  # a frozen kernel would not take it
             self.proc.signal(signum)
 
     async def kill(self, restart: bool = False) -> None:

@@ -1,18 +1,193 @@
-"""The kernel channels websocket of the node agent, with Nagle's algorithm off.
+"""The kernel channels websocket of the node agent: Nagle's algorithm off, bounded buffers.
 
 A cell's messages are small and each is waited for; with Nagle's algorithm a reply can sit
 in the socket buffer for a delayed ACK (about 40 ms here) before it leaves. Measured with
 ``benchmarks/kernel_roundtrip.py``: an empty cell took 48 ms before, 6.6 ms after.
+
+What the agent holds for a client is bounded, and nothing is dropped (see relay.py):
+
+- ``c.NoDelayConnection.max_unsent_bytes`` (8 MiB): messages written to the websocket and not
+  yet taken by the client's socket. Past it the session's container is paused until the
+  client has read down to half of it.
+- ``c.NoDelayConnection.max_replay_bytes`` (32 MiB): messages kept while the kernel has no
+  client, replayed to the client that reconnects with the same session id. Past it the
+  container is paused until a client connects again.
+
+jupyter_server's IOPub rate limit, which drops output past 1 MB/s, is off by default here
+(``limit_rate``): the bounds above protect the agent, and the client's own server limits what
+reaches a browser.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
+from traitlets import Bool, Int
+
+from jupyter_hwsched.agent import relay
+from jupyter_hwsched.agent.relay import MiB
+
+#: where the replay buffer's own count is kept, beside jupyter_server's buffer
+REPLAY = "hwsched_replay"
 
 
 class NoDelayConnection(ZMQChannelsWebsocketConnection):
+    max_unsent_bytes = Int(
+        8 * MiB,
+        config=True,
+        help="Bytes of kernel messages the agent holds for a client that has not read them; "
+        "past this the kernel's session is paused until the client reads half of them.",
+    )
+    max_replay_bytes = Int(
+        32 * MiB,
+        config=True,
+        help="Bytes of kernel messages kept for a client that disconnected, replayed when it "
+        "reconnects; past this the kernel's session is paused until a client connects.",
+    )
+    limit_rate = Bool(
+        False,
+        config=True,
+        help="Drop IOPub output past jupyter_server's rate limits. Off: output is paced by the "
+        "client's reading instead (max_unsent_bytes), and none is lost.",
+    )
+
+    unsent = 0  # bytes written to the websocket, not yet flushed to its socket
+    pending_bytes = 0  # bytes of kernel messages waiting for the client to catch up
+    holding = False  # whether this connection holds the session paused
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: messages (stream, message parts, size) not yet written, in order; a stream of
+        #: None: a status message
+        self.pending: deque[tuple[Any, Any, int]] = deque()
+
+    @property
+    def write_message(self) -> Callable[..., Any]:
+        """Every write to the client, counted until it is flushed."""
+        return self._write_counted
+
+    def _write_counted(self, message: bytes | str, binary: bool = False) -> Any:
+        future = self.websocket_handler.write_message(message, binary=binary)
+        size = len(message)  # JSON text is ASCII (json.dumps escapes the rest)
+        self.unsent += size
+        future.add_done_callback(partial(self._flushed, size))
+        self._check()
+        return future
+
+    def handle_outgoing_message(self, stream: Any, outgoing_msg: list[Any]) -> None:
+        """A kernel message for the client: written now while the client keeps up, else kept
+        in order (as the kernel sent it) until the client has read enough."""
+        if self.pending or self.unsent > self.max_unsent_bytes:
+            self._queue(stream, outgoing_msg, sum(len(part) for part in outgoing_msg))
+            return
+        super().handle_outgoing_message(stream, outgoing_msg)
+
+    def _send_status_message(self, status: str) -> None:
+        if self.pending:  # after the messages the kernel sent before it
+            self._queue(None, status, 0)
+            return
+        super()._send_status_message(status)  # type: ignore[no-untyped-call]
+
+    def _queue(self, stream: Any, message: Any, size: int) -> None:
+        self.pending.append((stream, message, size))
+        self.pending_bytes += size
+        self._check()
+
+    def _flushed(self, size: int, future: Any) -> None:
+        if not future.cancelled():
+            future.exception()  # a connection that closed: disconnect() deals with it
+        self.unsent -= size
+        self._drain()
+        self._check()
+
+    def _drain(self) -> None:
+        ws = self.websocket_handler.ws_connection
+        while self.pending and self.unsent <= self.max_unsent_bytes:
+            if ws is None or ws.is_closing():
+                return  # disconnect() keeps the rest for the client's return
+            stream, message, size = self.pending.popleft()
+            self.pending_bytes -= size
+            if stream is None:
+                super()._send_status_message(message)  # type: ignore[no-untyped-call]
+            else:
+                super().handle_outgoing_message(stream, message)
+
+    def _check(self) -> None:
+        """Pause the session past the bound; resume it at half the bound."""
+        backlog = self.unsent + self.pending_bytes
+        if not self.holding and backlog > self.max_unsent_bytes:
+            self.holding = True
+            relay.hold(*self._session(), self._key)
+        elif self.holding and backlog <= self.max_unsent_bytes // 2:
+            self.holding = False
+            relay.release(*self._session(), self._key)
+
+    @property
+    def _key(self) -> str:
+        return f"websocket-{id(self)}"
+
+    def _session(self) -> tuple[Any, Any]:
+        node = self.websocket_handler.settings.get("hwsched_node")
+        return node, relay.session_of_kernel(node, self.kernel_id) if node else None
+
+    def _kept(self) -> dict[str, Any] | None:
+        """What jupyter_server keeps of this kernel's messages while it has no client."""
+        kept: dict[str, Any] | None = self.multi_kernel_manager._kernel_buffers.get(self.kernel_id)
+        return kept
+
     def connect(self) -> Any:
         self.websocket_handler.set_nodelay(True)
+        # a client is back: what was kept for it drains through this connection's own bound
+        # (and a paused kernel must answer the connection's kernel_info nudge)
+        kept = self._kept()
+        if kept is not None and REPLAY in kept:
+            kept[REPLAY]["over"] = True  # its bound no longer pauses the kernel
+        relay.release(*self._session(), f"replay-{self.kernel_id}")
         return super().connect()
+
+    def disconnect(self) -> Any:
+        channels = self.channels
+        node, session = self._session()
+        # not yet written: kept for the client's return, ahead of what the kernel sends next
+        left = [
+            (stream if isinstance(stream, str) else stream.channel, message)
+            for stream, message, _ in self.pending
+            if stream is not None
+        ]
+        self.pending.clear()
+        self.pending_bytes = 0
+        if self.holding:
+            self.holding = False
+            relay.release(node, session, self._key)
+        super().disconnect()  # type: ignore[no-untyped-call]
+        kept = self._kept()
+        if kept is not None and channels and kept["channels"] is channels:
+            kept["buffer"][:0] = left
+            self._bound_replay(kept, node, session)
+
+    def _bound_replay(self, kept: dict[str, Any], node: Any, session: Any) -> None:
+        """jupyter_server now keeps every message for the client that reconnects, without a
+        bound: keep them the same way, counted, and pause the kernel past the bound."""
+        buffer: list[tuple[str, list[bytes]]] = kept["buffer"]
+        limit, key = self.max_replay_bytes, f"replay-{self.kernel_id}"
+        state = kept[REPLAY] = {"bytes": sum(len(p) for _, m in buffer for p in m), "over": False}
+        log = self.log
+
+        def count(size: int) -> None:
+            state["bytes"] += size
+            if state["bytes"] > limit and not state["over"]:
+                state["over"] = True
+                log.info("kept %d bytes for kernel %s's client: pausing it", limit, key[7:])
+                relay.hold(node, session, key)
+
+        def keep(channel: str, parts: list[bytes]) -> None:
+            buffer.append((channel, parts))
+            count(sum(len(p) for p in parts))
+
+        for channel, stream in kept["channels"].items():
+            stream.on_recv(partial(keep, channel))
+        count(0)  # already over with what was left unwritten: pause now

@@ -336,7 +336,8 @@ class Pool:
                 environ = proc.environ() if "ipykernel" in cmd else {}
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            ours = str(self.state) in cmd and ("sshd" in cmd or "sshfs" in cmd)
+            program = os.path.basename((proc.info["cmdline"] or [""])[0])
+            ours = str(self.state) in cmd and program.startswith(("sshd", "sshfs"))
             if ours or environ.get("HWSCHED_NODE") == self.node:
                 found.append(cmd)
         return found

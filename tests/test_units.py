@@ -108,3 +108,11 @@ def test_bridge_takes_another_port_when_its_port_was_taken_meanwhile() -> None:
             s.close()
         bridge.context.term()
         taker.close()
+
+
+def test_sshfs_options_keep_their_commas() -> None:
+    from jupyter_hwsched.agent.mount import _escape
+
+    assert _escape("ProxyCommand=relay --hosts a,b") == "ProxyCommand=relay --hosts a\\,b"
+    assert _escape("IdentityFile=C:\\key") == "IdentityFile=C:\\\\key"
+    assert _escape("reconnect") == "reconnect"

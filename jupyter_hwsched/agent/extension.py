@@ -114,7 +114,18 @@ class AgentApp(ExtensionApp, LimitSettings):
         "certificate from 'hwsched pki issue'), so that it can act only as itself. Off: the "
         "pool token, for a scheduler without a CA.",
     )
-    sshfs_options = List(Unicode(), DEFAULT_OPTIONS, config=True, help="Extra sshfs -o options.")
+    sshfs_options = List(
+        Unicode(),
+        DEFAULT_OPTIONS,
+        config=True,
+        help="The sshfs -o options of every share's mount (setting it replaces the defaults).",
+    )
+    sshfs_extra_options = List(
+        Unicode(),
+        [],
+        config=True,
+        help="sshfs -o options added to sshfs_options, e.g. ProxyCommand=... (commas allowed).",
+    )
 
     aliases = {
         "node-name": "AgentApp.node_name",
@@ -173,7 +184,7 @@ class AgentApp(ExtensionApp, LimitSettings):
                 scheduler=SchedulerClient(self.scheduler_url, self.credential(), self.ca_file),
                 kernels=ServerKernels(self),
                 state_dir=Path(self.state_dir),
-                sshfs_options=list(self.sshfs_options),
+                sshfs_options=[*self.sshfs_options, *self.sshfs_extra_options],
                 labels=list(self.labels),
                 allow_root=self.allow_root,
                 root_users=tuple(self.root_users),

@@ -59,6 +59,11 @@ def unmount(path: str | Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def _escape(option: str) -> str:
+    """One -o option as sshfs (libfuse) reads a comma-separated list: ``\\,`` is a comma."""
+    return option.replace("\\", "\\\\").replace(",", "\\,")
+
+
 class SshfsMount:
     """One sshfs mount of one session's share."""
 
@@ -97,7 +102,14 @@ class SshfsMount:
         log = self.keydir / "sshfs.log"
         with open(log, "wb") as err:
             self.process = subprocess.Popen(
-                ["sshfs", "-f", "-o", ",".join(options), source, str(self.mountpoint)],
+                [
+                    "sshfs",
+                    "-f",
+                    "-o",
+                    ",".join(map(_escape, options)),
+                    source,
+                    str(self.mountpoint),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=err,
                 stderr=err,

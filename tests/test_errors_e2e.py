@@ -96,3 +96,23 @@ def test_a_venv_and_a_directory_under_tmp_are_shown_on_the_node(
     assert result.stdout.split() == [str(env_dir), str(tmp_path)]
     assert (tmp_path / "made-there").exists()  # written through the share, not on the node
     clean_pool.assert_clean()
+
+
+def test_a_program_that_does_not_exist_is_refused_before_anything_is_asked(
+    clean_pool: Pool,
+) -> None:
+    result = clean_pool.hwrun(["--gpu", "1", "--", "no-such-program-xyz"], cwd="/")
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "no-such-program-xyz: no such program here in PATH" in line
+    assert clean_pool.api("GET", "/api/sessions") == []  # nothing was queued
+
+
+def test_a_program_the_node_cannot_start_says_why_in_one_line(clean_pool: Pool) -> None:
+    """It exists but cannot be executed: the engine's refusal, as the program's own line."""
+    result = clean_pool.hwrun(["--gpu", "1", "--", "/etc/hostname"], cwd="/")
+    assert result.returncode == 126, result.stderr
+    assert result.stdout == ""
+    assert "/etc/hostname: cannot start on the node: permission denied" in result.stderr
+    assert "OCI runtime" not in result.stderr
+    clean_pool.assert_clean()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -77,6 +78,14 @@ def _base_image_tar(init_binary: str | None) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def _exec_failure(message: bytes, program: str) -> bytes:
+    """The engine's "OCI runtime exec failed: ... exec: "X": REASON: unknown", as one line."""
+    text = message.decode(errors="replace").strip()
+    found = re.search(r'exec: "[^"]*": (.*?)(?:: unknown)?$', text)
+    reason = found.group(1) if found else text
+    return f"{program}: cannot start on the node: {reason}\n".encode()
 
 
 class DockerRunner(Runner):
@@ -226,7 +235,10 @@ class DockerRunner(Runner):
         def pump() -> None:
             try:
                 for out, err in stream:
-                    if out:
+                    if out and out.startswith(b"OCI runtime exec failed"):
+                        # the engine could not start it: say so as the process would
+                        on_output("stderr", _exec_failure(out, argv[0]))
+                    elif out:
                         on_output("stdout", out)
                     if err:
                         on_output("stderr", err)

@@ -110,6 +110,12 @@ def shown_paths(argv: list[str], env: dict[str, str], cwd: str) -> tuple[str, ..
     needed: list[tuple[str, str]] = [(cwd, "the current directory")]
     program = argv[0] if argv else ""
     found = program if "/" in program else shutil.which(program, path=env.get("PATH"))
+    if program and (not found or not os.path.exists(os.path.join(cwd, found))):
+        raise RequestError(
+            f"{program}: no such program here"
+            + ("" if "/" in program else " in PATH")
+            + ", so none on the node either: check its name, or install it"
+        )
     if found:
         needed.append((found, program))
     for variable in ("PATH", "PYTHONPATH"):

@@ -128,11 +128,21 @@ def test_a_tmp_filler_ends_only_its_own_session(clean: Pool) -> None:
 
 
 def test_the_session_sees_its_own_limits(clean: Pool) -> None:
-    probe = "df -k /tmp | tail -1; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || true"
-    done = clean.hwrun(["--", "sh", "-c", probe])
+    """What it asked for (--mem, --cpus) in its cgroup (v1 or v2), the /tmp size the node
+    gives every session."""
+    probe = (
+        "df -k /tmp | tail -1 | awk '{print $2}'; "
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null "
+        "|| cat /sys/fs/cgroup/memory.max; "
+        "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us "
+        "2>/dev/null || cat /sys/fs/cgroup/cpu.max"
+    )
+    done = clean.hwrun(["--mem", "512M", "--cpus", "1.5", "--", "sh", "-c", probe])
     assert done.returncode == 0, done.stderr
-    size_kb = int(done.stdout.split()[1])
-    assert size_kb == 16 * 1024, done.stdout
+    tmp_kb, memory, quota, period = done.stdout.split()
+    assert int(tmp_kb) == 16 * 1024, done.stdout
+    assert int(memory) == 512 * 2**20, done.stdout
+    assert int(quota) / int(period) == 1.5, done.stdout
 
 
 def test_a_kernel_that_cannot_start_says_why_at_once(clean: Pool, tmp_path: Path) -> None:

@@ -16,6 +16,12 @@ What the agent holds for a client is bounded, and nothing is dropped (see relay.
 jupyter_server's IOPub rate limit, which drops output past 1 MB/s, is off by default here
 (``limit_rate``): the bounds above protect the agent, and the client's own server limits what
 reaches a browser.
+
+A client that speaks the binary subprotocol (``v1.kernel.websocket.jupyter.org``, as the
+Remote GPU kernel's bridge does) gets the kernel's ZMQ frames as they are, behind a table of
+offsets: nothing is parsed or re-encoded on the way, and what the client sends is only signed
+with the kernel's key (``Session.send_raw``). Without rate limit or traceback filtering, a
+kernel message goes straight from the ZMQ socket to the websocket.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from traitlets import Bool, Int
 
@@ -33,6 +40,8 @@ from jupyter_hwsched.agent.relay import MiB
 
 #: where the replay buffer's own count is kept, beside jupyter_server's buffer
 REPLAY = "hwsched_replay"
+#: jupyter_server's binary kernel websocket protocol: the kernel's ZMQ frames, not JSON
+BINARY = "v1.kernel.websocket.jupyter.org"
 
 
 class NoDelayConnection(ZMQChannelsWebsocketConnection):
@@ -58,6 +67,7 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
     unsent = 0  # bytes written to the websocket, not yet flushed to its socket
     pending_bytes = 0  # bytes of kernel messages waiting for the client to catch up
     holding = False  # whether this connection holds the session paused
+    binary: bool | None = None  # whether kernel messages pass untouched (see _binary)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -84,7 +94,35 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
         if self.pending or self.unsent > self.max_unsent_bytes:
             self._queue(stream, outgoing_msg, sum(len(part) for part in outgoing_msg))
             return
-        super().handle_outgoing_message(stream, outgoing_msg)
+        self._pass_on(stream, outgoing_msg)
+
+    def _pass_on(self, stream: Any, outgoing_msg: Any) -> None:
+        """A kernel message to the client: in the binary protocol with nothing to filter, its
+        frames as they came (what jupyter_server's own path does, less its per-message checks)."""
+        if not self._binary():
+            super().handle_outgoing_message(stream, outgoing_msg)
+            return
+        if isinstance(stream, str):
+            stream = self.channels[stream]
+        if stream.closed():
+            self.log.warning("zmq message arrived on closed channel")
+            self.disconnect()
+            return
+        _, frames = self.session.feed_identities(outgoing_msg)
+        data = serialize_msg_to_ws_v1(frames[1:], stream.channel)  # type: ignore[no-untyped-call]
+        self.write_message(data, binary=True)
+
+    def _binary(self) -> bool:
+        """Whether kernel messages pass to the client untouched (decided once a connection)."""
+        if self.binary is None:
+            if self.websocket_handler.ws_connection is None:
+                return False  # not yet open: no subprotocol chosen
+            self.binary = bool(
+                self.subprotocol == BINARY
+                and not self.limit_rate
+                and getattr(self.multi_kernel_manager, "allow_tracebacks", True)
+            )
+        return self.binary
 
     def _send_status_message(self, status: str) -> None:
         if self.pending:  # after the messages the kernel sent before it
@@ -114,7 +152,7 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
             if stream is None:
                 super()._send_status_message(message)  # type: ignore[no-untyped-call]
             else:
-                super().handle_outgoing_message(stream, message)
+                self._pass_on(stream, message)
 
     def _check(self) -> None:
         """Pause the session past the bound; resume it at half the bound."""

@@ -14,10 +14,15 @@ from jupyter_hwsched.protocol.version import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 
 async def open_websocket(
-    agent_url: str, path: str, token: str, ca_file: str | None = None
+    agent_url: str,
+    path: str,
+    token: str,
+    ca_file: str | None = None,
+    subprotocol: str | None = None,
 ) -> WebSocketClientConnection:
     """Connect with the token (a session's secret) over wss where the agent serves https,
-    verified against the pool CA; a failure says the node is unreachable."""
+    verified against the pool CA; a failure says the node is unreachable. ``subprotocol``:
+    one the agent must choose, else the connection is refused."""
     url = agent_url.rstrip("/").replace("http", "ws", 1) + path
     secure = check_url(url, "the node agent")
     request = HTTPRequest(
@@ -29,11 +34,18 @@ async def open_websocket(
         else None,
     )
     try:
-        ws = await websocket_connect(request, max_message_size=256 * 1024 * 1024)
+        ws = await websocket_connect(
+            request,
+            max_message_size=256 * 1024 * 1024,
+            subprotocols=[subprotocol] if subprotocol else None,
+        )
     except ssl.SSLCertVerificationError as exc:
         raise not_trusted("the node agent", agent_url, exc) from None
     except (OSError, HTTPClientError) as exc:
         raise UnavailableError(f"cannot reach the node agent: {exc}") from None
+    if subprotocol and ws.selected_subprotocol != subprotocol:
+        ws.close()
+        raise UnavailableError(f"the node agent does not speak {subprotocol}")
     # small messages both ways, each waited for: Nagle's delay would add ~40 ms a round trip
     ws.protocol.set_nodelay(True)  # type: ignore[union-attr]
     return ws

@@ -11,6 +11,7 @@ from this folder.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -150,6 +151,7 @@ class Pool:
         self.agent_args = agent_args
         self.token = secrets.token_hex(16)
         self.node = node or f"test-node-{os.getpid()}-{Pool._count}"
+        self.node_names: set[str] = set()  # of every agent this pool started
         self.port = free_port()
         self.agent_port = free_port()
         self.identities = identities
@@ -225,6 +227,7 @@ class Pool:
     def agent_service(
         self, node: str, port: int, simulate: str, args: tuple[str, ...], name: str
     ) -> Service:
+        self.node_names.add(node)
         return Service(
             name,
             [
@@ -277,7 +280,28 @@ class Pool:
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
+        self._remove_what_agents_left()
         shutil.rmtree(self.state, ignore_errors=True)
+
+    def _remove_what_agents_left(self) -> None:
+        """What an agent killed by a test left (its containers, mounts, sshfs and sshd), when
+        the test failed before another agent removed it: no test run leaks."""
+        for node in self.node_names if shutil.which("docker") else ():
+            found = subprocess.run(
+                ["docker", "ps", "-aq", "--filter", f"label=hwsched.node={node}"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            if found:
+                subprocess.run(["docker", "rm", "-f", *found], capture_output=True)
+        for point in sorted(self.mounts(), reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            program = os.path.basename(cmd[0]) if cmd else ""
+            if program.startswith(("sshd", "sshfs")) and str(self.state) in " ".join(cmd):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
 
     # talking to the scheduler directly
 

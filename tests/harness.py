@@ -45,6 +45,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def agent_alone(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hwsched agent ARGS`` with no scheduler behind it, run to its end: for an agent that
+    must refuse to start."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter_hwsched.cli.hwsched",
+            "agent",
+            "--ip=127.0.0.1",
+            f"--port={free_port()}",
+            "--scheduler-url=http://127.0.0.1:1",
+            f"--state-dir={state}",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def wait_for(predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
     """Poll until ``predicate()`` is truthy. The timeout only guards against a hang."""
     deadline = time.monotonic() + timeout

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from harness import Pool, free_port
+from harness import Pool, agent_alone
 
 pytestmark = pytest.mark.e2e
 
@@ -52,22 +51,7 @@ def test_agent_start_removes_leftover_containers_and_mounts(
 
 def test_an_agent_that_cannot_start_says_why_and_exits(tmp_path: Path) -> None:
     """Not half-loaded: jupyter_server would serve on without the extension."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jupyter_hwsched.cli.hwsched",
-            "agent",
-            "--ip=127.0.0.1",
-            f"--port={free_port()}",
-            "--scheduler-url=http://127.0.0.1:1",
-            "--simulate-gpus=3xNOPE-XYZ",
-            f"--state-dir={tmp_path / 'state'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = agent_alone(tmp_path / "state", "--simulate-gpus=3xNOPE-XYZ")
     assert done.returncode == 1
     assert "the node agent cannot start: --simulate-gpus '3xNOPE-XYZ'" in done.stderr
     assert "AttributeError" not in done.stderr

@@ -7,13 +7,12 @@ simulated GPUs, with the same scheduler and agent as everywhere else.
 from __future__ import annotations
 
 import pwd
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import DEV_USER, Pool, free_port
+from harness import DEV_USER, Pool, agent_alone
 
 pytestmark = pytest.mark.e2e
 
@@ -93,22 +92,10 @@ def test_the_work_has_no_network_of_the_node(host_pool: Pool, dev_workspace: Pat
 
 
 def test_the_host_runner_is_refused_unless_the_pool_is_single_user(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jupyter_hwsched.cli.hwsched",
-            "agent",
-            "--ip=127.0.0.1",
-            f"--port={free_port()}",
-            "--scheduler-url=http://127.0.0.1:1",
-            "--simulate-gpus=1xA100-80GB",
-            f"--state-dir={tmp_path / 'state'}",
-            "--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = agent_alone(
+        tmp_path / "state",
+        "--simulate-gpus=1xA100-80GB",
+        "--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner",
     )
     assert done.returncode == 1, done.stderr
     [line] = [x for x in done.stderr.splitlines() if "cannot start" in x]

@@ -99,13 +99,11 @@ class NodeService:
             self.log.warning("removing leftover container of session %s", session_id)
             self.runner.remove(container_id)
         state = self.state_dir
-        for point in mounts_under(state / "mnt"):
-            self.log.warning("unmounting leftover share %s", point)
+        places = (state / "mnt", state / "sessions")  # shares; sessions' in-memory /tmp
+        for point in [p for place in places for p in mounts_under(place)]:
+            self.log.warning("unmounting leftover %s", point)
             unmount(point)
-        for point in mounts_under(state / "sessions"):
-            self.log.warning("unmounting a leftover session /tmp %s", point)
-            unmount(point)
-        stuck = mounts_under(state / "mnt") + mounts_under(state / "sessions")
+        stuck = [p for place in places for p in mounts_under(place)]
         if stuck:
             # never walk into a live mount: that is a developer's disk
             raise UnavailableError(f"cannot unmount leftover shares {stuck}; unmount them by hand")

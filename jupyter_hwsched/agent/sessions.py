@@ -218,15 +218,12 @@ class NodeSession:
         shown = {}
         for path in self.spec.shown:
             source = root / path.lstrip("/")
-            if source.is_symlink() or not source.exists():
+            link = source.is_symlink()
+            if link or not source.exists():
+                why = "a link" if link else f"not readable as {self.spec.user.name}"
                 raise RequestError(
-                    f"{path} cannot be shown on the node: it is "
-                    + (
-                        "a link"
-                        if source.is_symlink()
-                        else f"not readable as {self.spec.user.name}"
-                    )
-                    + " through the share; move what the run needs out of /tmp"
+                    f"{path} cannot be shown on the node: it is {why} through the share; "
+                    "move what the run needs out of /tmp"
                 )
             shown[str(source)] = path
         return shown

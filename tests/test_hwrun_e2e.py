@@ -20,7 +20,8 @@ def test_root_is_the_share_and_files_cross_both_ways(clean_pool: Pool, dev_works
     (dev_workspace / "written-before.txt").write_text(token)  # just before the run
     script = (
         "cat written-before.txt; echo; "
-        "grep ' /usr fuse.sshfs ' /proc/mounts; "
+        "grep ' /home fuse.sshfs ' /proc/mounts; "
+        "grep ' /usr overlay ' /proc/mounts; "
         "echo from-the-node > written-remotely.txt; id -u; id -g"
     )
     result = clean_pool.hwrun(
@@ -30,8 +31,10 @@ def test_root_is_the_share_and_files_cross_both_ways(clean_pool: Pool, dev_works
     lines = result.stdout.splitlines()
     assert lines[0] == token
     assert "fuse.sshfs" in lines[1] and lines[1].startswith(f"{DEV_USER}@")
+    # /usr, a read-mostly tree, comes through the node's cache, read-only
+    assert lines[2].split()[3].split(",")[0] == "ro", lines[2]
     dev = pwd.getpwnam(DEV_USER)
-    assert lines[2:4] == [str(dev.pw_uid), str(dev.pw_gid)]
+    assert lines[3:5] == [str(dev.pw_uid), str(dev.pw_gid)]
     written = dev_workspace / "written-remotely.txt"
     assert written.read_text() == "from-the-node\n"
     assert written.stat().st_uid == dev.pw_uid  # written as the developer, not root

@@ -161,8 +161,11 @@ class DockerRunner(Runner):
 
     def binds(self, spec: ContainerSpec) -> dict[str, dict[str, str]]:
         binds: dict[str, dict[str, str]] = {}
+        cached = set(spec.cached.values())
         for entry in sorted(os.listdir(spec.root)):
             path = spec.root / entry
+            if f"/{entry}" in cached:
+                continue  # the cache's view of it takes its place
             if entry in NODE_OWN or path.is_symlink() or not path.is_dir():
                 continue
             binds[str(path)] = {"bind": f"/{entry}", "mode": "rw"}
@@ -172,6 +175,8 @@ class DockerRunner(Runner):
             binds[host] = {"bind": inside, "mode": "ro"}
         for host, inside in spec.shown.items():
             binds[host] = {"bind": inside, "mode": "rw"}  # over the private /tmp
+        for host, inside in spec.cached.items():
+            binds[host] = {"bind": inside, "mode": "ro"}
         return binds
 
     def create(self, spec: ContainerSpec) -> str:

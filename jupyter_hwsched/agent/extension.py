@@ -19,6 +19,7 @@ from jupyter_server.extension.application import ExtensionApp
 from tornado.ioloop import PeriodicCallback
 from traitlets import Bool, Float, List, Type, Unicode, default
 
+from jupyter_hwsched.agent.cache import NodeCache
 from jupyter_hwsched.agent.docker_runner import DockerRunner
 from jupyter_hwsched.agent.gpus import discover
 from jupyter_hwsched.agent.handlers import handlers
@@ -189,6 +190,7 @@ class AgentApp(ExtensionApp, LimitSettings):
                 allow_root=self.allow_root,
                 root_users=tuple(self.root_users),
                 limits=SessionLimits(parent=self),
+                cache=self.node_cache(),
                 log=self.log,
             )
             self.settings["hwsched_node"] = self.node
@@ -198,6 +200,17 @@ class AgentApp(ExtensionApp, LimitSettings):
             # a node that cannot start says why in one line and exits
             self.log.critical("the node agent cannot start: %s", exc)
             raise SystemExit(1) from None
+
+    def node_cache(self) -> NodeCache | None:
+        """The cache of read-mostly trees, where sessions run on a share (as root: its views
+        are overlay mounts); its copies survive restarts."""
+        if not self.runner_class.roots_at_share or os.geteuid() != 0:
+            return None
+        cache = NodeCache(parent=self)
+        if not cache.enabled:
+            return None
+        cache.open(Path(self.state_dir))
+        return cache
 
     def credential(self) -> str | Credential:
         """What the node's calls to the scheduler carry: credentials it signs with its own

@@ -21,10 +21,15 @@ DEFAULT_OPTIONS = [
     "reconnect",
     "ServerAliveInterval=5",
     "ServerAliveCountMax=3",
-    "kernel_cache",
-    "entry_timeout=20",
-    "attr_timeout=20",
-    "negative_timeout=5",
+    # coherence: a file changed on the developer's side is seen within a second, in a run
+    # that has it open too (auto_cache drops its cached pages when its mtime or size moved);
+    # the read-mostly trees come from the node's cache instead (agent/cache)
+    "auto_cache",
+    "entry_timeout=1",
+    "attr_timeout=1",
+    "negative_timeout=1",
+    # AES-GCM where the CPU has AES instructions: about 1.4x chacha20's throughput measured
+    "Ciphers=aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
 ]
 
 

@@ -44,6 +44,8 @@ class ContainerSpec:
     devices: list[str] = field(default_factory=list)
     extra_binds: dict[str, str] = field(default_factory=dict)  # host path -> container path
     shown: dict[str, str] = field(default_factory=dict)  # the share's /tmp/NAME, writable
+    #: the node's read-only views of cached trees -> the trees' paths
+    cached: dict[str, str] = field(default_factory=dict)
     limits: Limits | None = None  # None: unlimited (a runner that cannot enforce them)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Protocol
 
 from jupyter_hwsched.agent.authorizer import secret_hash
+from jupyter_hwsched.agent.cache import NodeCache
 from jupyter_hwsched.agent.gpus import GpuInventory
 from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import mounts_under, unmount
@@ -72,6 +73,7 @@ class NodeService:
         allow_root: bool = False,
         root_users: tuple[str, ...] = (),
         limits: SessionLimits | None = None,
+        cache: NodeCache | None = None,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.node_name = node_name
@@ -86,6 +88,7 @@ class NodeService:
         self.allow_root = allow_root
         self.root_users = frozenset(root_users)
         self.limits = limits if limits is not None else SessionLimits()
+        self.cache = cache
         self.log = log or logging.getLogger(__name__)
         self.public_url = ""
         self.sessions: dict[str, NodeSession] = {}
@@ -99,7 +102,8 @@ class NodeService:
             self.log.warning("removing leftover container of session %s", session_id)
             self.runner.remove(container_id)
         state = self.state_dir
-        places = (state / "mnt", state / "sessions")  # shares; sessions' in-memory /tmp
+        # sessions' cached trees and in-memory /tmp first: the trees lie over the shares
+        places = (state / "sessions", state / "mnt")
         for point in [p for place in places for p in mounts_under(place)]:
             self.log.warning("unmounting leftover %s", point)
             unmount(point)
@@ -279,6 +283,8 @@ class NodeService:
             runner=self.runner,
             sshfs_options=list(self.sshfs_options),
             limits=limits,
+            cache=self.cache,
+            host=placed.host,
         )
         self.sessions[session.id] = session
         loop = asyncio.get_running_loop()

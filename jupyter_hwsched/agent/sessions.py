@@ -12,15 +12,17 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jupyter_hwsched.agent.cache import NodeCache, SessionCache
 from jupyter_hwsched.agent.gpus import driver_libraries
 from jupyter_hwsched.agent.limits import LimitCounters, Limits, limit_reason
 from jupyter_hwsched.agent.mount import SshfsMount, mounted, unmount
 from jupyter_hwsched.agent.runner import (
     AGENT_DIR,
+    NODE_OWN,
     ContainerSpec,
     ExecProcess,
     ExitCallback,
@@ -99,6 +101,9 @@ class NodeSession:
     kernel_log: StartLog = field(default_factory=StartLog)  # the kernel's first lines
     limits: Limits | None = None  # None: the runner enforces none
     counters: LimitCounters = field(default_factory=LimitCounters)  # at the start
+    cache: NodeCache | None = None  # the node's cache of read-mostly trees, if it keeps one
+    host: str = ""  # the developer machine the scheduler verified (whose cache is used)
+    cached: SessionCache | None = None  # what this session uses of the cache
 
     @property
     def uid(self) -> int:
@@ -175,6 +180,7 @@ class NodeSession:
             )
             self.mount.mount()
             root = self.mountpoint
+            self._attach_cache()
         if not (root / self.spec.cwd.lstrip("/")).is_dir():
             raise RequestError(
                 f"the current directory {self.spec.cwd} cannot be opened through the share "
@@ -195,10 +201,27 @@ class NodeSession:
                 devices=devices,
                 extra_binds=binds,
                 shown=shown,
+                cached=self.cached.binds if self.cached else {},
                 limits=self.limits,
             )
         )
         self.counters = self.runner.limit_counters(self.container_id)
+
+    def _attach_cache(self) -> None:
+        """Serve the manifest's trees from the node's cache, where it keeps one."""
+        manifest = self.spec.share.cache if self.spec.share else None
+        if self.cache is None or not self.cache.enabled or manifest is None:
+            return
+        trees = [t for t in manifest.trees if t.split("/")[1] not in NODE_OWN]
+        self.cached = self.cache.attach(
+            replace(manifest, trees=tuple(trees)),
+            self.host,
+            self.spec.user.name,
+            self.uid,
+            self.spec.user.home,
+            self.mountpoint,
+            self.base / "cache",
+        )
 
     @property
     def scratch(self) -> Path:
@@ -293,6 +316,13 @@ class NodeSession:
                 self.runner.remove_session(self.id, self.node)  # one made before a failure
         except Exception as exc:
             self.runner.log.error("session %s: removing its container failed: %s", self.id, exc)
+        if (
+            self.cached is not None
+            and self.cache is not None
+            and not self.cache.detach(self.cached)
+        ):
+            self.runner.log.error("session %s: a cached tree is still mounted", self.id)
+            return
         if mounted(self.scratch):
             unmount(self.scratch)
             if mounted(self.scratch):
@@ -316,5 +346,6 @@ class NodeSession:
             "kernel_id": self.kernel_id,
             "container": self.container_id,
             "mountpoint": str(self.mountpoint),
+            "cache": self.cached.describe() if self.cached else None,
             "started": self.started,
         }

@@ -141,3 +141,49 @@ def shown_paths(argv: list[str], env: dict[str, str], cwd: str) -> tuple[str, ..
             f"{MAX_SHOWN}: move some of them out of {PRIVATE}"
         )
     return tuple(shown)
+
+
+#: the variable that names the trees a node may cache (":"-separated; empty: none)
+CACHE_TREES_VARIABLE = "HWSCHED_CACHE_TREES"
+
+
+def environment_root(program: str) -> str | None:
+    """The virtual environment or conda environment a program lives in: the directory above
+    its ``bin`` that holds ``pyvenv.cfg`` or ``conda-meta``, or None."""
+    directory = os.path.dirname(os.path.abspath(program))
+    if os.path.basename(directory) != "bin":
+        return None
+    root = os.path.dirname(directory)
+    if os.path.exists(os.path.join(root, "pyvenv.cfg")) or os.path.isdir(
+        os.path.join(root, "conda-meta")
+    ):
+        return root
+    return None
+
+
+def cache_trees(argv: list[str], env: dict[str, str], cwd: str) -> list[str]:
+    """The read-mostly trees a node may serve from its cache, read-only, for this run:
+    ``HWSCHED_CACHE_TREES`` where set, else ``/usr`` and the environment the program lives in.
+    A tree that holds the working directory, lies under ``/tmp`` or does not exist is left
+    out: the run must be able to write where it works."""
+    given = env.get(CACHE_TREES_VARIABLE)
+    if given is not None:
+        candidates = [p for p in given.split(":") if p and p != "none"]
+    else:
+        program = argv[0] if argv else ""
+        found = program if "/" in program else shutil.which(program, path=env.get("PATH"))
+        candidates = ["/usr"]
+        root = environment_root(os.path.join(cwd, found)) if found else None
+        if root:
+            candidates.append(root)
+    trees: list[str] = []
+    work = os.path.normpath(cwd)
+    for path in candidates:
+        tree = os.path.normpath(os.path.join(cwd, path))
+        holds_cwd = work == tree or work.startswith(tree + "/")
+        if tree == "/" or holds_cwd or private(tree) or not os.path.isdir(tree):
+            continue
+        if any(c in tree for c in ":,\\") or tree in trees:
+            continue
+        trees.append(tree)
+    return trees

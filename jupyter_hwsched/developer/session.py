@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_hwsched.developer.environment import (
+    cache_trees,
     caller_env,
     caller_host,
     caller_identity,
@@ -152,7 +153,8 @@ class RemoteSession:
                     "'hwsched share' and set HWSCHED_SHARE_SOCKET"
                 )
             self.share = ShareClient(self.settings.share_socket)
-            credentials = await self.share.open(self.id)
+            trees = cache_trees(self.argv, self.env, self.cwd)
+            credentials = await self.share.open(self.id, trees)
         progress("sharing", info)
         self.agent = AgentClient(info.placement.agent_url, self.secret, self.settings.ca_file)
         spec = StartSpec(credentials, me, self.cwd, self.env, self.kind, self.argv, shown)

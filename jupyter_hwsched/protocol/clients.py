@@ -89,8 +89,11 @@ class ShareClient(JsonClient):
             unix_socket=socket_path,
         )
 
-    async def open(self, session_id: str) -> ShareGrant:
-        grant = await self.request("POST", "/shares", {"session_id": session_id})
+    async def open(self, session_id: str, cache_trees: list[str] | None = None) -> ShareGrant:
+        body: dict[str, object] = {"session_id": session_id}
+        if cache_trees:
+            body["cache_trees"] = cache_trees
+        grant = await self.request("POST", "/shares", body)
         return ShareGrant.from_json(grant)
 
     async def close_share(self, session_id: str) -> None:

@@ -13,6 +13,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeGuard
 
+from jupyter_hwsched.protocol.cache_manifest import CacheManifest
 from jupyter_hwsched.protocol.errors import RequestError
 from jupyter_hwsched.protocol.request import HardwareRequest
 
@@ -148,9 +149,11 @@ class ShareGrant:
     private_key: str
     host_key: str  # pinned: the node accepts no other
     root: str = "/"
+    #: the files the node may serve from its cache, validated on the developer's machine
+    cache: CacheManifest | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "host": self.host,
             "port": self.port,
             "user": self.user,
@@ -158,6 +161,9 @@ class ShareGrant:
             "private_key": self.private_key,
             "host_key": self.host_key,
         }
+        if self.cache is not None:
+            out["cache"] = self.cache.to_json()
+        return out
 
     @classmethod
     def from_json(cls, share: Any) -> ShareGrant:
@@ -175,6 +181,7 @@ class ShareGrant:
             private_key=str(share["private_key"]),
             host_key=str(share["host_key"]),
             root=str(share.get("root") or "/"),
+            cache=CacheManifest.from_json(share["cache"]) if share.get("cache") else None,
         )
 
 

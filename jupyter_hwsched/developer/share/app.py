@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import struct
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,12 +27,14 @@ import psutil
 from jupyter_core.paths import jupyter_runtime_dir
 from tornado import ioloop, web
 from tornado.netutil import bind_unix_socket
-from traitlets import Float, Unicode, default
+from traitlets import Bool, Float, List, Unicode, default
 
 from jupyter_hwsched.developer.environment import identity_of
+from jupyter_hwsched.developer.share.hotset import HotSets, take_manifest
 from jupyter_hwsched.developer.share.sftp import SftpShare, check_share_user
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
+from jupyter_hwsched.protocol.cache_manifest import CacheManifest, under, valid_tree
 from jupyter_hwsched.protocol.clients import SchedulerClient
 from jupyter_hwsched.protocol.errors import (
     ForbiddenError,
@@ -76,7 +82,13 @@ class SharesHandler(ShareHandlerBase):
         session_id = body.get("session_id")
         if not isinstance(session_id, str) or not session_id.isalnum():
             raise RequestError("session_id must be the scheduler's session id")
-        grant = await self.agent.open(session_id, self.caller())
+        trees = body.get("cache_trees", [])
+        if not isinstance(trees, list) or not all(valid_tree(t) for t in trees):
+            raise RequestError(
+                "cache_trees must list absolute, normalised directories other than /, "
+                "without ':', ',' or '\\'"
+            )
+        grant = await self.agent.open(session_id, self.caller(), trees)
         self.write_json(grant.to_json(), status=201)
 
 
@@ -109,6 +121,8 @@ class ShareAgent:
         self.shares: dict[str, SftpShare] = {}
         self.signer = Signer(app.machine_cert, app.machine_key) if app.machine_cert else None
         self._schedulers: dict[int, SchedulerClient] = {}
+        self.hot_sets = HotSets(Path(app.hot_dir))
+        self.trees: dict[str, list[str]] = {}  # the cached trees of each open share
 
     def credential_for(self, user: pwd.struct_passwd) -> str:
         if self.signer is None:
@@ -127,7 +141,9 @@ class ShareAgent:
             self._schedulers[user.pw_uid] = client
         return client
 
-    async def open(self, session_id: str, user: pwd.struct_passwd) -> ShareGrant:
+    async def open(
+        self, session_id: str, user: pwd.struct_passwd, trees: list[str] | None = None
+    ) -> ShareGrant:
         if session_id in self.shares:
             raise RequestError(f"session {session_id} already has a share")
         session = await self.scheduler(user).session(session_id)
@@ -149,10 +165,19 @@ class ShareAgent:
             root=self.app.root,
             sshd_path=self.app.sshd_path,
             allowed_from=node_addresses,
+            sftp_server_path=self.app.sftp_server_path,
+            log_opens=self.caching(trees),
         )
         self.shares[session_id] = share
+        loop = asyncio.get_running_loop()
         try:
-            creds = await asyncio.get_running_loop().run_in_executor(None, share.open)
+            creds = await loop.run_in_executor(None, share.open)
+            if self.caching(trees):
+                assert trees is not None
+                self.trees[session_id] = trees
+                log = str(share.opens_log) if share.sftp_command != "internal-sftp" else ""
+                manifest = await loop.run_in_executor(None, self.manifest, user, trees, log)
+                creds = replace(creds, cache=manifest)
         except BaseException:
             self.shares.pop(session_id, None)
             await asyncio.get_running_loop().run_in_executor(None, share.close)
@@ -162,9 +187,50 @@ class ShareAgent:
         )
         return creds
 
+    def caching(self, trees: list[str] | None) -> bool:
+        """Whether a share with these trees keeps a hot set and sends a manifest: the
+        manifest's paths are the developer's, so the share must export the whole root."""
+        return bool(trees) and self.app.cache and self.app.root == "/"
+
+    def never_cached(self, user: pwd.struct_passwd) -> list[str]:
+        home = user.pw_dir.rstrip("/") or "/"
+        return [
+            os.path.normpath(home + p[1:] if p.startswith("~") else p) for p in self.app.never_cache
+        ]
+
+    def manifest(self, user: pwd.struct_passwd, trees: list[str], log: str) -> CacheManifest | None:
+        """The manifest of the user's hot set under ``trees``, taken as that user (blocking).
+        None, logged, where it cannot be taken: the session then runs without the cache."""
+        hot, never = self.hot_sets.load(user.pw_uid), self.never_cached(user)
+        if os.geteuid() != 0 or user.pw_uid == 0:
+            return take_manifest(hot, trees, never, log)
+        request = {"hot": hot, "trees": trees, "never": never, "log": log}
+        try:
+            child = subprocess.run(
+                [sys.executable, "-m", "jupyter_hwsched.developer.share.hotset"],
+                input=json.dumps(request).encode(),
+                capture_output=True,
+                timeout=120,
+                user=user.pw_uid,
+                group=user.pw_gid,
+                extra_groups=os.getgrouplist(user.pw_name, user.pw_gid),
+                env={"PATH": os.defpath, "LANG": "C.UTF-8"},
+                cwd="/",
+            )
+            if child.returncode != 0:
+                raise ValueError(child.stderr.decode(errors="replace")[-400:])
+            return CacheManifest.from_json(json.loads(child.stdout))
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self.log.warning("no cache manifest for %s: %s", user.pw_name, exc)
+            return None
+
     async def close(self, session_id: str, why: str) -> None:
         share = self.shares.pop(session_id, None)
+        trees = self.trees.pop(session_id, None)
         if share is not None:
+            if trees:
+                read = [p for p in share.opened_paths() if under(p, trees)]
+                self.hot_sets.record(share.user.pw_uid, read)
             await asyncio.get_running_loop().run_in_executor(None, share.close)
             self.log.info("share for session %s closed: %s", session_id, why)
 
@@ -231,6 +297,25 @@ class ShareAgentApp(ConfigFileApp):
     )
     machine_key = Unicode("", config=True, help="The machine certificate's key.")
     check_interval = Float(2.0, config=True, help="Seconds between checks of the open sessions.")
+    sftp_server_path = Unicode(
+        "/usr/lib/openssh/sftp-server",
+        config=True,
+        help="OpenSSH's sftp-server: it serves shares with cached trees, and logs the files "
+        "it opens so that nodes learn what to cache (internal-sftp keeps no such log).",
+    )
+    cache = Bool(
+        True,
+        config=True,
+        help="Learn each user's hot set and send nodes a manifest of it, so that they serve "
+        "the files of the cached trees from their cache.",
+    )
+    hot_dir = Unicode(config=True, help="Directory of the users' hot sets (one file per uid).")
+    never_cache = List(
+        Unicode(),
+        ["~/.ssh", "~/.gnupg"],
+        config=True,
+        help="Paths no manifest names, so that no node caches them (~ is the user's home).",
+    )
 
     aliases = {
         "config": "ShareAgentApp.config_file",
@@ -250,6 +335,12 @@ class ShareAgentApp(ConfigFileApp):
         if os.geteuid() == 0:
             return "/var/lib/hwsched/share"
         return str(Path.home() / ".local" / "state" / "hwsched" / "share")
+
+    @default("hot_dir")
+    def _hot_dir_default(self) -> str:
+        if os.geteuid() == 0:
+            return "/var/lib/hwsched/hot"
+        return str(Path.home() / ".local" / "state" / "hwsched" / "hot")
 
     @default("scheduler_url")
     def _url_default(self) -> str:

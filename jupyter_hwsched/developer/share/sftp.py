@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import psutil
 
+from jupyter_hwsched.protocol.cache_manifest import opened_for_reading
 from jupyter_hwsched.protocol.errors import RequestError, UnavailableError
 from jupyter_hwsched.protocol.records import ShareGrant
 
@@ -37,7 +39,7 @@ HostbasedAuthentication no
 PermitRootLogin {permit_root}
 UsePAM no
 StrictModes yes
-ForceCommand internal-sftp
+ForceCommand {sftp_command}
 Subsystem sftp internal-sftp
 AllowTcpForwarding no
 AllowStreamLocalForwarding no
@@ -82,6 +84,11 @@ class SftpShare:
     log_level: str = "INFO"
     #: the addresses the placed node connects from; no other host may log in
     allowed_from: tuple[str, ...] = ()
+    #: OpenSSH's sftp-server, run instead of internal-sftp to log the files it opens
+    sftp_server_path: str = "/usr/lib/openssh/sftp-server"
+    #: log the files the node opens (to learn the hot set), where the user's shell allows
+    log_opens: bool = False
+    sftp_command: str = "internal-sftp"
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     opened: float = field(default_factory=time.time)
@@ -93,6 +100,7 @@ class SftpShare:
                 "or set ShareAgentApp.sshd_path"
             )
         self._prepare_directory()
+        self.sftp_command = self._sftp_command()
         host_pub = keygen(self.directory / "host_key")
         client_pub = keygen(self.directory / "client_key")
         authorized = self.directory / "authorized_keys"
@@ -125,10 +133,39 @@ class SftpShare:
         self.directory.chmod(0o711)
         (self.directory / "sshd_config").unlink(missing_ok=True)
 
+    @property
+    def opens_log(self) -> Path:
+        """Where the share's SFTP server logs the files it opens (owned by the user)."""
+        return self.directory / "opened.log"
+
+    def _sftp_command(self) -> str:
+        """internal-sftp; or, to log opens, sftp-server with its log sent to ``opens_log``.
+        sshd runs a command other than internal-sftp through the user's login shell, so a
+        user without one (nologin) gets internal-sftp and no log."""
+        shell = self.user.pw_shell or "/bin/sh"
+        usable = os.access(shell, os.X_OK) and Path(shell).name not in ("nologin", "false")
+        if not (self.log_opens and usable and os.access(self.sftp_server_path, os.X_OK)):
+            return "internal-sftp"
+        self.opens_log.unlink(missing_ok=True)
+        fd = os.open(self.opens_log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        if os.geteuid() == 0:
+            os.fchown(fd, self.user.pw_uid, self.user.pw_gid)
+        os.close(fd)
+        server, log = shlex.quote(self.sftp_server_path), shlex.quote(str(self.opens_log))
+        return f"{server} -e -l INFO 2>>{log}"
+
+    def opened_paths(self) -> list[str]:
+        """The paths the share's SFTP server opened for reading (none if it kept no log)."""
+        try:
+            return opened_for_reading(self.opens_log.read_text(errors="replace"))
+        except OSError:
+            return []
+
     def _start_sshd(self, timeout: float) -> bool:
         config = self.directory / "sshd_config"
         config.write_text(
             SSHD_CONFIG.format(
+                sftp_command=self.sftp_command,
                 ip=self.ip,
                 port=self.port,
                 dir=self.directory,

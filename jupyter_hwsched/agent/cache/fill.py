@@ -1,0 +1,149 @@
+"""Copying into the store while a session runs, so that the next session reads locally.
+
+Two sources: the manifest's files the store had no valid copy of, and the files the session
+opens, which the developer's SFTP server logs where the node can read it through the share
+(with, for a directory seen for the first time, its other small files: a run that imports one
+module stats its neighbours). Copies go through the share, as the developer, a few at a time;
+they stop, and a half-made copy is dropped, when the session ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_hwsched.agent.cache.store import CopyAborted, UserStore
+from jupyter_hwsched.agent.cache.view import in_tree
+from jupyter_hwsched.protocol.cache_manifest import SIBLING_MAX, CacheManifest, opened_for_reading
+
+log = logging.getLogger("hwsched.agent.cache")
+
+
+@dataclass
+class FillStats:
+    copied: int = 0
+    bytes: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few, for the log
+
+
+class Filler:
+    """One session's copying, on its own threads."""
+
+    def __init__(
+        self,
+        store: UserStore,
+        mountpoint: Path,
+        manifest: CacheManifest,
+        never: list[str],
+        known: set[str],
+        workers: int = 2,
+        max_file_bytes: int = 2 << 30,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.mountpoint = mountpoint
+        self.manifest = manifest
+        self.never = never
+        self.known = set(known)  # paths with a valid copy, or already asked for
+        self.dirs_listed: set[str] = set()
+        self.max_file_bytes = max_file_bytes
+        self.poll_interval = poll_interval
+        self.stop_event = threading.Event()
+        self.stats = FillStats()
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="hwsched-fill")
+        self._thread = threading.Thread(target=self._watch, name="hwsched-fill-log", daemon=True)
+        self._log_offset = 0
+        self._lock = threading.Lock()
+
+    def start(self, missing: list[str]) -> None:
+        for path in missing:
+            self._want(path)
+        self._thread.start()
+
+    def stop(self) -> FillStats:
+        """Stop copying, drop half-made copies; blocks until the threads are done."""
+        self.stop_event.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        return self.stats
+
+    def _cacheable(self, path: str) -> bool:
+        return any(in_tree(path, t) for t in self.manifest.trees) and not any(
+            in_tree(path, n) for n in self.never
+        )
+
+    def _want(self, path: str) -> None:
+        with self._lock:
+            if path in self.known or not self._cacheable(path):
+                return
+            self.known.add(path)
+        self._pool.submit(self._copy, path)
+
+    def _through_share(self, path: str) -> Path:
+        return self.mountpoint / path.lstrip("/")
+
+    def _copy(self, path: str) -> None:
+        if self.stop_event.is_set():
+            return
+        source = self._through_share(path)
+        try:
+            st = os.lstat(source)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > self.max_file_bytes:
+                return
+            copied = self.store.put(path, source, self.manifest.taken_ns, self.stop_event)
+        except CopyAborted:
+            return
+        except OSError as exc:
+            with self._lock:
+                self.stats.failed += 1
+                if len(self.stats.errors) < 5:
+                    self.stats.errors.append(f"{path}: {exc}")
+            return
+        with self._lock:
+            self.stats.copied += 1
+            self.stats.bytes += copied
+
+    def _neighbours(self, directory: str) -> None:
+        """The other small files of a directory a run read from."""
+        if directory in self.dirs_listed or not self._cacheable(directory):
+            return
+        self.dirs_listed.add(directory)
+        try:
+            listing = list(os.scandir(self._through_share(directory)))
+        except OSError:
+            return
+        for item in listing:
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size <= SIBLING_MAX:
+                self._want(f"{directory.rstrip('/')}/{item.name}")
+
+    def _read_log(self) -> list[str]:
+        if not self.manifest.log:
+            return []
+        try:
+            with open(self._through_share(self.manifest.log), "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1  # whole lines only
+        self._log_offset += end
+        return opened_for_reading(data[:end].decode(errors="replace"))
+
+    def _watch(self) -> None:
+        while not self.stop_event.wait(self.poll_interval):
+            for path in self._read_log():
+                if path == self.manifest.log:
+                    continue
+                self._want(path)
+                self._neighbours(os.path.dirname(path))

@@ -1,0 +1,174 @@
+"""What the developer machine says about the files a node may serve from its cache.
+
+The share agent takes a manifest when it opens a share: for each file, link and directory of the
+developer's hot set under the session's cached trees, what ``lstat`` says on the developer's
+machine. A node serves a cached copy only for a manifest entry whose key matches the copy's, so
+the manifest is the one round trip that validates the whole cache at the start of a session.
+
+On the wire the entries are a zlib-compressed JSON list, base64-encoded: a few thousand entries
+fit in tens of KiB.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import posixpath
+import re
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from jupyter_hwsched.protocol.errors import RequestError
+
+#: the most entries one manifest may carry
+MAX_ENTRIES = 50_000
+#: the most bytes its compressed entries may take on the wire
+MAX_PACKED = 768 * 1024
+KINDS = ("f", "d", "l")
+
+#: a neighbour of a file that was read comes with it up to this size; bigger ones only if read
+SIBLING_MAX = 8 * 1024 * 1024
+
+# OpenSSH's sftp-server at -l INFO: open "PATH" flags READ mode 0666
+_OPEN = re.compile(r'^open "(.*)" flags ([A-Z,]+) mode \d+$')
+
+
+def opened_for_reading(log: str) -> list[str]:
+    """The paths an sftp-server log says were opened read-only, in order, each once."""
+    seen: dict[str, None] = {}
+    for line in log.splitlines():
+        match = _OPEN.match(line.strip())
+        if match and match.group(2) == "READ":
+            seen.pop(match.group(1), None)
+            seen[match.group(1)] = None
+    return list(seen)
+
+
+def under(path: str, roots: Iterable[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def valid_tree(path: str) -> bool:
+    """An absolute, normalised directory path other than ``/``, which overlayfs options and
+    Docker's bind syntax can carry (no ``:``, ``,``, ``\\`` or control characters)."""
+    return (
+        isinstance(path, str)
+        and path.startswith("/")
+        and path != "/"
+        and posixpath.normpath(path) == path
+        and not any(c in path for c in ":,\\")
+        and all(ord(c) >= 32 for c in path)
+        and len(path) <= 4096
+    )
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One path as the developer's machine sees it. ``key`` changes whenever the file's
+    content or metadata may have changed: ``ctime`` moves on every change and cannot be set."""
+
+    path: str
+    kind: str  # "f" file, "d" directory, "l" symbolic link
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    target: str = ""  # a link's target
+    #: a directory whose whole subtree is in the manifest (the node may then hide the share's
+    #: copy of it, so that names absent here are absent, with no round trip)
+    whole: bool = False
+
+    @property
+    def key(self) -> tuple[int, ...]:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.ino, self.mode, self.uid, self.gid)
+
+    def row(self) -> list[Any]:
+        return [
+            self.path,
+            self.kind,
+            self.size,
+            self.mtime_ns,
+            self.ctime_ns,
+            self.ino,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.target,
+            int(self.whole),
+        ]
+
+    @classmethod
+    def from_row(cls, row: Any) -> CacheEntry:
+        if not isinstance(row, list) or len(row) != 11:
+            raise RequestError("a cache manifest entry must be a list of 11 fields")
+        path, kind, *numbers, target, whole = row
+        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+            raise RequestError("a cache manifest path must be absolute")
+        if posixpath.normpath(path) != path:
+            raise RequestError(f"cache manifest path {path!r} is not normalised")
+        if kind not in KINDS:
+            raise RequestError(f"cache manifest kind must be one of {KINDS}")
+        if not all(isinstance(n, int) and n >= 0 for n in numbers):
+            raise RequestError("cache manifest numbers must be non-negative integers")
+        if not isinstance(target, str) or "\x00" in target:
+            raise RequestError("a cache manifest link target must be a string")
+        size, mtime_ns, ctime_ns, ino, mode, uid, gid = numbers
+        return cls(path, kind, size, mtime_ns, ctime_ns, ino, mode, uid, gid, target, bool(whole))
+
+
+@dataclass(frozen=True)
+class CacheManifest:
+    """The cached trees of one session and the developer machine's view of its hot set."""
+
+    trees: tuple[str, ...]
+    entries: tuple[CacheEntry, ...]
+    #: the developer machine's clock when it took the manifest (ns since the epoch)
+    taken_ns: int
+    #: where, through the share, the node can read the paths this session opens ("": nowhere)
+    log: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        rows = json.dumps([e.row() for e in self.entries], separators=(",", ":"))
+        packed = base64.b64encode(zlib.compress(rows.encode(), 6)).decode()
+        return {
+            "trees": list(self.trees),
+            "taken_ns": self.taken_ns,
+            "log": self.log,
+            "entries": packed,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> CacheManifest:
+        if not isinstance(data, dict):
+            raise RequestError("cache must be an object")
+        trees = data.get("trees")
+        if not isinstance(trees, list) or not all(valid_tree(t) for t in trees):
+            raise RequestError(
+                "cache trees must be absolute, normalised directories other than /, "
+                "without ':', ',' or '\\'"
+            )
+        packed = data.get("entries", "")
+        if not isinstance(packed, str) or len(packed) > MAX_PACKED * 4 // 3 + 4:
+            raise RequestError(f"cache entries must be at most {MAX_PACKED} packed bytes")
+        try:
+            raw = zlib.decompressobj().decompress(base64.b64decode(packed), 64 * MAX_PACKED)
+            rows = json.loads(raw) if raw else []
+        except (ValueError, zlib.error):
+            raise RequestError("cache entries are not packed JSON") from None
+        if not isinstance(rows, list) or len(rows) > MAX_ENTRIES:
+            raise RequestError(f"a cache manifest holds at most {MAX_ENTRIES} entries")
+        taken = data.get("taken_ns")
+        log = data.get("log", "")
+        if not isinstance(taken, int) or taken < 0:
+            raise RequestError("cache taken_ns must be a non-negative integer")
+        if not isinstance(log, str) or (log and not log.startswith("/")):
+            raise RequestError("cache log must be an absolute path or empty")
+        return cls(tuple(trees), tuple(CacheEntry.from_row(r) for r in rows), taken, log)
+
+    def packed_size(self) -> int:
+        return len(self.to_json()["entries"])

@@ -434,13 +434,17 @@ class Pool:
         )
 
     def popen_hwrun(
-        self, args: list[str], user: str | None = None, cwd: str | None = None
+        self,
+        args: list[str],
+        user: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[str]:
         argv = self.client_cmd([str(Path(sys.executable).parent / "hwrun"), *args], user)
         # its own process group, like a job in a terminal, so that Ctrl-C can be sent to it
         return subprocess.Popen(
             argv,
-            env=self.client_env,
+            env={**self.client_env, **(env or {})},
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -37,6 +37,7 @@ class SessionCache:
     """What one session uses of the cache."""
 
     store: UserStore
+    directory: Path  # the session's views and their mount points
     #: overlay mount on the node -> the tree's path in the container
     binds: dict[str, str] = field(default_factory=dict)
     views: dict[str, ViewStats] = field(default_factory=dict)
@@ -144,7 +145,7 @@ class NodeCache(Configurable):
         """Views of the manifest's trees over the share mounted at ``mountpoint``. A tree that
         cannot be served this way is served by the share alone, as before; said in the log."""
         store = self._store(store_name(host, user, uid))
-        used = SessionCache(store)
+        used = SessionCache(store, session_dir)
         never = self.never(home)
         missing: list[str] = []
         for n, tree in enumerate(manifest.trees):
@@ -186,7 +187,9 @@ class NodeCache(Configurable):
             used.filler = None
             if used.filled.errors:
                 log.info("copies that failed: %s", "; ".join(used.filled.errors))
-        gone = all(unmount_overlay(Path(target)) for target in used.binds)
+        gone = all([unmount_overlay(Path(target)) for target in used.binds])
+        if gone:  # the views' links go, so that what they held may be evicted
+            shutil.rmtree(used.directory, ignore_errors=True)
         used.store.save()
         self.evict()
         return gone

@@ -1,0 +1,220 @@
+"""The cache's parts alone: the share's log, the manifest, the hot set, the store, the views."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_hwsched.agent.cache.node import NodeCache
+from jupyter_hwsched.agent.cache.store import UserStore
+from jupyter_hwsched.agent.cache.view import OPAQUE, build_view
+from jupyter_hwsched.developer.environment import cache_trees
+from jupyter_hwsched.developer.share.hotset import HotSets, take_manifest
+from jupyter_hwsched.protocol.cache_manifest import (
+    CacheEntry,
+    CacheManifest,
+    opened_for_reading,
+    valid_tree,
+)
+from jupyter_hwsched.protocol.errors import RequestError
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="views set owners and trusted xattrs")
+
+
+def test_the_share_log_gives_the_files_opened_for_reading_once_each() -> None:
+    log = "\n".join(
+        [
+            "session opened for local user dev from [10.0.0.2]",
+            'open "/usr/lib/a.so" flags READ mode 0666',
+            'open "/home/dev/out.txt" flags WRITE,CREATE,TRUNCATE mode 0644',
+            'open "/usr/lib/with "quotes".py" flags READ mode 0666',
+            'open "/usr/lib/a.so" flags READ mode 0666',
+            'close "/usr/lib/a.so" bytes read 10 written 0',
+        ]
+    )
+    assert opened_for_reading(log) == ['/usr/lib/with "quotes".py', "/usr/lib/a.so"]
+
+
+def test_a_manifest_survives_the_wire_and_bad_ones_are_refused() -> None:
+    entry = CacheEntry("/opt/env/x.py", "f", 3, 10**9, 2 * 10**9, 7, 0o100644, 1, 1)
+    manifest = CacheManifest(("/opt/env",), (entry,), 123, "/var/log/opened")
+    again = CacheManifest.from_json(manifest.to_json())
+    assert again == manifest
+    for tree in ("/", "relative", "/a/../b", "/a:b", "/a,b"):
+        assert not valid_tree(tree)
+        with pytest.raises(RequestError):
+            CacheManifest.from_json({**manifest.to_json(), "trees": [tree]})
+    with pytest.raises(RequestError, match="packed"):
+        CacheManifest.from_json({**manifest.to_json(), "entries": "not base64 zlib"})
+    bad = CacheManifest(("/opt/env",), (CacheEntry("/opt/../etc", "f", 0, 0, 0, 0, 0, 0, 0),), 1)
+    with pytest.raises(RequestError, match="normalised"):
+        CacheManifest.from_json(bad.to_json())
+
+
+def _tree(tmp_path: Path) -> Path:
+    env = tmp_path / "env"
+    (env / "pkg" / "sub").mkdir(parents=True)
+    (env / "pkg" / "a.py").write_text("a")
+    (env / "pkg" / "b.py").write_text("b")
+    (env / "pkg" / "sub" / "c.py").write_text("c")
+    (env / "pkg" / "link").symlink_to("a.py")
+    (env / "other").mkdir()
+    (env / "other" / "big.bin").write_bytes(b"\0" * 10)
+    return env
+
+
+def test_a_manifest_brings_whole_directories_and_never_names_what_it_must_not(
+    tmp_path: Path,
+) -> None:
+    env = _tree(tmp_path)
+    hot = [str(env / "pkg" / "a.py"), str(env / "pkg" / "sub" / "c.py"), "/elsewhere/x"]
+    manifest = take_manifest(hot, [str(env)], [str(env / "pkg" / "sub")])
+    by_path = {e.path: e for e in manifest.entries}
+    assert by_path[str(env / "pkg" / "b.py")].kind == "f"  # a neighbour comes along
+    assert by_path[str(env / "pkg" / "link")].target == "a.py"
+    assert str(env / "pkg" / "sub" / "c.py") not in by_path  # never cached
+    assert not by_path[str(env / "pkg")].whole  # it lacks what lies under never
+    assert not by_path[str(env)].whole  # 'other' was not read: not listed whole
+    assert "/elsewhere/x" not in by_path
+    manifest = take_manifest([str(env / "pkg" / "sub" / "c.py")], [str(env / "pkg")], [])
+    by_path = {e.path: e for e in manifest.entries}
+    assert by_path[str(env / "pkg" / "sub")].whole
+    # pkg's listing is complete and its only subdirectory is whole: pkg is whole too
+    assert by_path[str(env / "pkg")].whole
+    manifest = take_manifest([str(env / "pkg" / "a.py")], [str(env / "pkg")], [])
+    by_path = {e.path: e for e in manifest.entries}
+    assert not by_path[str(env / "pkg")].whole  # sub was never listed
+
+
+def test_a_hot_set_keeps_the_most_recent_paths(tmp_path: Path) -> None:
+    hot = HotSets(tmp_path / "hot", most=3)
+    hot.record(1000, ["/a", "/b"])
+    hot.record(1000, ["/c", "/a", "/d"])
+    assert hot.load(1000) == ["/b", "/c", "/a", "/d"][-3:]
+    assert hot.load(1001) == []
+    assert oct((tmp_path / "hot").stat().st_mode & 0o777) == "0o700"
+    assert hot.forget(1000) and hot.load(1000) == []
+
+
+def _entry(path: Path, **change: int) -> CacheEntry:
+    st = os.lstat(path)
+    fields = {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "ino": st.st_ino,
+        "mode": st.st_mode,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        **change,
+    }
+    return CacheEntry(str(path), "f", **fields)
+
+
+def test_a_copy_made_before_any_manifest_holds_only_for_a_file_unchanged_since(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "src.py"
+    source.write_text("one")
+    os.chmod(source, 0o4755)  # set-uid: the copy must not keep it
+    counted: list[int] = []
+    store = UserStore(tmp_path / "store", counted.append)
+    after_change = time.time_ns() + 10**9  # the session began after the file last changed
+    store.put(str(source), source, after_change, threading.Event())
+    obj = store.object_path(str(source))
+    assert obj.read_text() == "one" and obj.stat().st_mode & 0o7777 == 0o755
+    assert sum(counted) == 3
+    entry = _entry(source)
+    assert store.valid(_entry(source, size=4)) is None
+    assert store.valid(entry) == obj  # and now its key is the manifest's
+    assert store.valid(_entry(source, ctime_ns=entry.ctime_ns + 1)) is None  # the key decides
+    # a file that changed after the session began: the copy may be of either version
+    store.put(str(source), source, entry.ctime_ns, threading.Event())
+    assert store.valid(entry) is None
+    store.save()
+    reloaded = UserStore(tmp_path / "store", lambda n: None)
+    assert reloaded.records.keys() == {str(source)}
+
+
+def test_eviction_drops_the_least_recently_used_and_never_what_a_view_links(
+    tmp_path: Path,
+) -> None:
+    cache = NodeCache(max_bytes=250)
+    cache.open(tmp_path)
+    store = cache._store("someone")
+    stop = threading.Event()
+    paths = []
+    for n in range(3):
+        source = tmp_path / f"f{n}"
+        source.write_bytes(bytes(100))
+        store.put(str(source), source, 0, stop)
+        store.records[str(source)].used = n  # f0 the least recently used
+        paths.append(str(source))
+    os.link(store.object_path(paths[0]), tmp_path / "view-link")  # a live view holds f0
+    assert cache.size() == 300
+    assert cache.evict() == 100
+    assert set(store.records) == {paths[0], paths[2]}
+    assert cache.size() == 200
+
+
+@root_only
+def test_a_view_links_valid_copies_and_hides_the_share_only_under_whole_directories(
+    tmp_path: Path,
+) -> None:
+    env = _tree(tmp_path)
+    (env / "pkg" / "sub" / "c.py").unlink()
+    (env / "pkg" / "sub").rmdir()
+    store = UserStore(tmp_path / "store", lambda n: None)
+    for name in ("a.py", "b.py"):
+        path = env / "pkg" / name
+        store.put(str(path), path, time.time_ns() + 10**9, threading.Event())
+    manifest = take_manifest([str(env / "pkg" / "a.py")], [str(env)], [])
+    view = tmp_path / "view"
+    view.mkdir()
+    stats = build_view(store, manifest, str(env), view, never=[])
+    assert (stats.files, stats.hits, stats.missing) == (2, 2, [])
+    linked = store.object_path(str(env / "pkg" / "a.py"))
+    assert (view / "pkg" / "a.py").stat().st_ino == linked.stat().st_ino
+    assert os.readlink(view / "pkg" / "link") == "a.py"
+    assert os.getxattr(view / "pkg", OPAQUE) == b"y"  # whole, and every file is linked
+    assert OPAQUE not in os.listxattr(view)  # 'other' was not listed: the share shows it
+    # a file changed since: not linked, and its directory no longer hides the share's
+    (env / "pkg" / "b.py").write_text("B")
+    manifest = take_manifest([str(env / "pkg" / "a.py")], [str(env)], [])
+    view2 = tmp_path / "view2"
+    view2.mkdir()
+    stats = build_view(store, manifest, str(env), view2, never=[])
+    assert [e.path for e in stats.missing] == [str(env / "pkg" / "b.py")]
+    assert not (view2 / "pkg" / "b.py").exists()
+    assert OPAQUE not in os.listxattr(view2 / "pkg")
+    # never-cached paths stay out, whatever the manifest says
+    view3 = tmp_path / "view3"
+    view3.mkdir()
+    build_view(store, manifest, str(env), view3, never=[str(env / "pkg" / "a.py")])
+    assert not (view3 / "pkg" / "a.py").exists()
+
+
+def test_the_trees_a_run_caches() -> None:
+    tmp_path = Path(tempfile.mkdtemp(dir="/var/tmp"))  # not /tmp: a run's /tmp is its own
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    python = venv / "bin" / "python"
+    python.symlink_to(sys.executable)
+    work = tmp_path / "work"
+    work.mkdir()
+    assert cache_trees([str(python)], {}, str(work)) == ["/usr", str(venv)]
+    assert cache_trees(["sh"], {"PATH": "/usr/bin:/bin"}, str(work)) == ["/usr"]
+    # never the tree the run works in: it must be able to write there
+    assert cache_trees([str(python)], {}, str(venv / "bin")) == ["/usr"]
+    given = {"HWSCHED_CACHE_TREES": f"{venv}:/nonexistent:/"}
+    assert cache_trees(["sh"], given, str(work)) == [str(venv)]
+    assert cache_trees(["sh"], {"HWSCHED_CACHE_TREES": ""}, str(work)) == []
+    shutil.rmtree(tmp_path)

@@ -9,9 +9,12 @@ copy from the cache another one.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -255,3 +258,26 @@ def test_a_full_cache_evicts_and_a_restarted_node_keeps_its_copies(
     again = show(kept[0].relative_to(dev_workspace)).replace("cat ", "head -c 3 ")
     assert _run(pool, dev_workspace, again).split()[1] == "cache"
     pool.assert_clean()
+
+
+def _hwsched(pool: Pool, args: list[str], user: str | None = None) -> str:
+    argv = pool.client_cmd([sys.executable, "-m", "jupyter_hwsched.cli.hwsched", *args], user)
+    done = subprocess.run(argv, env=pool.client_env, capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_the_developer_and_the_operator_can_purge(clean_pool: Pool, dev_workspace: Path) -> None:
+    tree = _tree(dev_workspace, {"f.py": "F"})
+    _run_until_copied(clean_pool, dev_workspace, "cat env/f.py", [tree / "f.py"])
+    # the developer: nodes drop the copies the next time they serve them
+    assert "forgot hwdev's hot set" in _hwsched(clean_pool, ["cache", "forget"], user=DEV_USER)
+    # (that run read it through the share, and so the node copied it again)
+    assert _run(clean_pool, dev_workspace, show("env/f.py")).split() == ["F", "share"]
+    # the operator: at once, on one node
+    _run_until_copied(clean_pool, dev_workspace, "cat env/f.py", [tree / "f.py"])
+    node = f"http://127.0.0.1:{clean_pool.agent_port}"
+    purged = json.loads(_hwsched(clean_pool, ["cache", "purge", "--node", node]))
+    assert purged["freed_bytes"] >= 1 and purged["bytes"] == 0
+    assert not _copied(clean_pool, tree / "f.py")
+    assert json.loads(_hwsched(clean_pool, ["cache", "status", "--node", node]))["bytes"] == 0

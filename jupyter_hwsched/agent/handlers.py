@@ -1,5 +1,6 @@
 """The agent's own endpoints, beside the Kernel Gateway API that jupyter_server serves.
 
+``/hwsched/cache``: the node's cache of read-mostly trees, for the operator (GET, DELETE).
 ``/hwsched/sessions/{id}``: POST starts a placed session (mount, container, kernel), DELETE
 ends it. ``/hwsched/sessions/{id}/command``: a websocket that runs a command session's command
 and streams its output (binary frames: one byte 1 or 2 for stdout or stderr, then the bytes),
@@ -23,7 +24,7 @@ from jupyter_hwsched.agent.authorizer import ADMIN, session_of
 from jupyter_hwsched.agent.relay import CommandRelay, OutputWindow
 from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.sessions import NodeSession
-from jupyter_hwsched.protocol.errors import ForbiddenError, NotFoundError
+from jupyter_hwsched.protocol.errors import ForbiddenError, NotFoundError, RequestError
 from jupyter_hwsched.protocol.handler import ErrorMapping
 from jupyter_hwsched.protocol.records import SESSION_ID_PATTERN, StartSpec
 
@@ -56,6 +57,35 @@ class NodeHandler(AgentHandler):
     def get(self) -> None:
         admin_only(self)
         self.finish(json.dumps(self.agent.describe()))
+
+
+class CacheHandler(AgentHandler):
+    """The node's cache of read-mostly trees, for the operator: GET describes it, DELETE
+    purges it (every user's copies; one user's with ``?user=NAME&uid=N&host=MACHINE``)."""
+
+    @web.authenticated
+    def get(self) -> None:
+        admin_only(self)
+        cache = self.agent.cache
+        self.finish(json.dumps(cache.describe() if cache else {"enabled": False}))
+
+    @web.authenticated
+    async def delete(self) -> None:
+        admin_only(self)
+        cache = self.agent.cache
+        if cache is None:
+            raise NotFoundError("this node keeps no cache")
+        user = self.get_query_argument("user", None)
+        host = self.get_query_argument("host", "")
+        try:
+            uid = int(self.get_query_argument("uid", "-1"))
+        except ValueError:
+            raise RequestError("uid must be a number") from None
+        if user is not None and (uid < 0 or not host):
+            raise RequestError("to purge one user's copies give user, uid and host")
+        loop = asyncio.get_running_loop()
+        freed = await loop.run_in_executor(None, cache.purge, host, user, uid)
+        self.finish(json.dumps({"freed_bytes": freed, **cache.describe()}))
 
 
 class SessionsHandler(AgentHandler):
@@ -216,6 +246,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 def handlers() -> list[tuple[str, type]]:
     return [
         (r"/hwsched/node", NodeHandler),
+        (r"/hwsched/cache", CacheHandler),
         (r"/hwsched/sessions", SessionsHandler),
         (rf"/hwsched/sessions/({SESSION_ID_PATTERN})", SessionHandler),
         (rf"/hwsched/sessions/({SESSION_ID_PATTERN})/command", CommandHandler),

@@ -356,6 +356,7 @@ class NodeService:
             "simulated": self.inventory.simulated,
             "gpus": [g.to_json() for g in self.gpus.values()],
             "sessions": [s.describe() for s in self.sessions.values()],
+            "cache": self.cache.describe() if self.cache else None,
         }
 
 

@@ -26,6 +26,10 @@ SUBCOMMANDS = {
         "jupyter_hwsched.cli.up:up",
         "run scheduler, node agent and share agent on this machine",
     ),
+    "cache": (
+        "jupyter_hwsched.cli.cache:main",
+        "forget your hot set (developers); a node's cache (operators)",
+    ),
     "pki": ("jupyter_hwsched.cli.pki:main", "the pool's certificate authority (for operators)"),
     "kernelspec": (
         "jupyter_hwsched.developer.kernelspecs:main",

@@ -131,6 +131,8 @@ class CacheManifest:
     taken_ns: int
     #: where, through the share, the node can read the paths this session opens ("": nowhere)
     log: str = ""
+    #: when the developer last asked nodes to forget their copies (developer's clock; 0: never)
+    purge_ns: int = 0
 
     def to_json(self) -> dict[str, Any]:
         rows = json.dumps([e.row() for e in self.entries], separators=(",", ":"))
@@ -139,6 +141,7 @@ class CacheManifest:
             "trees": list(self.trees),
             "taken_ns": self.taken_ns,
             "log": self.log,
+            "purge_ns": self.purge_ns,
             "entries": packed,
         }
 
@@ -162,13 +165,14 @@ class CacheManifest:
             raise RequestError("cache entries are not packed JSON") from None
         if not isinstance(rows, list) or len(rows) > MAX_ENTRIES:
             raise RequestError(f"a cache manifest holds at most {MAX_ENTRIES} entries")
-        taken = data.get("taken_ns")
+        taken, purge = data.get("taken_ns"), data.get("purge_ns", 0)
         log = data.get("log", "")
-        if not isinstance(taken, int) or taken < 0:
-            raise RequestError("cache taken_ns must be a non-negative integer")
+        if not (isinstance(taken, int) and isinstance(purge, int) and min(taken, purge) >= 0):
+            raise RequestError("cache taken_ns and purge_ns must be non-negative integers")
         if not isinstance(log, str) or (log and not log.startswith("/")):
             raise RequestError("cache log must be an absolute path or empty")
-        return cls(tuple(trees), tuple(CacheEntry.from_row(r) for r in rows), taken, log)
+        entries = tuple(CacheEntry.from_row(r) for r in rows)
+        return cls(tuple(trees), entries, taken, log, purge)
 
     def packed_size(self) -> int:
         return len(self.to_json()["entries"])

@@ -10,6 +10,7 @@ Records go in and come out; JSON exists only inside these methods.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from jupyter_hwsched.protocol.http import Credential, JsonClient
 from jupyter_hwsched.protocol.records import (
@@ -96,6 +97,10 @@ class ShareClient(JsonClient):
         grant = await self.request("POST", "/shares", body)
         return ShareGrant.from_json(grant)
 
+    async def forget_hot_set(self) -> dict[str, Any]:
+        """Forget the caller's hot set; nodes drop their copies when they next serve them."""
+        return dict(await self.request("DELETE", "/hot"))
+
     async def close_share(self, session_id: str) -> None:
         await self.request("DELETE", f"/shares/{session_id}")
 
@@ -109,6 +114,17 @@ class ShareClient(JsonClient):
 class AgentClient(JsonClient):
     def __init__(self, url: str, token: str, ca_file: str | None = None) -> None:
         super().__init__(url, token, what="the node agent", timeout=120.0, ca_file=ca_file)
+
+    async def cache(self) -> dict[str, Any]:
+        """The node's cache (the operator's token)."""
+        return dict(await self.request("GET", "/hwsched/cache"))
+
+    async def purge_cache(
+        self, user: str | None = None, uid: int = -1, host: str = ""
+    ) -> dict[str, Any]:
+        """Purge the node's cache: everyone's copies, or one user's (the operator's token)."""
+        query = f"?user={quote(user)}&uid={uid}&host={quote(host)}" if user else ""
+        return dict(await self.request("DELETE", f"/hwsched/cache{query}"))
 
     async def start(self, session_id: str, spec: StartSpec) -> str | None:
         """Start a placed session on the node; the id of its kernel, for a kernel session."""

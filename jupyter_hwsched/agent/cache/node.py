@@ -145,6 +145,8 @@ class NodeCache(Configurable):
         """Views of the manifest's trees over the share mounted at ``mountpoint``. A tree that
         cannot be served this way is served by the share alone, as before; said in the log."""
         store = self._store(store_name(host, user, uid))
+        if store.forget_before(manifest.purge_ns):
+            log.info("forgot the copies of %s on %s, as they asked", user, host)
         used = SessionCache(store, session_dir)
         never = self.never(home)
         missing: list[str] = []

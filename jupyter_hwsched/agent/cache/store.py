@@ -73,18 +73,21 @@ class UserStore:
         self.lock = threading.Lock()
         self._on_bytes = on_bytes  # the node-wide byte count, told of every change
         self._dirty = False
+        #: the developer's last request to forget (their clock), already carried out
+        self.purged_ns = 0
         self.objects.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
         self._load()
 
     def _load(self) -> None:
         try:
-            rows = json.loads(self.index_file.read_text())
-        except (OSError, ValueError):
+            saved = json.loads(self.index_file.read_text())
+            rows, self.purged_ns = dict(saved["records"]), int(saved["purged_ns"])
+        except (OSError, ValueError, KeyError, TypeError):
             rows = {}
         for leftover in self.objects.glob("*.part"):
             leftover.unlink(missing_ok=True)
-        for path, row in rows.items() if isinstance(rows, dict) else []:
+        for path, row in rows.items():
             try:
                 record = Record.from_json(row)
             except (TypeError, ValueError):
@@ -193,10 +196,23 @@ class UserStore:
             if not self._dirty:
                 return
             rows = {path: r.to_json() for path, r in self.records.items()}
+            saved = {"purged_ns": self.purged_ns, "records": rows}
             self._dirty = False
         tmp = self.index_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows))
+        tmp.write_text(json.dumps(saved))
         os.replace(tmp, self.index_file)
+
+    def forget_before(self, purge_ns: int) -> int:
+        """The developer asked, at ``purge_ns``, that nodes forget their copies: drop them
+        all, once per request; the bytes freed."""
+        if purge_ns <= self.purged_ns:
+            return 0
+        freed = sum(self.drop(path) for path in list(self.records))
+        with self.lock:
+            self.purged_ns = purge_ns
+            self._dirty = True
+        self.save()
+        return freed
 
     def purge(self) -> int:
         """Remove everything; the bytes freed. Views already built keep their links."""

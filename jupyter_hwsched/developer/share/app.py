@@ -100,6 +100,16 @@ class CredentialsHandler(ShareHandlerBase):
         self.write_json({"credential": self.agent.credential_for(self.caller())}, status=201)
 
 
+class HotSetHandler(ShareHandlerBase):
+    """DELETE: forget the caller's hot set, and have nodes drop their copies of the caller's
+    files the next time they serve them ('hwsched cache forget')."""
+
+    def delete(self) -> None:
+        user = self.caller()
+        purge_ns = self.agent.hot_sets.forget(user.pw_uid)
+        self.write_json({"user": user.pw_name, "purge_ns": purge_ns})
+
+
 class ShareHandler(ShareHandlerBase):
     async def delete(self, session_id: str) -> None:
         share = self.agent.shares.get(session_id)
@@ -202,9 +212,10 @@ class ShareAgent:
         """The manifest of the user's hot set under ``trees``, taken as that user (blocking).
         None, logged, where it cannot be taken: the session then runs without the cache."""
         hot, never = self.hot_sets.load(user.pw_uid), self.never_cached(user)
+        purge_ns = self.hot_sets.purge_ns(user.pw_uid)
         if os.geteuid() != 0 or user.pw_uid == 0:
-            return take_manifest(hot, trees, never, log)
-        request = {"hot": hot, "trees": trees, "never": never, "log": log}
+            return take_manifest(hot, trees, never, log, purge_ns)
+        request = {"hot": hot, "trees": trees, "never": never, "log": log, "purge_ns": purge_ns}
         try:
             child = subprocess.run(
                 [sys.executable, "-m", "jupyter_hwsched.developer.share.hotset"],
@@ -309,7 +320,11 @@ class ShareAgentApp(ConfigFileApp):
         help="Learn each user's hot set and send nodes a manifest of it, so that they serve "
         "the files of the cached trees from their cache.",
     )
-    hot_dir = Unicode(config=True, help="Directory of the users' hot sets (one file per uid).")
+    hot_dir = Unicode(
+        config=True,
+        help="Directory of the users' hot sets, one file per uid (default: 'hot' beside "
+        "state_dir).",
+    )
     never_cache = List(
         Unicode(),
         ["~/.ssh", "~/.gnupg"],
@@ -338,9 +353,8 @@ class ShareAgentApp(ConfigFileApp):
 
     @default("hot_dir")
     def _hot_dir_default(self) -> str:
-        if os.geteuid() == 0:
-            return "/var/lib/hwsched/hot"
-        return str(Path.home() / ".local" / "state" / "hwsched" / "hot")
+        # beside the state directory, whose contents go at every start
+        return str(Path(self.state_dir).parent / "hot")
 
     @default("scheduler_url")
     def _url_default(self) -> str:
@@ -387,6 +401,7 @@ class ShareAgentApp(ConfigFileApp):
                 (r"/shares", SharesHandler, kw),
                 (r"/shares/(\w+)", ShareHandler, kw),
                 (r"/credentials", CredentialsHandler, kw),
+                (r"/hot", HotSetHandler, kw),
             ]
         )
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)

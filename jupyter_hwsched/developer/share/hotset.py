@@ -61,12 +61,20 @@ class HotSets:
             f.write("\0".join(rows))
         os.replace(tmp, self._file(uid))
 
-    def forget(self, uid: int) -> bool:
+    def forget(self, uid: int) -> int:
+        """Drop the user's hot set and ask every node to drop its copies (the next time it
+        serves that user, through the manifest); when, on this machine's clock."""
+        self._file(uid).unlink(missing_ok=True)
+        now = time.time_ns()
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._file(uid).with_suffix(".purge").write_text(str(now))
+        return now
+
+    def purge_ns(self, uid: int) -> int:
         try:
-            self._file(uid).unlink()
-            return True
-        except FileNotFoundError:
-            return False
+            return int(self._file(uid).with_suffix(".purge").read_text())
+        except (OSError, ValueError):
+            return 0
 
 
 def _entry(path: str, st: os.stat_result, target: str = "", whole: bool = False) -> CacheEntry:
@@ -87,7 +95,7 @@ def _entry(path: str, st: os.stat_result, target: str = "", whole: bool = False)
 
 
 def take_manifest(
-    hot: list[str], trees: list[str], never: list[str], log: str = ""
+    hot: list[str], trees: list[str], never: list[str], log: str = "", purge_ns: int = 0
 ) -> CacheManifest:
     """The manifest of ``hot`` under ``trees``, leaving out whatever lies under ``never``."""
     taken = time.time_ns()
@@ -140,14 +148,14 @@ def take_manifest(
         if complete[d] and all(s in whole_dirs for s in subdirs.get(d, [])):
             whole_dirs.add(d)
             entries[d] = replace(entries[d], whole=True)
-    return CacheManifest(tuple(trees), tuple(entries.values())[:MAX_ENTRIES], taken, log)
+    kept = tuple(entries.values())[:MAX_ENTRIES]
+    return CacheManifest(tuple(trees), kept, taken, log, purge_ns)
 
 
 def main() -> None:
     """``python -m jupyter_hwsched.developer.share.hotset``: the manifest, taken as the
-    calling user, of the request on stdin (``{"hot", "trees", "never", "log"}``)."""
-    request = json.load(sys.stdin)
-    manifest = take_manifest(request["hot"], request["trees"], request["never"], request["log"])
+    calling user, of the request on stdin (``take_manifest``'s arguments, by name)."""
+    manifest = take_manifest(**json.load(sys.stdin))
     json.dump(manifest.to_json(), sys.stdout)
 
 

@@ -14,13 +14,16 @@ kernels have no netem), and beside the same thing run locally in the same invoca
   open to close (sshfs's close waits for the writes to be acknowledged; the file's size is
   checked on the developer side after the run).
 
-Each case runs as two sessions back to back: "cold" then "warm", with an unrelated file in the
-working directory changed between them. Today every session mounts the share afresh and the
-node keeps nothing, so the two should be alike: this is the baseline that a node-side cache
-improves. The developer side's page cache is warm for both (a local ``import torch`` runs
-first), as on a developer's machine in use. Delay 0 is the share without the relay
-(``--relay-at-zero`` puts the relay in anyway). Medians over ``--runs``; raw values in a JSON
-file in the bench directory.
+Each case runs as three sessions back to back: "cold" (the node's cache purged and the
+developer machine's hot set forgotten first: the node has never seen this developer), then
+"warm" (the second session, with an unrelated file in the working directory changed before
+it) and "3rd". The node copies what a session reads while it runs (agent/cache), so the
+second session reads from the node's disk what the first had copied by its end, and the third
+what the second added. ``--no-cache`` turns the node's cache off: every file comes through the
+share, as before the cache. The developer side's page cache is warm for all (a local
+``import torch`` runs first), as on a developer's machine in use. Delay 0 is the share
+without the relay (``--relay-at-zero`` puts the relay in anyway). Medians over ``--runs``;
+raw values in a JSON file in the bench directory.
 
 The developer's venv (torch 2.13.0 CPU, numpy, pandas, matplotlib, scikit-learn) is built
 once under ``--bench-dir`` (``benchmarks/share_env.py``). Run by hand as root, with
@@ -31,6 +34,7 @@ once under ``--bench-dir`` (``benchmarks/share_env.py``). Run by hand as root, w
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -53,6 +57,8 @@ from jupyter_client.manager import KernelManager
 from relay import calibrate, proxy_command
 from report import fmt, note, ratio, table
 from share_env import DEFAULT_BENCH_DIR, check_bench_dir, ensure_venv, venv_size
+
+from jupyter_hwsched.protocol.clients import AgentClient
 
 IMPORT_TORCH = "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"
 #: open, write, close; the time is printed, then the file is checked and removed outside
@@ -79,6 +85,8 @@ CASE_NOTES = {
     "write": "local: the same write",
 }
 HWRUN_TIMEOUT = 3600.0
+#: local, then three sessions in a row on the pool
+KINDS = ("local", "cold", "warm", "3rd")
 
 
 class Bench:
@@ -101,6 +109,8 @@ class Bench:
             # after the default options
             options.append(f"ProxyCommand={proxy_command(delay_ms, stats=str(self.stats))}")
         agent_args = tuple(f"--AgentApp.sshfs_extra_options={option}" for option in options)
+        if args.no_cache:
+            agent_args += ("--NodeCache.enabled=False",)
         self.pool = Pool(Path(tempfile.mkdtemp(prefix="hwsched-bench-")), agent_args=agent_args)
         self.notebook = KernelManager(kernel_name="python3")
         try:
@@ -173,6 +183,14 @@ class Bench:
             time.sleep(0.1)
         return {}
 
+    def forget(self) -> None:
+        """The node has never seen this developer: its cache purged, the hot set forgotten."""
+        agent = AgentClient(f"http://127.0.0.1:{self.pool.agent_port}", self.pool.token)
+        if not self.args.no_cache:
+            asyncio.run(agent.purge_cache())
+        for hot in (self.pool.state / "hot").glob("*"):
+            hot.unlink()
+
     def change_unrelated_file(self) -> None:
         (self.work / "unrelated.txt").write_text(f"changed at {time.time()}\n")
 
@@ -180,10 +198,8 @@ class Bench:
 def run_delay(args: argparse.Namespace, python: Path, delay_ms: float) -> dict[str, Any]:
     """{"local"|"cold"|"warm": {case: [seconds per run]}, "requests": {case: [segments per
     session]}, "rtt_ms": measured round trip through the relay} at one delay."""
-    results: dict[str, Any] = {
-        kind: {case: [] for case in CASES} for kind in ("local", "cold", "warm")
-    }
-    results["requests"] = {case: [] for case in CASES}
+    results: dict[str, Any] = {kind: {case: [] for case in CASES} for kind in KINDS}
+    results["requests"] = {kind: {case: [] for case in CASES} for kind in KINDS[1:]}
     relayed = delay_ms > 0 or args.relay_at_zero
     results["rtt_ms"] = calibrate(delay_ms) * 1000 if relayed else math.nan
     bench = Bench(args, python, delay_ms)
@@ -198,7 +214,10 @@ def run_delay(args: argparse.Namespace, python: Path, delay_ms: float) -> dict[s
         for run in range(args.runs):
             for measure in measures:
                 got: dict[str, dict[str, float]] = {}
-                for kind, remote in (("local", False), ("cold", True), ("warm", True)):
+                for kind in KINDS:
+                    remote = kind != "local"
+                    if kind == "cold":
+                        bench.forget()
                     if kind == "warm":
                         bench.change_unrelated_file()
                     got[kind] = measure(remote)
@@ -209,7 +228,7 @@ def run_delay(args: argparse.Namespace, python: Path, delay_ms: float) -> dict[s
                         # sent together count once, so about the round trips that were waited
                         ups = bench.session_stats().get("up_segments", math.nan)
                         for case in got[kind]:
-                            results["requests"][case].append(ups)
+                            results["requests"][kind][case].append(ups)
                 shown = "; ".join(
                     f"{case}: " + ", ".join(f"{kind} {got[kind][case]:.2f}" for kind in got)
                     for case in got["local"]
@@ -231,43 +250,37 @@ def delay_label(delay_ms: float, relayed: bool) -> str:
 
 
 def print_table(args: argparse.Namespace, all_results: dict[float, Any]) -> None:
-    headers = [
-        "case",
-        "delay one way",
-        "RTT",
-        "local",
-        "cold",
-        "cold/local",
-        "warm",
-        "warm/local",
-        "requests",
-    ]
+    headers = ["case", "delay one way", "RTT", "local"]
+    for kind in KINDS[1:]:
+        headers += [kind, f"{kind}/local"]
+    headers.append("requests cold/warm/3rd")
     rows = []
     size = f"{args.write_mb / 1024:g} GB" if args.write_mb >= 1024 else f"{args.write_mb} MB"
     titles = {case: title.format(size=size) for case, title in CASES.items()}
     for case, title in titles.items():
         for delay_ms, results in all_results.items():
-            local, cold, warm = (results[kind][case] for kind in ("local", "cold", "warm"))
-            if not local:
+            if not results["local"][case]:
                 continue
-            med = [statistics.median(v) for v in (local, cold, warm)]
-            requests = [v for v in results["requests"][case] if not math.isnan(v)]
-            rows.append(
-                [
-                    title,
-                    delay_label(delay_ms, args.relay_at_zero),
-                    fmt(results["rtt_ms"], 2) + " ms" if not math.isnan(results["rtt_ms"]) else "-",
-                    fmt(med[0]),
-                    fmt(med[1]),
-                    ratio(med[1], med[0]),
-                    fmt(med[2]),
-                    ratio(med[2], med[0]),
-                    f"{statistics.median(requests):,.0f}" if requests else "-",
-                ]
-            )
+            med = {kind: statistics.median(results[kind][case]) for kind in KINDS}
+            rtt = results["rtt_ms"]
+            row = [
+                title,
+                delay_label(delay_ms, args.relay_at_zero),
+                fmt(rtt, 2) + " ms" if not math.isnan(rtt) else "-",
+                fmt(med["local"]),
+            ]
+            for kind in KINDS[1:]:
+                row += [fmt(med[kind]), ratio(med[kind], med["local"])]
+            counts = []
+            for kind in KINDS[1:]:
+                seen = [v for v in results["requests"][kind][case] if not math.isnan(v)]
+                counts.append(f"{statistics.median(seen):,.0f}" if seen else "-")
+            row.append("/".join(counts))
+            rows.append(row)
     print(
         f"starting work over the share, seconds, median of {args.runs} runs per cell "
-        "(cold: first session; warm: a second session right after it)"
+        f"(node cache {'off' if args.no_cache else 'on'}; cold: the node never saw this "
+        "developer; warm: the second session, after an unrelated change; 3rd: the third)"
     )
     print(table(headers, rows))
     for case, text in CASE_NOTES.items():
@@ -306,6 +319,9 @@ def main() -> None:
     parser.add_argument("--skip-write", action="store_true", help="leave out the 1 GB write")
     parser.add_argument(
         "--relay-at-zero", action="store_true", help="put the relay in at delay 0 too"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="the node's cache off (the baseline before it)"
     )
     args = parser.parse_args()
     args.bench_dir = check_bench_dir(args.bench_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_hwsched.agent.cache.beneath import OutsideShare, open_beneath
 from jupyter_hwsched.agent.cache.node import NodeCache
 from jupyter_hwsched.agent.cache.store import UserStore
 from jupyter_hwsched.agent.cache.view import OPAQUE, build_view
@@ -127,7 +128,7 @@ def test_a_copy_made_before_any_manifest_holds_only_for_a_file_unchanged_since(
     counted: list[int] = []
     store = UserStore(tmp_path / "store", counted.append)
     after_change = time.time_ns() + 10**9  # the session began after the file last changed
-    store.put(str(source), source, after_change, threading.Event())
+    store.put(str(source), os.open(source, os.O_RDONLY), after_change, threading.Event())
     obj = store.object_path(str(source))
     assert obj.read_text() == "one" and obj.stat().st_mode & 0o7777 == 0o755
     assert sum(counted) == 3
@@ -136,7 +137,7 @@ def test_a_copy_made_before_any_manifest_holds_only_for_a_file_unchanged_since(
     assert store.valid(entry) == obj  # and now its key is the manifest's
     assert store.valid(_entry(source, ctime_ns=entry.ctime_ns + 1)) is None  # the key decides
     # a file that changed after the session began: the copy may be of either version
-    store.put(str(source), source, entry.ctime_ns, threading.Event())
+    store.put(str(source), os.open(source, os.O_RDONLY), entry.ctime_ns, threading.Event())
     assert store.valid(entry) is None
     store.save()
     reloaded = UserStore(tmp_path / "store", lambda n: None)
@@ -154,7 +155,7 @@ def test_eviction_drops_the_least_recently_used_and_never_what_a_view_links(
     for n in range(3):
         source = tmp_path / f"f{n}"
         source.write_bytes(bytes(100))
-        store.put(str(source), source, 0, stop)
+        store.put(str(source), os.open(source, os.O_RDONLY), 0, stop)
         store.records[str(source)].used = n  # f0 the least recently used
         paths.append(str(source))
     os.link(store.object_path(paths[0]), tmp_path / "view-link")  # a live view holds f0
@@ -174,7 +175,7 @@ def test_a_view_links_valid_copies_and_hides_the_share_only_under_whole_director
     store = UserStore(tmp_path / "store", lambda n: None)
     for name in ("a.py", "b.py"):
         path = env / "pkg" / name
-        store.put(str(path), path, time.time_ns() + 10**9, threading.Event())
+        store.put(str(path), os.open(path, os.O_RDONLY), time.time_ns() + 10**9, threading.Event())
     manifest = take_manifest([str(env / "pkg" / "a.py")], [str(env)], [])
     view = tmp_path / "view"
     view.mkdir()
@@ -218,3 +219,44 @@ def test_the_trees_a_run_caches() -> None:
     assert cache_trees(["sh"], given, str(work)) == [str(venv)]
     assert cache_trees(["sh"], {"HWSCHED_CACHE_TREES": ""}, str(work)) == []
     shutil.rmtree(tmp_path)
+
+
+def test_nothing_is_read_through_a_link_of_the_developers(tmp_path: Path) -> None:
+    """The share shows links as they are; followed on the node they would reach its files."""
+    share = tmp_path / "share"
+    (share / "opt" / "env").mkdir(parents=True)
+    (share / "opt" / "env" / "ok.py").write_text("ok")
+    (share / "opt" / "env" / "escape").symlink_to("/etc")
+    (share / "opt" / "env" / "passwd").symlink_to("/etc/passwd")
+    fd = open_beneath(share, "/opt/env/ok.py")
+    assert os.read(fd, 10) == b"ok"
+    os.close(fd)
+    for path in ("/opt/env/escape/passwd", "/opt/env/passwd"):
+        with pytest.raises(OutsideShare):
+            open_beneath(share, path)
+    for path in ("/opt/env/../../../etc/passwd", "opt/env/ok.py"):
+        with pytest.raises(OutsideShare, match="normalised"):
+            open_beneath(share, path)
+
+
+@root_only
+def test_a_manifest_cannot_make_a_view_write_outside_it(tmp_path: Path) -> None:
+    victim = tmp_path / "node-dir"
+    victim.mkdir()
+    store = UserStore(tmp_path / "store", lambda n: None)
+    source = tmp_path / "x"
+    source.write_text("x")
+    store.put("/t/a/x", os.open(source, os.O_RDONLY), time.time_ns() + 10**9, threading.Event())
+    st = os.stat(source)
+    entries = (
+        CacheEntry("/t", "d", 0, 0, 0, 1, 0o40755, 0, 0),
+        CacheEntry("/t/a", "l", 0, 0, 0, 2, 0o120777, 0, 0, target=str(victim)),
+        CacheEntry("/t/a", "d", 0, 0, 0, 3, 0o40777, 0, 0),  # the same path again, as a dir
+        CacheEntry("/t/a/x", "f", 1, st.st_mtime_ns, 1, 4, 0o100644, 0, 0),
+    )
+    view = tmp_path / "view"
+    view.mkdir()
+    build_view(store, CacheManifest(("/t",), entries, 1), "/t", view, never=[])
+    assert os.listdir(victim) == []
+    assert oct(victim.stat().st_mode & 0o777) == "0o755"
+    assert os.readlink(view / "a") == str(victim)

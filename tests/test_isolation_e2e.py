@@ -11,14 +11,19 @@ test host.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pwd
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 from harness import wait_for
-from pool_hosts import NODE, SCHEDULER, HostsPool, _wait_ready
+from pool_hosts import HWRUN, NODE, SCHEDULER, HostsPool, _wait_ready
+
+from jupyter_hwsched.agent.cache.store import store_name
 
 pytestmark = pytest.mark.e2e
 
@@ -189,6 +194,67 @@ def test_egress_is_an_operators_opt_in_toward_other_hosts(pool: HostsPool) -> No
         listener.communicate()
         _restart_agent(pool)
         pool._docker("network", "rm", "hwsched-egress")
+    pool.assert_clean(timeout=60)
+
+
+def test_a_copy_from_one_machine_is_never_served_to_the_same_user_on_another(
+    pool: HostsPool,
+) -> None:
+    """hwdev on dev1 and hwdev on dev2: the same name, uid and path, different files. The
+    node's cache is per developer machine as the scheduler verified it."""
+    uid = pwd.getpwnam("hwdev").pw_uid
+    for host in ("dev1", "dev2"):
+        work = pool.workdir_in(host, "cached", owner="hwdev")
+        module = pool.host(host).root / "cached" / "env" / "mod.py"
+        module.parent.mkdir()
+        module.write_text(host)
+        for path in (module.parent, module):
+            os.chown(path, uid, uid)
+    env = {"HWSCHED_CACHE_TREES": str(work / "env")}
+    # through the share, or from the cache: the file's device against the tree's new marker
+    show = (
+        "cat env/mod.py; echo; "
+        "[ $(stat -c %d env/mod.py) = $(stat -c %d env/m) ] && echo share || echo cache"
+    )
+
+    def run(host: str) -> list[str]:
+        marker = pool.host(host).root / "cached" / "env" / "m"  # new: not in any cache
+        marker.unlink(missing_ok=True)
+        marker.write_text("m")
+        os.chown(marker, uid, uid)
+        done = pool.hwrun(host, ["-q", "--", "sh", "-c", show], user="hwdev", cwd=work, env=env)
+        assert done.returncode == 0, pool.explain(done)
+        return done.stdout.split()
+
+    store = pool.agent_state / "cache" / store_name("dev1", "hwdev", uid) / "objects"
+    copy = store / hashlib.sha256(str(work / "env" / "mod.py").encode()).hexdigest()
+    first = pool.host("dev1").popen(
+        [
+            "runuser",
+            "-u",
+            "hwdev",
+            "--",
+            HWRUN,
+            "-q",
+            "--",
+            "sh",
+            "-c",
+            "cat env/mod.py; while [ ! -e go ]; do sleep 0.1; done",
+        ],
+        cwd=str(work),
+        env=pool.client_env("dev1", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(copy.exists, 60, "the node to copy dev1's file")
+    finally:
+        (pool.host("dev1").root / "cached" / "go").touch()
+        out, err = first.communicate(timeout=120)
+    assert out == "dev1", err
+    assert run("dev1") == ["dev1", "cache"]
+    assert run("dev2") == ["dev2", "share"]
     pool.assert_clean(timeout=60)
 
 

@@ -17,11 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jupyter_hwsched.agent.cache.beneath import OutsideShare, open_beneath
 from jupyter_hwsched.agent.cache.store import CopyAborted, UserStore
 from jupyter_hwsched.agent.cache.view import in_tree
 from jupyter_hwsched.protocol.cache_manifest import SIBLING_MAX, CacheManifest, opened_for_reading
 
 log = logging.getLogger("hwsched.agent.cache")
+
+#: the most of a session's log of opened files that is read (its paths, some 100 bytes each)
+MAX_LOG_BYTES = 64 << 20
 
 
 @dataclass
@@ -86,19 +90,17 @@ class Filler:
             self.known.add(path)
         self._pool.submit(self._copy, path)
 
-    def _through_share(self, path: str) -> Path:
-        return self.mountpoint / path.lstrip("/")
-
     def _copy(self, path: str) -> None:
         if self.stop_event.is_set():
             return
-        source = self._through_share(path)
         try:
-            st = os.lstat(source)
+            fd = open_beneath(self.mountpoint, path)
+            st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_size > self.max_file_bytes:
+                os.close(fd)
                 return
-            copied = self.store.put(path, source, self.manifest.taken_ns, self.stop_event)
-        except CopyAborted:
+            copied = self.store.put(path, fd, self.manifest.taken_ns, self.stop_event)
+        except (CopyAborted, OutsideShare):
             return
         except OSError as exc:
             with self._lock:
@@ -116,9 +118,15 @@ class Filler:
             return
         self.dirs_listed.add(directory)
         try:
-            listing = list(os.scandir(self._through_share(directory)))
+            fd = open_beneath(self.mountpoint, directory, directory=True)
         except OSError:
             return
+        try:
+            listing = list(os.scandir(fd))
+        except OSError:
+            return
+        finally:
+            os.close(fd)
         for item in listing:
             try:
                 st = item.stat(follow_symlinks=False)
@@ -128,14 +136,20 @@ class Filler:
                 self._want(f"{directory.rstrip('/')}/{item.name}")
 
     def _read_log(self) -> list[str]:
-        if not self.manifest.log:
+        if not self.manifest.log or self._log_offset > MAX_LOG_BYTES:
             return []
         try:
-            with open(self._through_share(self.manifest.log), "rb") as f:
-                f.seek(self._log_offset)
-                data = f.read()
+            fd = open_beneath(self.mountpoint, self.manifest.log)
         except OSError:
             return []
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return []
+            data = os.pread(fd, MAX_LOG_BYTES - self._log_offset, self._log_offset)
+        except OSError:
+            return []
+        finally:
+            os.close(fd)
         end = data.rfind(b"\n") + 1  # whole lines only
         self._log_offset += end
         return opened_for_reading(data[:end].decode(errors="replace"))

@@ -19,6 +19,7 @@ from typing import Any
 from traitlets import Bool, Float, Int, List, Unicode
 from traitlets.config import Configurable
 
+from jupyter_hwsched.agent.cache.beneath import open_beneath
 from jupyter_hwsched.agent.cache.fill import Filler, FillStats
 from jupyter_hwsched.agent.cache.store import UserStore, store_name
 from jupyter_hwsched.agent.cache.view import (
@@ -151,19 +152,21 @@ class NodeCache(Configurable):
         never = self.never(home)
         missing: list[str] = []
         for n, tree in enumerate(manifest.trees):
-            lower = mountpoint / tree.lstrip("/")
-            # a tree reached through a link would be the node's, not the developer's
-            if os.path.realpath(lower) != str(lower) or not lower.is_dir():
-                log.info("not caching %s: not a directory through the share", tree)
-                continue
             view, target = session_dir / f"view-{n}", session_dir / f"tree-{n}"
-            view.mkdir(parents=True)
-            stats = build_view(store, manifest, tree, view, never)
             try:
+                lower = open_beneath(mountpoint, tree, directory=True)
+            except OSError as exc:
+                log.info("not caching %s: %s", tree, exc)
+                continue
+            try:
+                view.mkdir(parents=True)
+                stats = build_view(store, manifest, tree, view, never)
                 mount_overlay(view, lower, target)
             except OSError as exc:
                 log.warning("not caching %s: %s", tree, exc)
                 continue
+            finally:
+                os.close(lower)
             used.binds[str(target)] = tree
             used.views[tree] = stats
             missing.extend(e.path for e in stats.missing)

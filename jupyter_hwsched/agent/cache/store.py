@@ -124,12 +124,12 @@ class UserStore:
         with self.lock:
             return path in self.records
 
-    def put(self, path: str, source: Path, before_ns: int, stop: threading.Event) -> int:
-        """Copy ``source`` (the file through the share) as ``path``'s object; the bytes
-        copied. Raises OSError, or CopyAborted when stopped or the file changed meanwhile."""
+    def put(self, path: str, fd: int, before_ns: int, stop: threading.Event) -> int:
+        """Copy the open file ``fd`` (``path`` through the share) as ``path``'s object, and
+        close it; the bytes copied. Raises OSError, or CopyAborted when stopped or the file
+        changed meanwhile."""
         target = self.object_path(path)
         part = target.with_name(target.name + f".{threading.get_ident()}.part")
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):

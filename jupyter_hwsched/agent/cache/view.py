@@ -47,35 +47,45 @@ def build_view(
 ) -> ViewStats:
     """Fill the empty directory ``view`` with the manifest's entries under ``tree``."""
     stats = ViewStats()
-    entries = sorted((e for e in manifest.entries if in_tree(e.path, tree)), key=lambda e: e.path)
+    named: dict[str, CacheEntry] = {}
+    for entry in manifest.entries:  # the first entry of a path counts, in path order
+        if in_tree(entry.path, tree):
+            named.setdefault(entry.path, entry)
     made: list[CacheEntry] = []
+    # only under directories made here: an entry under a link of the manifest's would
+    # otherwise be made wherever the link points, on the node
+    made_dirs: set[str] = set()
     incomplete: set[str] = set()  # directories with a file that has no valid copy
-    for entry in entries:
+    for entry in (named[p] for p in sorted(named)):
+        parent = os.path.dirname(entry.path)
         if any(in_tree(entry.path, n) for n in never):
-            incomplete.add(os.path.dirname(entry.path))
+            incomplete.add(parent)
             continue
-        rel = os.path.relpath(entry.path, tree)
-        target = view if rel == "." else view / rel
-        if rel != "." and not target.parent.is_dir():
-            continue  # its directory was not named, or could not be made
+        root = entry.path == tree
+        if not root and parent not in made_dirs:
+            continue  # its directory was not named, or was not made
+        target = view if root else view / os.path.relpath(entry.path, tree)
         if entry.kind == "d":
-            target.mkdir(exist_ok=True)
+            if not root:
+                try:
+                    target.mkdir()
+                except OSError:
+                    continue
             made.append(entry)
+            made_dirs.add(entry.path)
         elif entry.kind == "l":
             os.symlink(entry.target, target)
             os.lchown(target, entry.uid, entry.gid)
         else:
             stats.files += 1
             obj = store.valid(entry)
-            if obj is None:
-                stats.missing.append(entry)
-                incomplete.add(os.path.dirname(entry.path))
-                continue
             try:
-                os.link(obj, target)
-            except OSError:  # evicted meanwhile
+                if obj is None:
+                    raise FileNotFoundError(entry.path)
+                os.link(obj, target, follow_symlinks=False)
+            except OSError:  # no valid copy, or evicted meanwhile
                 stats.missing.append(entry)
-                incomplete.add(os.path.dirname(entry.path))
+                incomplete.add(parent)
                 continue
             stats.hits += 1
             stats.hit_bytes += entry.size
@@ -84,8 +94,7 @@ def build_view(
             path = os.path.dirname(path)
             incomplete.add(path)
     for entry in reversed(made):  # children first: their times are set before the parent's
-        rel = os.path.relpath(entry.path, tree)
-        target = view if rel == "." else view / rel
+        target = view if entry.path == tree else view / os.path.relpath(entry.path, tree)
         if entry.whole and entry.path not in incomplete:
             os.setxattr(target, OPAQUE, b"y")
             stats.opaque += 1
@@ -95,17 +104,20 @@ def build_view(
     return stats
 
 
-def mount_overlay(view: Path, lower: Path, target: Path) -> None:
-    """Mount ``view`` over ``lower`` at ``target``, read-only."""
+def mount_overlay(view: Path, lower_fd: int, target: Path) -> None:
+    """Mount ``view`` over the share's directory open at ``lower_fd`` (opened with
+    ``open_beneath``, so no link of the developer's can make it one of the node's) at
+    ``target``, read-only."""
     target.mkdir(parents=True, exist_ok=True)
-    options = f"ro,nosuid,nodev,lowerdir={view}:{lower}"
+    options = f"ro,nosuid,nodev,lowerdir={view}:/proc/self/fd/{lower_fd}"
     done = subprocess.run(
         ["mount", "-t", "overlay", "-o", options, "hwsched-cache", str(target)],
         capture_output=True,
         text=True,
+        pass_fds=(lower_fd,),
     )
     if done.returncode != 0:
-        raise OSError(f"overlay mount of {lower} failed: {done.stderr.strip()}")
+        raise OSError(f"overlay mount failed: {done.stderr.strip()}")
 
 
 def unmount_overlay(target: Path) -> bool:

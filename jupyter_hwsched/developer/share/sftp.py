@@ -157,7 +157,8 @@ class SftpShare:
     def opened_paths(self) -> list[str]:
         """The paths the share's SFTP server opened for reading (none if it kept no log)."""
         try:
-            return opened_for_reading(self.opens_log.read_text(errors="replace"))
+            with open(self.opens_log, "rb") as f:  # the user's to write: read a bounded part
+                return opened_for_reading(f.read(64 << 20).decode(errors="replace"))
         except OSError:
             return []
 

@@ -140,8 +140,11 @@ def test_a_copy_made_before_any_manifest_holds_only_for_a_file_unchanged_since(
     store.put(str(source), os.open(source, os.O_RDONLY), entry.ctime_ns, threading.Event())
     assert store.valid(entry) is None
     store.save()
+    orphan = store.objects / ("0" * 64)  # copied after the last save, by an agent then killed
+    orphan.write_text("?")
     reloaded = UserStore(tmp_path / "store", lambda n: None)
     assert reloaded.records.keys() == {str(source)}
+    assert not orphan.exists()
 
 
 def test_eviction_drops_the_least_recently_used_and_never_what_a_view_links(

@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ log = logging.getLogger("hwsched.agent.cache")
 
 #: the most of a session's log of opened files that is read (its paths, some 100 bytes each)
 MAX_LOG_BYTES = 64 << 20
+#: seconds between saves of the store's index while a session copies
+SAVE_INTERVAL = 10.0
 
 
 @dataclass
@@ -155,7 +158,11 @@ class Filler:
         return opened_for_reading(data[:end].decode(errors="replace"))
 
     def _watch(self) -> None:
+        saved = time.monotonic()
         while not self.stop_event.wait(self.poll_interval):
+            if time.monotonic() - saved > SAVE_INTERVAL:  # what an agent killed now keeps
+                self.store.save()
+                saved = time.monotonic()
             for path in self._read_log():
                 if path == self.manifest.log:
                     continue

@@ -95,6 +95,11 @@ class UserStore:
             if self.object_path(path).is_file():
                 self.records[path] = record
                 self._on_bytes(record.size)
+        # copies made after the index was last saved (the agent was killed): unaccounted for
+        known = {object_name(path) for path in self.records}
+        for leftover in self.objects.iterdir():
+            if leftover.name not in known:
+                leftover.unlink(missing_ok=True)
 
     def object_path(self, path: str) -> Path:
         return self.objects / object_name(path)

@@ -43,7 +43,10 @@ def test_remote_kernel_lifecycle(clean_pool: Pool, workspace: Path) -> None:
             reply, out = await run(
                 kc,
                 "import os\nprint(os.getcwd(), os.environ['CUDA_VISIBLE_DEVICES'])\n"
-                "print(any(' /usr fuse.sshfs ' in l for l in open('/proc/mounts')))\nx = 41",
+                # the working directory's top is the developer's share
+                "top = '/' + os.getcwd().split('/')[1]\n"
+                "print(any(l.split()[1:3] == [top, 'fuse.sshfs'] for l in open('/proc/mounts')))\n"
+                "x = 41",
             )
             assert reply["status"] == "ok", reply
             assert out.split() == [str(workspace), "0", "True"]

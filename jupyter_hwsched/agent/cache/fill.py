@@ -124,19 +124,18 @@ class Filler:
             fd = open_beneath(self.mountpoint, directory, directory=True)
         except OSError:
             return
+        small = []
         try:
-            listing = list(os.scandir(fd))
+            for item in os.scandir(fd):  # stat before the fd closes: they use it
+                st = item.stat(follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_size <= SIBLING_MAX:
+                    small.append(item.name)
         except OSError:
             return
         finally:
             os.close(fd)
-        for item in listing:
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_size <= SIBLING_MAX:
-                self._want(f"{directory.rstrip('/')}/{item.name}")
+        for name in small:
+            self._want(f"{directory.rstrip('/')}/{name}")
 
     def _read_log(self) -> list[str]:
         if not self.manifest.log or self._log_offset > MAX_LOG_BYTES:

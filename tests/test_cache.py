@@ -23,10 +23,18 @@ from jupyter_hwsched.protocol.cache_manifest import (
     CacheManifest,
     opened_for_reading,
     valid_tree,
+    with_python_neighbours,
 )
 from jupyter_hwsched.protocol.errors import RequestError
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="views set owners and trusted xattrs")
+
+
+def test_a_module_read_brings_its_source_and_its_directory() -> None:
+    read = ["/env/pkg/__pycache__/mod.cpython-311.pyc", "/env/lib/libx.so", "/env/tool.py"]
+    files, whole = with_python_neighbours(read)
+    assert files == [*read[:1], "/env/pkg/mod.py", *read[1:]]
+    assert whole == {"/env/pkg", "/env/pkg/__pycache__", "/env", "/env/__pycache__"}
 
 
 def test_the_share_log_gives_the_files_opened_for_reading_once_each() -> None:
@@ -87,8 +95,12 @@ def test_a_manifest_brings_whole_directories_and_never_names_what_it_must_not(
     manifest = take_manifest([str(env / "pkg" / "sub" / "c.py")], [str(env / "pkg")], [])
     by_path = {e.path: e for e in manifest.entries}
     assert by_path[str(env / "pkg" / "sub")].whole
-    # pkg's listing is complete and its only subdirectory is whole: pkg is whole too
-    assert by_path[str(env / "pkg")].whole
+    # no module was read from pkg itself: it is not listed whole (b.py stays out)
+    assert not by_path[str(env / "pkg")].whole
+    assert str(env / "pkg" / "b.py") not in by_path
+    read = [str(env / "pkg" / "sub" / "c.py"), str(env / "pkg" / "a.py")]
+    manifest = take_manifest(read, [str(env / "pkg")], [])
+    assert {e.path: e for e in manifest.entries}[str(env / "pkg")].whole
     manifest = take_manifest([str(env / "pkg" / "a.py")], [str(env / "pkg")], [])
     by_path = {e.path: e for e in manifest.entries}
     assert not by_path[str(env / "pkg")].whole  # sub was never listed

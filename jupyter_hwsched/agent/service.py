@@ -104,6 +104,9 @@ class NodeService:
         state = self.state_dir
         # sessions' cached trees and in-memory /tmp first: the trees lie over the shares
         places = (state / "sessions", state / "mnt")
+        stuck_views = self.cache.remove_leftovers() if self.cache else []
+        if stuck_views:
+            raise UnavailableError(f"cannot unmount leftover cached trees {stuck_views}")
         for point in [p for place in places for p in mounts_under(place)]:
             self.log.warning("unmounting leftover %s", point)
             unmount(point)

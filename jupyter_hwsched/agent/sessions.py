@@ -220,7 +220,7 @@ class NodeSession:
             self.uid,
             self.spec.user.home,
             self.mountpoint,
-            self.base / "cache",
+            self.id,
         )
 
     @property
@@ -323,6 +323,8 @@ class NodeSession:
         ):
             self.runner.log.error("session %s: a cached tree is still mounted", self.id)
             return
+        if self.cached is not None:
+            self.runner.log.info("session %s cache: %s", self.id, self.cached.describe())
         if mounted(self.scratch):
             unmount(self.scratch)
             if mounted(self.scratch):

@@ -28,7 +28,7 @@ MAX_ENTRIES = 50_000
 MAX_PACKED = 768 * 1024
 KINDS = ("f", "d", "l")
 
-#: a neighbour of a file that was read comes with it up to this size; bigger ones only if read
+#: in a directory a Python module was read from, the other files come too, up to this size
 SIBLING_MAX = 8 * 1024 * 1024
 
 # OpenSSH's sftp-server at -l INFO: open "PATH" flags READ mode 0666
@@ -44,6 +44,26 @@ def opened_for_reading(log: str) -> list[str]:
             seen.pop(match.group(1), None)
             seen[match.group(1)] = None
     return list(seen)
+
+
+def with_python_neighbours(read: Iterable[str]) -> tuple[list[str], set[str]]:
+    """The files a run that read ``read`` also needs, and the directories worth listing
+    whole. An import opens ``pkg/__pycache__/mod.cpython-311.pyc`` but stats ``pkg/mod.py``,
+    and lists ``pkg`` to find its modules: so a ``.pyc`` brings its source, and the directory
+    of a Python module read (and its ``__pycache__``) comes whole. Other directories (``bin``,
+    ``lib``) bring only what was read."""
+    files: dict[str, None] = {}
+    whole: set[str] = set()
+    for path in read:
+        files[path] = None
+        directory, name = posixpath.split(path)
+        if name.endswith(".pyc") and posixpath.basename(directory) == "__pycache__":
+            package = posixpath.dirname(directory)
+            files[posixpath.join(package, name.split(".", 1)[0] + ".py")] = None
+            whole.update((package, directory))
+        elif name.endswith(".py"):
+            whole.update((directory, posixpath.join(directory, "__pycache__")))
+    return list(files), whole
 
 
 def under(path: str, roots: Iterable[str]) -> bool:

@@ -2,14 +2,13 @@
 
 Two sources: the manifest's files the store had no valid copy of, and the files the session
 opens, which the developer's SFTP server logs where the node can read it through the share
-(with, for a directory seen for the first time, its other small files: a run that imports one
-module stats its neighbours). Copies go through the share, as the developer, a few at a time;
+(with the other small files of a directory a Python module came from: an import lists it and
+stats its sources). Copies go through the share, as the developer, a few at a time;
 they stop, and a half-made copy is dropped, when the session ends.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import threading
@@ -20,10 +19,13 @@ from pathlib import Path
 
 from jupyter_hwsched.agent.cache.beneath import OutsideShare, open_beneath
 from jupyter_hwsched.agent.cache.store import CopyAborted, UserStore
-from jupyter_hwsched.agent.cache.view import in_tree
-from jupyter_hwsched.protocol.cache_manifest import SIBLING_MAX, CacheManifest, opened_for_reading
-
-log = logging.getLogger("hwsched.agent.cache")
+from jupyter_hwsched.protocol.cache_manifest import (
+    SIBLING_MAX,
+    CacheManifest,
+    opened_for_reading,
+    under,
+    with_python_neighbours,
+)
 
 #: the most of a session's log of opened files that is read (its paths, some 100 bytes each)
 MAX_LOG_BYTES = 64 << 20
@@ -82,9 +84,7 @@ class Filler:
         return self.stats
 
     def _cacheable(self, path: str) -> bool:
-        return any(in_tree(path, t) for t in self.manifest.trees) and not any(
-            in_tree(path, n) for n in self.never
-        )
+        return under(path, self.manifest.trees) and not under(path, self.never)
 
     def _want(self, path: str) -> None:
         with self._lock:
@@ -103,7 +103,7 @@ class Filler:
                 os.close(fd)
                 return
             copied = self.store.put(path, fd, self.manifest.taken_ns, self.stop_event)
-        except (CopyAborted, OutsideShare):
+        except (CopyAborted, OutsideShare, FileNotFoundError):  # e.g. a .pyc without source
             return
         except OSError as exc:
             with self._lock:
@@ -162,8 +162,10 @@ class Filler:
             if time.monotonic() - saved > SAVE_INTERVAL:  # what an agent killed now keeps
                 self.store.save()
                 saved = time.monotonic()
-            for path in self._read_log():
-                if path == self.manifest.log:
-                    continue
+            read, listed = with_python_neighbours(
+                p for p in self._read_log() if p != self.manifest.log
+            )
+            for path in read:
                 self._want(path)
-                self._neighbours(os.path.dirname(path))
+            for directory in listed:
+                self._neighbours(directory)

@@ -8,7 +8,6 @@ saves the index and evicts down to the bound.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from traitlets import Bool, Float, Int, List, Unicode
-from traitlets.config import Configurable
+from traitlets.config import LoggingConfigurable
 
 from jupyter_hwsched.agent.cache.beneath import open_beneath
 from jupyter_hwsched.agent.cache.fill import Filler, FillStats
@@ -28,9 +27,8 @@ from jupyter_hwsched.agent.cache.view import (
     mount_overlay,
     unmount_overlay,
 )
+from jupyter_hwsched.agent.mount import mounts_under
 from jupyter_hwsched.protocol.cache_manifest import CacheManifest
-
-log = logging.getLogger("hwsched.agent.cache")
 
 
 @dataclass
@@ -61,7 +59,7 @@ class SessionCache:
         return out
 
 
-class NodeCache(Configurable):
+class NodeCache(LoggingConfigurable):
     """Settings: ``c.NodeCache.max_bytes`` and the rest."""
 
     enabled = Bool(
@@ -101,13 +99,27 @@ class NodeCache(Configurable):
         self._root: Path | None = None
 
     def open(self, state_dir: Path) -> None:
-        """Load what a previous run of the agent left (the copies survive restarts)."""
+        """Load what a previous run of the agent left (the copies survive restarts; the
+        views of its sessions do not: :meth:`remove_leftovers`)."""
         self._root = Path(self.directory) if self.directory else state_dir / "cache"
         self._root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self._root, 0o700)
         for child in sorted(self._root.iterdir()):
-            if child.is_dir():
+            if child.is_dir() and child.name != "views":
                 self._store(child.name)
+
+    @property
+    def views(self) -> Path:
+        """Where sessions' views and their mounts live."""
+        return self.root / "views"
+
+    def remove_leftovers(self) -> list[str]:
+        """Unmount and remove the views of sessions a previous agent left; the mounts that
+        would not go."""
+        stuck = [p for p in mounts_under(self.views) if not unmount_overlay(Path(p))]
+        if not stuck:
+            shutil.rmtree(self.views, ignore_errors=True)
+        return stuck
 
     @property
     def root(self) -> Path:
@@ -141,13 +153,15 @@ class NodeCache(Configurable):
         uid: int,
         home: str,
         mountpoint: Path,
-        session_dir: Path,
+        session_id: str,
     ) -> SessionCache:
         """Views of the manifest's trees over the share mounted at ``mountpoint``. A tree that
         cannot be served this way is served by the share alone, as before; said in the log."""
         store = self._store(store_name(host, user, uid))
         if store.forget_before(manifest.purge_ns):
-            log.info("forgot the copies of %s on %s, as they asked", user, host)
+            self.log.info("forgot the copies of %s on %s, as they asked", user, host)
+        # beside the store, on its file system: a view hard-links its copies
+        session_dir = self.root / "views" / session_id
         used = SessionCache(store, session_dir)
         never = self.never(home)
         missing: list[str] = []
@@ -156,14 +170,14 @@ class NodeCache(Configurable):
             try:
                 lower = open_beneath(mountpoint, tree, directory=True)
             except OSError as exc:
-                log.info("not caching %s: %s", tree, exc)
+                self.log.info("not caching %s: %s", tree, exc)
                 continue
             try:
                 view.mkdir(parents=True)
                 stats = build_view(store, manifest, tree, view, never)
                 mount_overlay(view, lower, target)
             except OSError as exc:
-                log.warning("not caching %s: %s", tree, exc)
+                self.log.warning("not caching %s: %s", tree, exc)
                 continue
             finally:
                 os.close(lower)
@@ -191,7 +205,7 @@ class NodeCache(Configurable):
             used.filled = used.filler.stop()
             used.filler = None
             if used.filled.errors:
-                log.info("copies that failed: %s", "; ".join(used.filled.errors))
+                self.log.info("copies that failed: %s", "; ".join(used.filled.errors))
         gone = all([unmount_overlay(Path(target)) for target in used.binds])
         if gone:  # the views' links go, so that what they held may be evicted
             shutil.rmtree(used.directory, ignore_errors=True)

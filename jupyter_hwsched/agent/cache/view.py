@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_hwsched.agent.cache.store import UserStore
-from jupyter_hwsched.protocol.cache_manifest import CacheEntry, CacheManifest
+from jupyter_hwsched.protocol.cache_manifest import CacheEntry, CacheManifest, under
 
 OPAQUE = "trusted.overlay.opaque"
 
@@ -31,10 +31,6 @@ class ViewStats:
     hit_bytes: int = 0
     opaque: int = 0  # whole directories hidden from the share
     missing: list[CacheEntry] = field(default_factory=list)  # files to copy for next time
-
-
-def in_tree(path: str, tree: str) -> bool:
-    return path == tree or path.startswith(tree + "/")
 
 
 def _seconds(ns: int) -> int:
@@ -49,7 +45,7 @@ def build_view(
     stats = ViewStats()
     named: dict[str, CacheEntry] = {}
     for entry in manifest.entries:  # the first entry of a path counts, in path order
-        if in_tree(entry.path, tree):
+        if under(entry.path, [tree]):
             named.setdefault(entry.path, entry)
     made: list[CacheEntry] = []
     # only under directories made here: an entry under a link of the manifest's would
@@ -58,7 +54,7 @@ def build_view(
     incomplete: set[str] = set()  # directories with a file that has no valid copy
     for entry in (named[p] for p in sorted(named)):
         parent = os.path.dirname(entry.path)
-        if any(in_tree(entry.path, n) for n in never):
+        if under(entry.path, never):
             incomplete.add(parent)
             continue
         root = entry.path == tree
@@ -90,7 +86,7 @@ def build_view(
             stats.hits += 1
             stats.hit_bytes += entry.size
     for path in list(incomplete):  # a directory is whole only if all below it is
-        while in_tree(path, tree) and path != tree:
+        while under(path, [tree]) and path != tree:
             path = os.path.dirname(path)
             incomplete.add(path)
     for entry in reversed(made):  # children first: their times are set before the parent's

@@ -2,9 +2,9 @@
 
 The share's SFTP server logs each file it opens. When a share closes, the share agent adds the
 files opened for reading to that user's hot set; when the next share opens, it takes a manifest
-of the hot set under the session's cached trees (``take_manifest``). A directory of the hot set
-comes whole (every file and link in it, up to ``SIBLING_MAX`` bytes a file), because a run that
-reads one module of a package stats its neighbours too.
+of the hot set under the session's cached trees (``take_manifest``). The directory of a Python
+module read comes whole (every file and link in it, up to ``SIBLING_MAX`` bytes a file),
+because an import lists it and stats the sources (``with_python_neighbours``).
 
 ``take_manifest`` runs as the user whose share it is (``python -m`` this module, as that user,
 when the agent is root), so the manifest names nothing that user could not see.
@@ -26,6 +26,7 @@ from jupyter_hwsched.protocol.cache_manifest import (
     CacheEntry,
     CacheManifest,
     under,
+    with_python_neighbours,
 )
 
 #: the most paths a user's hot set keeps (the most recently read)
@@ -99,9 +100,12 @@ def take_manifest(
 ) -> CacheManifest:
     """The manifest of ``hot`` under ``trees``, leaving out whatever lies under ``never``."""
     taken = time.time_ns()
-    read = [p for p in hot if under(p, trees) and not under(p, never)]
+    read, listed = with_python_neighbours(p for p in hot if under(p, trees))
+    read = [p for p in read if under(p, trees) and not under(p, never)]
     dirs: dict[str, None] = {}
-    for path in reversed(read):  # the most recently read first, should the manifest fill up
+    # the most recently read first, should the manifest fill up; a directory listed whole
+    # counts as read, its parent holding it
+    for path in reversed([*read, *(f"{d}/." for d in listed if under(d, trees))]):
         tree = next(t for t in trees if under(path, [t]))
         parent = os.path.dirname(path)
         while under(parent, [tree]) and parent not in dirs:
@@ -120,10 +124,13 @@ def take_manifest(
         except OSError:
             entries.pop(d, None)
             continue
-        whole = len(entries) + len(listing) <= MAX_ENTRIES
+        # a Python module's directory is listed whole, within the manifest's bound
+        everything = d in listed and len(entries) + len(listing) <= MAX_ENTRIES
+        whole = everything  # and it is whole if nothing in it is left out
         subdirs[d] = []
-        for item in listing if whole else []:
-            if under(item.path, never):
+        for item in listing:
+            wanted = item.path in read_set or item.path in dirs
+            if under(item.path, never) or not (everything or wanted):
                 whole = False
                 continue
             try:
@@ -133,9 +140,7 @@ def take_manifest(
                     entries.setdefault(item.path, _entry(item.path, st))
                 elif stat.S_ISLNK(st.st_mode):
                     entries[item.path] = _entry(item.path, st, os.readlink(item.path))
-                elif stat.S_ISREG(st.st_mode) and (
-                    st.st_size <= SIBLING_MAX or item.path in read_set
-                ):
+                elif stat.S_ISREG(st.st_mode) and (st.st_size <= SIBLING_MAX or wanted):
                     entries[item.path] = _entry(item.path, st)
                 else:
                     whole = False

@@ -111,6 +111,7 @@ class Bench:
         agent_args = tuple(f"--AgentApp.sshfs_extra_options={option}" for option in options)
         if args.no_cache:
             agent_args += ("--NodeCache.enabled=False",)
+        agent_args += tuple(args.agent_arg)
         self.pool = Pool(Path(tempfile.mkdtemp(prefix="hwsched-bench-")), agent_args=agent_args)
         self.notebook = KernelManager(kernel_name="python3")
         try:
@@ -322,6 +323,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-cache", action="store_true", help="the node's cache off (the baseline before it)"
+    )
+    parser.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        help="a setting for the node agent, e.g. --agent-arg=--NodeCache.fill_workers=1",
     )
     args = parser.parse_args()
     args.bench_dir = check_bench_dir(args.bench_dir)

@@ -41,6 +41,14 @@ class FillStats:
     errors: list[str] = field(default_factory=list)  # the first few, for the log
 
 
+def _lowest_priority() -> None:
+    """A copying thread yields the CPU to the session's own work (nice 19, this thread only)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+        pass
+
+
 class Filler:
     """One session's copying, on its own threads."""
 
@@ -65,7 +73,9 @@ class Filler:
         self.poll_interval = poll_interval
         self.stop_event = threading.Event()
         self.stats = FillStats()
-        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="hwsched-fill")
+        self._pool = ThreadPoolExecutor(
+            max(1, workers), thread_name_prefix="hwsched-fill", initializer=_lowest_priority
+        )
         self._thread = threading.Thread(target=self._watch, name="hwsched-fill-log", daemon=True)
         self._log_offset = 0
         self._lock = threading.Lock()

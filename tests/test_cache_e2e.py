@@ -281,3 +281,45 @@ def test_the_developer_and_the_operator_can_purge(clean_pool: Pool, dev_workspac
     assert purged["freed_bytes"] >= 1 and purged["bytes"] == 0
     assert not _copied(clean_pool, tree / "f.py")
     assert json.loads(_hwsched(clean_pool, ["cache", "status", "--node", node]))["bytes"] == 0
+
+
+def test_placement_prefers_the_node_that_keeps_the_developers_files(
+    clean_pool: Pool, dev_workspace: Path
+) -> None:
+    """Two nodes with the same free GPUs; packing alone picks the pool's first node (its name
+    sorts first). Once the other one keeps hwdev's files, hwdev's runs go there."""
+    warm = "zz-warm-node"
+    clean_pool.add_agent(warm, "2xA100-80GB")
+    tree = _tree(dev_workspace, {"w.py": "W"})
+    where = "echo $HWSCHED_NODE"
+    assert _run(clean_pool, dev_workspace, where).strip() == clean_pool.node
+    # a run on the other node leaves its copies there
+    go = dev_workspace / "go-warm"
+    held = clean_pool.popen_hwrun(
+        [
+            "--node",
+            warm,
+            "--",
+            "sh",
+            "-c",
+            f"cat env/w.py; while [ ! -e {go.name} ]; do sleep 0.1; done",
+        ],
+        user=DEV_USER,
+        cwd=str(dev_workspace),
+        env={TREES: str(tree)},
+    )
+    try:
+        wait_for(lambda: _copied(clean_pool, tree / "w.py", f"agent-{warm}"), 60, "a copy")
+    finally:
+        go.touch()
+        held.communicate(timeout=120)
+
+    def reported() -> bool:
+        nodes = {n["name"]: n for n in clean_pool.pool()["nodes"]}
+        return bool(nodes[warm]["cache_warm_for"])
+
+    wait_for(reported, 60, "the node's heartbeat to say it keeps hwdev's files")
+    assert _run(clean_pool, dev_workspace, where).strip() == warm
+    # root, whose files no node keeps, is packed as before
+    done = clean_pool.hwrun(["--", "sh", "-c", where], cwd="/")
+    assert done.stdout.strip() == clean_pool.node, done.stderr

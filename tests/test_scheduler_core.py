@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_hwsched.protocol.cache_manifest import warm_key
 from jupyter_hwsched.protocol.errors import (
     ConflictError,
     NotFoundError,
@@ -85,6 +86,23 @@ def test_packing_prefers_the_fuller_node(sched: Scheduler) -> None:
     assert first["node"] == second["node"] == "a"  # best fit keeps node b whole
     big = sched.submit(req(4), "cy", "h")
     assert big["node"] == "b" and big["state"] == "placed"
+
+
+def test_a_node_warm_for_the_developer_comes_first_among_those_that_fit(
+    sched: Scheduler,
+) -> None:
+    """Node b keeps ann's files (its heartbeat says so): ann goes there though packing would
+    pick a; bob, whom no node keeps, is packed as before; the queue's order is untouched."""
+    sched.register_node("b", "http://b", gpus(4))
+    sched.heartbeat("b", [], {}, {warm_key("h", "ann")})
+    ann = sched.submit(req(), "ann", "h")
+    assert ann["node"] == "b"
+    assert sched.submit(req(), "bob", "h")["node"] == "a"
+    assert sched.submit(req(), "ann", "other-host")["node"] == "a"  # another machine's ann
+    # warm but too small: the request goes where it fits
+    assert sched.submit(req(2), "bob", "h")["node"] == "b"
+    sched.heartbeat("b", [], {}, {warm_key("h", "cy")})
+    assert sched.submit(req(2), "cy", "h")["state"] == "queued"  # b has 1 free, a none
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,10 @@ class NodeService:
         stats = await loop.run_in_executor(None, self.stats)
         try:
             reply = await self.scheduler.heartbeat(
-                self.node_name, Heartbeat(tuple(self.sessions), stats)
+                self.node_name,
+                Heartbeat(
+                    tuple(self.sessions), stats, self.cache.warm_keys() if self.cache else ()
+                ),
             )
         except NotFoundError:
             await self.register()

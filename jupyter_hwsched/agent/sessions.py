@@ -213,15 +213,18 @@ class NodeSession:
         if self.cache is None or not self.cache.enabled or manifest is None:
             return
         trees = [t for t in manifest.trees if t.split("/")[1] not in NODE_OWN]
-        self.cached = self.cache.attach(
-            replace(manifest, trees=tuple(trees)),
-            self.host,
-            self.spec.user.name,
-            self.uid,
-            self.spec.user.home,
-            self.mountpoint,
-            self.id,
-        )
+        try:
+            self.cached = self.cache.attach(
+                replace(manifest, trees=tuple(trees)),
+                self.host,
+                self.spec.user.name,
+                self.uid,
+                self.spec.user.home,
+                self.mountpoint,
+                self.id,
+            )
+        except OSError as exc:  # the work runs on, every file through the share
+            self.runner.log.warning("session %s: the node's cache is unusable: %s", self.id, exc)
 
     @property
     def scratch(self) -> Path:

@@ -12,6 +12,7 @@ fit in tens of KiB.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import posixpath
 import re
@@ -64,6 +65,12 @@ def with_python_neighbours(read: Iterable[str]) -> tuple[list[str], set[str]]:
         elif name.endswith(".py"):
             whole.update((directory, posixpath.join(directory, "__pycache__")))
     return list(files), whole
+
+
+def warm_key(host: str, user: str) -> str:
+    """What a node reports of a developer whose files it keeps (so that placement can prefer
+    it for them), and the scheduler computes for a session: not their names."""
+    return hashlib.sha256(f"{host}\0{user}".encode()).hexdigest()[:16]
 
 
 def under(path: str, roots: Iterable[str]) -> bool:

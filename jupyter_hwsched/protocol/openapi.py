@@ -144,6 +144,7 @@ NODE = {
         "labels": {"type": "array", "items": STRING},
         "up": {"type": "boolean"},
         "gpus": {"type": "array", "items": POOL_GPU},
+        "cache_warm_for": {"type": "integer", "minimum": 0},
     },
 }
 USAGE_ROW = {

@@ -476,9 +476,15 @@ class Heartbeat:
 
     sessions: tuple[str, ...]
     stats: NodeStats = field(default_factory=NodeStats)
+    #: ``warm_key``s of the developers whose files the node's cache keeps
+    warm: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"sessions": list(self.sessions), "stats": self.stats.to_json()}
+        return {
+            "sessions": list(self.sessions),
+            "stats": self.stats.to_json(),
+            "warm": list(self.warm),
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Heartbeat:
@@ -486,7 +492,10 @@ class Heartbeat:
         live = body.get("sessions")
         if not isinstance(live, list) or not all(isinstance(x, str) for x in live):
             raise RequestError("field 'sessions' must be a list of session ids")
-        return cls(tuple(live), NodeStats.from_json(body.get("stats", {})))
+        warm = body.get("warm", [])
+        if not isinstance(warm, list) or not all(isinstance(k, str) and len(k) <= 64 for k in warm):
+            raise RequestError("field 'warm' must be a list of keys")
+        return cls(tuple(live), NodeStats.from_json(body.get("stats", {})), tuple(warm[:10_000]))
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,13 @@ class Scheduler(LoggingConfigurable):
         self.log.info("node %s registered at %s with %d GPU(s)", name, url, len(gpus))
         self.schedule()
 
-    def heartbeat(self, name: str, live: list[str], stats: dict[str, Any]) -> list[str]:
+    def heartbeat(
+        self,
+        name: str,
+        live: list[str],
+        stats: dict[str, Any],
+        warm: set[str] | None = None,
+    ) -> list[str]:
         """Record a heartbeat and its utilization samples; answer which of the node's
         sessions must end now."""
         node = self.nodes.get(name)
@@ -160,6 +166,7 @@ class Scheduler(LoggingConfigurable):
         now = self.clock()
         elapsed = min(max(0.0, now - node.last_seen), self.node_timeout)
         node.last_seen, node.stats = now, stats
+        node.warm = warm or set()
         for s in self.live.values():
             if s.node == name and s.holding:
                 load = sum((node.utilization(i) or 0.0) for i in s.gpu_ids) / 100.0
@@ -206,7 +213,12 @@ class Scheduler(LoggingConfigurable):
             held.setdefault(where, set()).update(gpu_ids)
         return [
             NodeView(
-                n.name, n.gpus, set(n.by_index) - held.get(n.name, set()), n.labels, n.by_index
+                n.name,
+                n.gpus,
+                set(n.by_index) - held.get(n.name, set()),
+                n.labels,
+                n.by_index,
+                frozenset(n.warm),
             )
             for n in self.nodes.values()
             if n.up(now, self.node_timeout)
@@ -506,6 +518,8 @@ class Scheduler(LoggingConfigurable):
                     "labels": node.labels,
                     "up": node.up(now, self.node_timeout),
                     "gpus": gpus,
+                    # how many developers' files its cache keeps (placement prefers it for them)
+                    "cache_warm_for": len(node.warm),
                 }
             )
         return nodes

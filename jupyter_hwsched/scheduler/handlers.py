@@ -56,7 +56,9 @@ class HeartbeatHandler(SchedulerHandler):
     def post(self, name: str) -> None:
         access.require_node(self.who(), name, "send the heartbeat of")
         beat = Heartbeat.from_json(self.json_body())
-        end = self.scheduler.heartbeat(name, list(beat.sessions), beat.stats.to_json())
+        end = self.scheduler.heartbeat(
+            name, list(beat.sessions), beat.stats.to_json(), set(beat.warm)
+        )
         self.write_json({"end": end, "reasons": self.scheduler.end_reasons(end)})
 
 

@@ -23,6 +23,8 @@ class Node:
     registered: float = 0.0
     last_seen: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)  # last heartbeat's utilization
+    #: developers whose files the node's cache keeps (``warm_key``s, last heartbeat's)
+    warm: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.by_index = {g["index"]: g for g in self.gpus}

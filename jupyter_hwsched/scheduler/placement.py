@@ -25,6 +25,8 @@ class NodeView:
     free: set[int] = field(default_factory=set)
     labels: list[str] = field(default_factory=list)
     by_index: dict[int, dict[str, Any]] | None = None  # built on first use when not given
+    #: developers whose files the node's cache keeps (``warm_key``s)
+    warm: frozenset[str] = frozenset()
 
     def gpu(self, index: int) -> dict[str, Any] | None:
         if self.by_index is None:
@@ -99,8 +101,11 @@ class PlacementPolicy(LoggingConfigurable):
     """Base of the placement policies."""
 
     def choose(
-        self, request: HardwareRequest, nodes: list[NodeView]
+        self, request: HardwareRequest, nodes: list[NodeView], warm: str = ""
     ) -> tuple[str, list[int]] | None:
+        """The node and GPUs for ``request``, or None. Among the nodes that fit, one whose
+        cache is warm for the developer (``warm``: their ``warm_key``) comes first: the
+        queue's order (priority, fair share, backfill) has already chosen the request."""
         raise NotImplementedError
 
 
@@ -112,15 +117,15 @@ class _FitPlacement(PlacementPolicy):
         raise NotImplementedError
 
     def choose(
-        self, request: HardwareRequest, nodes: list[NodeView]
+        self, request: HardwareRequest, nodes: list[NodeView], warm: str = ""
     ) -> tuple[str, list[int]] | None:
-        best: tuple[tuple[int, str], NodeView, list[int]] | None = None
+        best: tuple[tuple[bool, int, str], NodeView, list[int]] | None = None
         match = Matcher(request)
         for node in nodes:
             free = node.free_matching(request, match)
             if len(free) < request.gpus:
                 continue
-            key = (self.rank(len(free)), node.name)
+            key = (warm not in node.warm, self.rank(len(free)), node.name)
             if best is None or key < best[0]:
                 best = (key, node, free)
         if best is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from jupyter_hwsched.protocol.cache_manifest import warm_key
 from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.model import Session
 from jupyter_hwsched.scheduler.placement import Matcher, NodeView, PlacementPolicy
@@ -136,7 +137,8 @@ def plan(
         reservation = result.reservation
         choice = None
         if session.request.gpus <= largest:  # else no node has room: skip the search
-            choice = policy.choose(session.request, _usable(views, reservation, session, now))
+            usable = _usable(views, reservation, session, now)
+            choice = policy.choose(session.request, usable, warm_key(session.host, session.user))
         if choice is not None:
             node, gpu_ids = choice
             by_name[node].free -= set(gpu_ids)
@@ -185,9 +187,7 @@ def _usable(
     out = []
     for view in views:
         if view.name == reservation.node:
-            view = NodeView(
-                view.name, view.gpus, view.free - reservation.gpus, view.labels, view.by_index
-            )
+            view = replace(view, free=view.free - reservation.gpus)
         out.append(view)
     return out
 

@@ -250,6 +250,12 @@ class NodeCache(LoggingConfigurable):
                 shutil.rmtree(child, ignore_errors=True)
         return freed
 
+    def warm_keys(self) -> tuple[str, ...]:
+        """The developers this node keeps copies for (``warm_key``s), for placement."""
+        with self._lock:
+            stores = list(self._stores.items())
+        return tuple(sorted({name.split("-")[0] for name, store in stores if store.records}))
+
     def describe(self) -> dict[str, Any]:
         with self._lock:
             stores = len(self._stores)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jupyter_hwsched.protocol.cache_manifest import CacheEntry
+from jupyter_hwsched.protocol.cache_manifest import CacheEntry, warm_key
 
 CHUNK = 1 << 20
 
@@ -35,8 +35,9 @@ def object_name(path: str) -> str:
 
 
 def store_name(host: str, user: str, uid: int) -> str:
-    """A store's directory name: whose files it holds, not readable from the name."""
-    return hashlib.sha256(f"{host}\0{user}\0{uid}".encode()).hexdigest()[:32]
+    """A store's directory name: whose files it holds, not readable from the name; it
+    begins with their ``warm_key``."""
+    return f"{warm_key(host, user)}-{int(uid)}"
 
 
 @dataclass

@@ -283,13 +283,23 @@ def test_the_developer_and_the_operator_can_purge(clean_pool: Pool, dev_workspac
     assert json.loads(_hwsched(clean_pool, ["cache", "status", "--node", node]))["bytes"] == 0
 
 
+@pytest.fixture()
+def two_node_pool(tmp_path: Path) -> Iterator[Pool]:
+    """A pool of its own: a second node would change what the shared pool's tests see."""
+    pool = Pool(tmp_path)
+    try:
+        pool.add_agent("zz-warm-node", "2xA100-80GB")
+        yield pool
+    finally:
+        pool.stop()
+
+
 def test_placement_prefers_the_node_that_keeps_the_developers_files(
-    clean_pool: Pool, dev_workspace: Path
+    two_node_pool: Pool, dev_workspace: Path
 ) -> None:
     """Two nodes with the same free GPUs; packing alone picks the pool's first node (its name
     sorts first). Once the other one keeps hwdev's files, hwdev's runs go there."""
-    warm = "zz-warm-node"
-    clean_pool.add_agent(warm, "2xA100-80GB")
+    clean_pool, warm = two_node_pool, "zz-warm-node"
     tree = _tree(dev_workspace, {"w.py": "W"})
     where = "echo $HWSCHED_NODE"
     assert _run(clean_pool, dev_workspace, where).strip() == clean_pool.node
@@ -323,3 +333,4 @@ def test_placement_prefers_the_node_that_keeps_the_developers_files(
     # root, whose files no node keeps, is packed as before
     done = clean_pool.hwrun(["--", "sh", "-c", where], cwd="/")
     assert done.stdout.strip() == clean_pool.node, done.stderr
+    clean_pool.assert_clean()

@@ -73,6 +73,12 @@ def warm_key(host: str, user: str) -> str:
     return hashlib.sha256(f"{host}\0{user}".encode()).hexdigest()[:16]
 
 
+def expand_home(paths: Iterable[str], home: str) -> list[str]:
+    """``never_cache`` paths as absolute ones: ``~`` is ``home``."""
+    home = home.rstrip("/") or "/"
+    return [posixpath.normpath(home + p[1:] if p.startswith("~") else p) for p in paths]
+
+
 def under(path: str, roots: Iterable[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
@@ -200,6 +206,3 @@ class CacheManifest:
             raise RequestError("cache log must be an absolute path or empty")
         entries = tuple(CacheEntry.from_row(r) for r in rows)
         return cls(tuple(trees), entries, taken, log, purge)
-
-    def packed_size(self) -> int:
-        return len(self.to_json()["entries"])

@@ -28,7 +28,7 @@ from jupyter_hwsched.agent.cache.view import (
     unmount_overlay,
 )
 from jupyter_hwsched.agent.mount import mounts_under
-from jupyter_hwsched.protocol.cache_manifest import CacheManifest
+from jupyter_hwsched.protocol.cache_manifest import CacheManifest, expand_home
 
 
 @dataclass
@@ -140,11 +140,6 @@ class NodeCache(LoggingConfigurable):
                 store = self._stores.setdefault(name, store)
         return store
 
-    def never(self, home: str) -> list[str]:
-        home = home.rstrip("/") or "/"
-        expand = [home + n[1:] if n.startswith("~") else n for n in self.never_cache]
-        return [os.path.normpath(n) for n in expand]
-
     def attach(
         self,
         manifest: CacheManifest,
@@ -163,7 +158,7 @@ class NodeCache(LoggingConfigurable):
         # beside the store, on its file system: a view hard-links its copies
         session_dir = self.root / "views" / session_id
         used = SessionCache(store, session_dir)
-        never = self.never(home)
+        never = expand_home(self.never_cache, home)
         missing: list[str] = []
         for n, tree in enumerate(manifest.trees):
             view, target = session_dir / f"view-{n}", session_dir / f"tree-{n}"

@@ -126,10 +126,6 @@ class UserStore:
             record.used = time.time()
             return self.object_path(entry.path)
 
-    def has(self, path: str) -> bool:
-        with self.lock:
-            return path in self.records
-
     def put(self, path: str, fd: int, before_ns: int, stop: threading.Event) -> int:
         """Copy the open file ``fd`` (``path`` through the share) as ``path``'s object, and
         close it; the bytes copied. Raises OSError, or CopyAborted when stopped or the file
@@ -192,10 +188,6 @@ class UserStore:
             return 0
         self._on_bytes(-record.size)
         return record.size
-
-    def size(self) -> int:
-        with self.lock:
-            return sum(r.size for r in self.records.values())
 
     def save(self) -> None:
         with self.lock:

@@ -34,7 +34,12 @@ from jupyter_hwsched.developer.share.hotset import HotSets, take_manifest
 from jupyter_hwsched.developer.share.sftp import SftpShare, check_share_user
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
-from jupyter_hwsched.protocol.cache_manifest import CacheManifest, under, valid_tree
+from jupyter_hwsched.protocol.cache_manifest import (
+    CacheManifest,
+    expand_home,
+    under,
+    valid_tree,
+)
 from jupyter_hwsched.protocol.clients import SchedulerClient
 from jupyter_hwsched.protocol.errors import (
     ForbiddenError,
@@ -202,16 +207,10 @@ class ShareAgent:
         manifest's paths are the developer's, so the share must export the whole root."""
         return bool(trees) and self.app.cache and self.app.root == "/"
 
-    def never_cached(self, user: pwd.struct_passwd) -> list[str]:
-        home = user.pw_dir.rstrip("/") or "/"
-        return [
-            os.path.normpath(home + p[1:] if p.startswith("~") else p) for p in self.app.never_cache
-        ]
-
     def manifest(self, user: pwd.struct_passwd, trees: list[str], log: str) -> CacheManifest | None:
         """The manifest of the user's hot set under ``trees``, taken as that user (blocking).
         None, logged, where it cannot be taken: the session then runs without the cache."""
-        hot, never = self.hot_sets.load(user.pw_uid), self.never_cached(user)
+        hot, never = self.hot_sets.load(user.pw_uid), expand_home(self.app.never_cache, user.pw_dir)
         purge_ns = self.hot_sets.purge_ns(user.pw_uid)
         if os.geteuid() != 0 or user.pw_uid == 0:
             return take_manifest(hot, trees, never, log, purge_ns)

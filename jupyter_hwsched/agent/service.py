@@ -246,6 +246,8 @@ class NodeService:
         serves."""
         if placed.id in self.sessions:
             raise ConflictError(f"session {placed.id} is already running on this node")
+        if placed.state == "ended":
+            raise ConflictError(f"session {placed.id} has ended: {placed.end_reason or 'ended'}")
         if placed.state != "placed" or placed.node != self.node_name:
             raise ConflictError(
                 f"session {placed.id} is {placed.state} on {placed.node or 'no node'}, "

@@ -51,6 +51,7 @@ class AgentApp(ExtensionApp, LimitSettings):
         "identity_provider_class": "jupyter_hwsched.agent.authorizer.NodeIdentityProvider",
         "terminals_enabled": False,
         "kernel_websocket_connection_class": "jupyter_hwsched.agent.websocket.NoDelayConnection",
+        "kernel_manager_class": "jupyter_hwsched.agent.kernels.NodeKernelManager",
     }
 
     node_name = Unicode(config=True, help="Name of this node in the pool (default: hostname).")

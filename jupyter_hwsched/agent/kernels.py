@@ -1,0 +1,48 @@
+"""The agent's kernel manager: a kernel's activity read from each message's header alone.
+
+jupyter_server watches every kernel's iopub to keep ``last_activity`` and ``execution_state``
+(what ``GET /api/kernels`` reports and culling reads). Its watcher deserializes each message
+whole, dates parsed, and a status message twice, on the same event loop that passes the
+kernel's messages on to the client: measured with ``benchmarks/kernel_roundtrip.py`` under
+a profiler, that was the agent's largest cost per cell. This watcher parses the frames it
+reads (header, parent header, and a status message's content) with ``json.loads`` and keeps
+the same rules.
+
+The signature is not checked here: the kernel's channels are unix sockets in the session's
+run directory, and what this records is a report, not a permission.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from jupyter_server._tz import utcnow
+
+
+class NodeKernelManager(AsyncMappingKernelManager):
+    def start_watching_activity(self, kernel_id: str) -> None:
+        kernel = self._kernels[kernel_id]
+        kernel.reason = ""
+        kernel.last_activity = utcnow()
+        kernel._activity_stream = kernel.connect_iopub()
+        split = kernel.session.feed_identities
+
+        def record_activity(msg_list: list[Any]) -> None:
+            _, frames = split(msg_list)  # signature, header, parent header, metadata, content
+            if len(frames) < 5:
+                return
+            msg_type = json.loads(frames[1]).get("msg_type")
+            parent_type = json.loads(frames[2]).get("msg_type")
+            tracked = self.track_message_type(parent_type)
+            if self.track_message_type(msg_type) or tracked or kernel.execution_state == "busy":
+                self.last_kernel_activity = kernel.last_activity = utcnow()
+            if msg_type == "status":
+                state = json.loads(frames[4]).get("execution_state")
+                if tracked:
+                    kernel.execution_state = state
+                elif kernel.execution_state == "starting" and state != "starting":
+                    kernel.execution_state = "idle"  # jupyter_server's own normalization
+
+        kernel._activity_stream.on_recv(record_activity)

@@ -9,10 +9,12 @@ Every container carries the labels ``hwsched.session`` and ``hwsched.node``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
+import signal
 import socket
 import tarfile
 import threading
@@ -22,6 +24,7 @@ from typing import Any
 
 from traitlets import List, Unicode, default
 
+from jupyter_hwsched.agent.devices import add_device, remove_device, split_device
 from jupyter_hwsched.agent.limits import LimitCounters, read_counters
 from jupyter_hwsched.agent.runner import (
     INIT,
@@ -78,6 +81,15 @@ def _base_image_tar(init_binary: str | None) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def _started(pid: int) -> int:
+    """A process's start time in clock ticks since boot (0 once it is gone)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat_line.rsplit(")", 1)[1].split()[19])
 
 
 def _exec_failure(message: bytes, program: str) -> bytes:
@@ -203,7 +215,7 @@ class DockerRunner(Runner):
                 group_add=[str(g) for g in spec.groups if g != spec.gid],
                 network_mode=self.network_mode,
                 volumes=self.binds(spec),
-                devices=[f"{d}:{d}:rwm" for d in spec.devices],
+                devices=[":".join(split_device(d)) + ":rwm" for d in spec.devices],
                 working_dir="/",
                 hostname=socket.gethostname(),  # the node's, as on its own network
                 environment={"HWSCHED_SESSION": spec.session_id},
@@ -349,6 +361,50 @@ class DockerRunner(Runner):
         except self.docker.errors.APIError as exc:
             if exc.status_code not in (404, 409) and "not paused" not in str(exc):
                 raise
+
+    binds_devices = True
+
+    def _init_pid(self, container_id: str) -> int:
+        pid = int(self.client.api.inspect_container(container_id)["State"]["Pid"])
+        if pid <= 1:
+            raise UnavailableError(f"container {container_id[:12]} is not running")
+        return pid
+
+    def bind_devices(self, container_id: str, devices: list[str]) -> None:
+        pid = self._init_pid(container_id)
+        for entry in devices:
+            add_device(pid, entry)
+
+    def unbind_devices(self, container_id: str, devices: list[str]) -> None:
+        pid = self._init_pid(container_id)
+        for entry in devices:
+            remove_device(pid, entry)
+
+    def stop_processes(self, container_id: str) -> None:
+        """Freeze the container, kill all but its init and the keepalive (init's oldest
+        child), thaw it; again until nothing else is left, as a fork may have raced."""
+        init = self._init_pid(container_id)
+        for _ in range(20):
+            self.pause(container_id)
+            try:
+                victims = self._others(container_id, init)
+                for pid in victims:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            finally:
+                self.resume(container_id)
+            if not victims:
+                return
+            time.sleep(0.05)
+        raise UnavailableError(f"processes in container {container_id[:12]} would not stop")
+
+    def _others(self, container_id: str, init: int) -> list[int]:
+        """Host pids of the container's processes but its init and the keepalive."""
+        top = self.client.api.top(container_id, ps_args="-eo pid,ppid")
+        rows = [(int(r[0]), int(r[1])) for r in top.get("Processes") or []]
+        children = sorted((_started(pid), pid) for pid, ppid in rows if ppid == init)
+        keep = {init, children[0][1]} if children else {init}
+        return [pid for pid, _ in rows if pid not in keep]
 
     def containers(self, node: str) -> dict[str, str]:
         """Session id -> container id for every container of ours on this node."""

@@ -9,6 +9,7 @@ heartbeat and share checks, and the handlers.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import socket
@@ -317,6 +318,30 @@ class ServerKernels:
 
     async def shutdown_kernel(self, kernel_id: str) -> None:
         await self.manager.shutdown_kernel(kernel_id, now=True)
+
+    async def evaluate(self, kernel_id: str, code: str, expression: str = "None") -> Any:
+        """Run ``code`` silently in a kernel (no output, no history), then the value of
+        ``expression`` (a Python literal, read back)."""
+        client = self.manager.get_kernel(kernel_id).client()
+        client.start_channels()
+        try:
+            reply = await client.execute_interactive(
+                code,
+                silent=True,
+                store_history=False,
+                user_expressions={"value": expression},
+                timeout=self.app.kernel_start_timeout,
+            )
+        finally:
+            client.stop_channels()
+        content = reply["content"]
+        value = content.get("user_expressions", {}).get("value", {})
+        if content.get("status") != "ok" or value.get("status") != "ok":
+            failed = value if content.get("status") == "ok" else content
+            raise KernelStartError(
+                f"the kept kernel failed: {failed.get('ename')}: {failed.get('evalue')}"
+            )
+        return ast.literal_eval(value["data"]["text/plain"])
 
 
 def main(argv: list[str]) -> None:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from jupyter_server._tz import utcnow
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
 
 class NodeKernelManager(AsyncMappingKernelManager):
@@ -35,8 +35,9 @@ class NodeKernelManager(AsyncMappingKernelManager):
                 return
             msg_type = json.loads(frames[1]).get("msg_type")
             parent_type = json.loads(frames[2]).get("msg_type")
-            tracked = self.track_message_type(parent_type)
-            if self.track_message_type(msg_type) or tracked or kernel.execution_state == "busy":
+            tracked = self.track_message_type(parent_type)  # type: ignore[no-untyped-call]
+            mine = self.track_message_type(msg_type)  # type: ignore[no-untyped-call]
+            if mine or tracked or kernel.execution_state == "busy":
                 self.last_kernel_activity = kernel.last_activity = utcnow()
             if msg_type == "status":
                 state = json.loads(frames[4]).get("execution_state")

@@ -88,7 +88,7 @@ class ContainerProvisioner(LocalProvisioner):
             os.fchown(out.fileno(), session.uid, session.gid)
             json.dump(info, out)
         inside = f"{visible}/{name}"
-        kwargs["cmd"] = [arg.replace("{connection_file}", inside) for arg in session.spec.argv]
+        kwargs["cmd"] = [arg.replace("{connection_file}", inside) for arg in session.kernel_argv()]
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:

@@ -127,6 +127,21 @@ class Runner(LoggingConfigurable):
         """Undo ``pause``; an environment that is not paused, or gone, is fine."""
         raise NotImplementedError
 
+    #: whether GPUs can be given to and taken from a running environment (warm leases)
+    binds_devices = False
+
+    def bind_devices(self, container_id: str, devices: list[str]) -> None:
+        """Give the running environment these devices (``HOST:CONTAINER`` entries)."""
+        raise NotImplementedError
+
+    def unbind_devices(self, container_id: str, devices: list[str]) -> None:
+        """Take the devices back; only once nothing in the environment runs but its init."""
+        raise NotImplementedError
+
+    def stop_processes(self, container_id: str) -> None:
+        """Kill everything in the environment but what keeps it alive (blocking)."""
+        raise NotImplementedError
+
     def remove_session(self, session_id: str, node: str) -> None:
         """Remove whatever environment of this session exists, found by its labels."""
         found = self.containers(node).get(session_id)

@@ -9,7 +9,9 @@ whole start path runs, and is tested, without a server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import json
 import logging
 import shutil
 import signal
@@ -17,7 +19,7 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from jupyter_hwsched.agent.authorizer import secret_hash
 from jupyter_hwsched.agent.cache import NodeCache
@@ -26,6 +28,7 @@ from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import mounts_under, unmount
 from jupyter_hwsched.agent.runner import Runner
 from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.agent.warm import MODULE_FILES, WarmLease, outside
 from jupyter_hwsched.protocol.clients import SchedulerClient
 from jupyter_hwsched.protocol.errors import (
     ConflictError,
@@ -54,6 +57,9 @@ class KernelHost(Protocol):
 
     async def shutdown_kernel(self, kernel_id: str) -> None:
         """Stop a kernel now."""
+
+    async def evaluate(self, kernel_id: str, code: str, expression: str = "None") -> Any:
+        """Run ``code`` silently in a kernel, then read back the literal ``expression``."""
 
 
 class NodeService:
@@ -92,6 +98,7 @@ class NodeService:
         self.log = log or logging.getLogger(__name__)
         self.public_url = ""
         self.sessions: dict[str, NodeSession] = {}
+        self.leases: dict[str, WarmLease] = {}  # by lease id; see warm.py
         self._cpu_samples: dict[str, tuple[float, float]] = {}
 
     # the node as a whole
@@ -152,7 +159,10 @@ class NodeService:
             reply = await self.scheduler.heartbeat(
                 self.node_name,
                 Heartbeat(
-                    tuple(self.sessions), stats, self.cache.warm_keys() if self.cache else ()
+                    tuple(self.sessions),
+                    stats,
+                    self.cache.warm_keys() if self.cache else (),
+                    tuple(lease.record() for lease in self.leases.values()),
                 ),
             )
         except NotFoundError:
@@ -164,10 +174,17 @@ class NodeService:
         for session_id in reply.end:
             reason = reply.reasons.get(session_id) or "ended by the scheduler"
             await self.end_session(session_id, reason, tell_scheduler=False)
+        await self.expire_leases()
 
     async def check_shares(self) -> None:
-        """End, cleanly, every session whose share stopped answering."""
+        """End, cleanly, every session whose share stopped answering, and every warm lease
+        (its developer closed it)."""
         loop = asyncio.get_running_loop()
+        for lease in list(self.leases.values()):
+            mount = lease.session.mount
+            idle = not lease.in_use and mount is not None
+            if idle and not await loop.run_in_executor(None, mount.responsive):  # type: ignore[union-attr]
+                await self.end_lease(lease, "its share was closed")
         for session_id, session in list(self.sessions.items()):
             mount = session.mount
             if mount is None or session.container_id is None:
@@ -281,6 +298,9 @@ class NodeService:
         except HwschedError as exc:
             await self._report_end(placed.id, str(exc))  # its GPUs go back at once
             raise
+        lease = await self._lease_for(spec, placed, limits)
+        if lease is not None:
+            return await self._start_in_lease(lease, spec, placed)
         session = NodeSession(
             id=placed.id,
             secret_hash=placed.secret_sha256,
@@ -332,15 +352,19 @@ class NodeService:
             session.command.signal(signal.SIGKILL)
         await asyncio.get_running_loop().run_in_executor(None, session.close)
 
-    async def end_session(self, session_id: str, reason: str, tell_scheduler: bool = True) -> None:
-        """End a session: its start (if still under way) sees the reason and undoes itself."""
+    async def end_session(
+        self, session_id: str, reason: str, tell_scheduler: bool = True, warm: bool = False
+    ) -> None:
+        """End a session: its start (if still under way) sees the reason and undoes itself.
+        ``warm``: its client asks to keep it warm, as its start said (see warm.py)."""
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
         session.end_reason = reason
         if session.starting is not None and not session.starting.done():
             await asyncio.shield(session.starting)
-        await self._teardown(session)
+        if not (warm and await self._keep_warm(session)):
+            await self._teardown(session)
         self.log.info("session %s ended: %s", session_id, reason)
         if tell_scheduler:
             await self._report_end(session_id, reason)
@@ -352,9 +376,11 @@ class NodeService:
             self.log.warning("could not report the end of %s: %s", session_id, exc)
 
     async def stop(self) -> None:
-        """The agent stops: end every session."""
+        """The agent stops: end every session and every warm lease."""
         for session_id in list(self.sessions):
             await self.end_session(session_id, "the node agent stopped")
+        for lease in list(self.leases.values()):
+            await self.end_lease(lease, "the node agent stopped")
         self.scheduler.close()
         self.inventory.close()
 
@@ -364,8 +390,164 @@ class NodeService:
             "simulated": self.inventory.simulated,
             "gpus": [g.to_json() for g in self.gpus.values()],
             "sessions": [s.describe() for s in self.sessions.values()],
+            "leases": [lease.describe() for lease in self.leases.values()],
             "cache": self.cache.describe() if self.cache else None,
         }
+
+    # warm leases (warm.py)
+
+    async def _keep_warm(self, session: NodeSession) -> bool:
+        """Keep an ended session's container, mount and views under its share's lease, with
+        nothing running and no GPU; start a kernel in it for a kernel session. Whether kept."""
+        spec = session.spec
+        lease_id = spec.share.lease if spec.share else ""  # granted by the developer's machine
+        if not (
+            lease_id
+            and spec.keep_warm > 0
+            and self.runner.binds_devices
+            and session.container_id
+            and session.mount is not None
+            and not session.torn_down
+            and lease_id not in self.leases
+        ):
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            if session.kernel_id:
+                await self.kernels.shutdown_kernel(session.kernel_id)
+                session.kernel_id = None
+            await loop.run_in_executor(None, self.runner.stop_processes, session.container_id)
+            nodes = session.gpu_nodes()
+            await loop.run_in_executor(
+                None, self.runner.unbind_devices, session.container_id, nodes
+            )
+        except Exception as exc:
+            self.log.warning("session %s cannot be kept warm: %s", session.id, exc)
+            return False
+        session.gpus, session.command = [], None
+        session.home = session.home or session.id
+        lease = WarmLease(lease_id, session, session.host, time.time() + spec.keep_warm)
+        self.leases[lease_id] = lease
+        if spec.kind == "kernel":
+            lease.starting = asyncio.create_task(self._prestart(lease))
+        self.log.info(
+            "session %s kept warm under lease %s for %g s", session.id, lease_id, spec.keep_warm
+        )
+        return True
+
+    async def _prestart(self, lease: WarmLease) -> None:
+        """A kernel ready in the lease's container. Kept only if every module it imported
+        came from the cached trees, whose files the next session's manifest validates."""
+        session = lease.session
+        try:
+            kernel_id = await self.kernels.start_kernel(session)
+        except Exception as exc:
+            self.log.warning("lease %s: no kernel kept: %s", lease.id, exc)
+            return
+        try:
+            files = await self.kernels.evaluate(kernel_id, "", MODULE_FILES)
+            away = outside(str(files), tuple(session.cached.views) if session.cached else ())
+        except Exception as exc:
+            away = [f"(cannot tell: {exc})"]
+        if away:
+            self.log.info(
+                "lease %s: not keeping its kernel, which read %s outside the cached trees",
+                lease.id,
+                ", ".join(away[:3]) + (" ..." if len(away) > 3 else ""),
+            )
+            await self.kernels.shutdown_kernel(kernel_id)
+            return
+        lease.kernel_id = kernel_id
+
+    async def _lease_for(
+        self, spec: StartSpec, placed: SessionRecord, limits: object
+    ) -> WarmLease | None:
+        """The lease the session's share names, taken for it if it may run there; a lease of
+        this developer's that cannot serve the session is ended (it would start cold)."""
+        lease_id = spec.share.lease if spec.share else ""
+        lease = self.leases.get(lease_id) if lease_id else None
+        if lease is None or lease.in_use:
+            return None
+        if not lease.owned_by(placed.host, spec.user.uid):
+            self.log.warning(
+                "session %s named lease %s, which is not its user's", placed.id, lease_id
+            )
+            return None
+        why = lease.mismatch(spec, limits)
+        if why:
+            self.log.info("session %s starts cold: lease %s: %s", placed.id, lease_id, why)
+            await self.end_lease(lease, f"session {placed.id} could not use it: {why}")
+            return None
+        lease.in_use = placed.id
+        return lease
+
+    async def _start_in_lease(
+        self, lease: WarmLease, spec: StartSpec, placed: SessionRecord
+    ) -> NodeSession:
+        """Run a placed session in what a lease kept: its GPUs bound, the kept kernel told
+        its variables. A failure undoes all of it, the lease included."""
+        if lease.starting is not None:
+            await asyncio.shield(lease.starting)
+        self.leases.pop(lease.id, None)
+        session = lease.session
+        kernel_id = lease.kernel_id if lease.kernel_fits(spec) else None
+        session.id, session.secret_hash, session.spec = placed.id, placed.secret_sha256, spec
+        session.gpus = [self.gpus[i] for i in placed.gpu_ids]
+        session.end_reason, session.started = None, time.time()
+        self.sessions[session.id] = session
+        loop = asyncio.get_running_loop()
+        session.starting = loop.create_future()
+        try:
+            devices, _ = session._gpu_devices()
+            container = str(session.container_id)
+            await loop.run_in_executor(None, self.runner.bind_devices, container, devices)
+            if kernel_id is not None:
+                env = json.dumps(session.env())
+                code = f"import os as _o, json as _j\n_o.environ.update(_j.loads({env!r}))"
+                await self.kernels.evaluate(kernel_id, code + "\ndel _o, _j")
+                session.kernel_id = kernel_id
+            elif lease.kernel_id is not None:
+                await self.kernels.shutdown_kernel(lease.kernel_id)
+            if spec.kind == "kernel" and session.kernel_id is None:
+                session.kernel_id = await self.kernels.start_kernel(session)
+            _still_wanted(session)
+            await self.scheduler.mark_running(session.id, self.node_name)
+        except BaseException as exc:
+            reason = session.end_reason or f"the node could not start the session: {exc}"
+            self.sessions.pop(session.id, None)
+            await self._teardown(session)
+            await self._report_end(session.id, reason)
+            if isinstance(exc, HwschedError):
+                raise
+            raise UnavailableError(reason) from exc
+        finally:
+            session.starting.set_result(None)
+        self.log.info(
+            "session %s running (%s) in warm lease %s%s",
+            session.id,
+            spec.kind,
+            lease.id,
+            ", its kept kernel" if kernel_id else "",
+        )
+        return session
+
+    async def end_lease(self, lease: WarmLease, why: str) -> None:
+        """Tear down what a lease kept."""
+        if self.leases.get(lease.id) is lease:
+            del self.leases[lease.id]
+        if lease.starting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(lease.starting)
+        if lease.kernel_id and lease.session.kernel_id is None:
+            lease.session.kernel_id = lease.kernel_id  # torn down with the rest
+        await self._teardown(lease.session)
+        self.log.info("warm lease %s ended: %s", lease.id, why)
+
+    async def expire_leases(self) -> None:
+        now = time.time()
+        for lease in list(self.leases.values()):
+            if not lease.in_use and lease.expires <= now:
+                await self.end_lease(lease, "idle for its keep-warm time")
 
 
 def _still_wanted(session: NodeSession) -> None:

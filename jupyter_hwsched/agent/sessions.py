@@ -104,6 +104,9 @@ class NodeSession:
     cache: NodeCache | None = None  # the node's cache of read-mostly trees, if it keeps one
     host: str = ""  # the developer machine the scheduler verified (whose cache is used)
     cached: SessionCache | None = None  # what this session uses of the cache
+    #: the session whose directories, mount and container these are: itself, or the first
+    #: session of the warm lease it runs in (see warm.py)
+    home: str = ""
 
     @property
     def uid(self) -> int:
@@ -115,7 +118,7 @@ class NodeSession:
 
     @property
     def base(self) -> Path:
-        return self.state_dir / "sessions" / self.id
+        return self.state_dir / "sessions" / (self.home or self.id)
 
     @property
     def run_dir(self) -> Path:
@@ -123,7 +126,7 @@ class NodeSession:
 
     @property
     def mountpoint(self) -> Path:
-        return self.state_dir / "mnt" / self.id
+        return self.state_dir / "mnt" / (self.home or self.id)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in self.spec.env.items() if k not in AGENT_ENV}
@@ -254,11 +257,20 @@ class NodeSession:
             shown[str(source)] = path
         return shown
 
+    def gpu_nodes(self) -> list[str]:
+        """The device entries of the allocated GPUs, one each: a real GPU's /dev/nvidiaN, or
+        for a simulated GPU a stand-in of /dev/null's numbers at /dev/nvidiaINDEX (see
+        devices.py), so that what a container may open is the same either way."""
+        if self.gpus and self.gpus[0].simulated:
+            return [f"/dev/null:/dev/nvidia{g.index}" for g in self.gpus]
+        return [f"/dev/nvidia{g.index if g.minor is None else g.minor}" for g in self.gpus]
+
     def _gpu_devices(self) -> tuple[list[str], dict[str, str]]:
-        """Device nodes of the allocated real GPUs; simulated GPUs have none."""
+        """Device nodes of the allocated GPUs, with the driver's own nodes and libraries for
+        real ones."""
+        devices = self.gpu_nodes()
         if not self.gpus or self.gpus[0].simulated:
-            return [], {}
-        devices = [f"/dev/nvidia{g.index if g.minor is None else g.minor}" for g in self.gpus]
+            return devices, {}
         for extra in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
             if os.path.exists(extra):
                 devices.append(extra)
@@ -267,6 +279,14 @@ class NodeSession:
             path, _, name = entry.partition(":")
             binds[os.path.realpath(path)] = f"{DRIVER_DIR}/{name}"
         return devices, binds
+
+    def kernel_argv(self) -> list[str]:
+        """The kernel's command: the client's, and a kept kernel's imports ahead (ipykernel's
+        ``exec_lines``, run before the kernel answers)."""
+        argv = list(self.spec.argv)
+        if self.home and self.spec.preload:  # only a kept kernel imports ahead
+            argv += [f"--IPKernelApp.exec_lines=import {name}" for name in self.spec.preload]
+        return argv
 
     def exec_kernel(self, argv: list[str]) -> ExecProcess:
         assert self.container_id is not None
@@ -316,7 +336,7 @@ class NodeSession:
                 self.runner.remove(self.container_id)
                 self.container_id = None
             else:
-                self.runner.remove_session(self.id, self.node)  # one made before a failure
+                self.runner.remove_session(self.home or self.id, self.node)  # made, then failed
         except Exception as exc:
             self.runner.log.error("session %s: removing its container failed: %s", self.id, exc)
         if (

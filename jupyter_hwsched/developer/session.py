@@ -101,6 +101,9 @@ class RemoteSession:
     timings: Timings = field(default_factory=Timings)
 
     def __post_init__(self) -> None:
+        #: whether ending the session keeps it warm (its start asked, and the share agent
+        #: granted a lease; see agent/warm.py)
+        self.warm = False
         self.scheduler = self.settings.scheduler()
         self.share: ShareClient | None = None
         self.agent: AgentClient | None = None
@@ -118,6 +121,7 @@ class RemoteSession:
         try:
             return await self._acquire(progress)
         except BaseException:
+            self.warm = False  # what failed to start is not kept
             await asyncio.shield(self.release("the session could not start"))
             raise
 
@@ -154,10 +158,21 @@ class RemoteSession:
                 )
             self.share = ShareClient(self.settings.share_socket)
             trees = cache_trees(self.argv, self.env, self.cwd)
-            credentials = await self.share.open(self.id, trees)
+            credentials = await self.share.open(self.id, trees, self.settings.keep_warm)
         progress("sharing", info)
         self.agent = AgentClient(info.placement.agent_url, self.secret, self.settings.ca_file)
-        spec = StartSpec(credentials, me, self.cwd, self.env, self.kind, self.argv, shown)
+        spec = StartSpec(
+            credentials,
+            me,
+            self.cwd,
+            self.env,
+            self.kind,
+            self.argv,
+            shown,
+            self.settings.keep_warm if credentials and credentials.lease else 0.0,
+            tuple(self.settings.preload) if self.kind == "kernel" else (),
+        )
+        self.warm = bool(spec.keep_warm)
         self.kernel_id = await self.agent.start(self.id, spec)
         self.timings.ready = time.time()
         progress("ready", info)
@@ -234,14 +249,17 @@ class RemoteSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
         if self.id is not None:
+            warm = self.warm
             if self.agent is not None:
-                with contextlib.suppress(HwschedError):
-                    await self.agent.stop(self.id, reason)
+                try:
+                    await self.agent.stop(self.id, reason, warm=warm)
+                except HwschedError:
+                    warm = False  # the node kept nothing: the share goes too
             with contextlib.suppress(HwschedError):
                 await self.scheduler.end(self.id, reason)
             if self.share is not None:
                 with contextlib.suppress(HwschedError):
-                    await self.share.close_share(self.id)
+                    await self.share.close_share(self.id, keep=warm)
         for client in (self.agent, self.share, self.scheduler):
             if client is not None:
                 client.close()

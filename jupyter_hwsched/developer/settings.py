@@ -7,7 +7,9 @@ started for this user is found through its discovery file.
 
 from __future__ import annotations
 
-from traitlets import Float, Unicode, default
+import os
+
+from traitlets import Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from jupyter_hwsched.developer.discovery import read_discovery
@@ -16,6 +18,9 @@ from jupyter_hwsched.protocol.clients import SchedulerClient, ShareClient
 from jupyter_hwsched.protocol.errors import UnavailableError
 from jupyter_hwsched.protocol.http import Credential
 from jupyter_hwsched.protocol.identity import cached
+
+KEEP_WARM_VARIABLE = "HWSCHED_KEEP_WARM"
+PRELOAD_VARIABLE = "HWSCHED_PRELOAD"
 
 
 class HwschedClient(LoggingConfigurable):
@@ -37,6 +42,35 @@ class HwschedClient(LoggingConfigurable):
         config=True,
         help="Seconds after its last cell that a session kept with %%hwrun --keep is released.",
     )
+
+    keep_warm = Float(
+        config=True,
+        help="Seconds a node keeps your container, your share's mount and a ready kernel after "
+        "a session ends, so that your next session there starts warm (env HWSCHED_KEEP_WARM; "
+        "0, the default: nothing is kept). Your share stays open to that node meanwhile; "
+        "'hwsched warm end' ends it.",
+    )
+    preload = List(
+        Unicode(),
+        config=True,
+        help="Modules a kept kernel imports ahead, e.g. ['torch'] (env HWSCHED_PRELOAD, "
+        "comma-separated).",
+    )
+
+    @default("keep_warm")
+    def _keep_warm_default(self) -> float:
+        value = os.environ.get(KEEP_WARM_VARIABLE, "").strip()
+        try:
+            return float(value) if value else 0.0
+        except ValueError:
+            raise UnavailableError(
+                f"{KEEP_WARM_VARIABLE}={value!r} is not a number of seconds"
+            ) from None
+
+    @default("preload")
+    def _preload_default(self) -> list[str]:
+        value = os.environ.get(PRELOAD_VARIABLE, "")
+        return [name.strip() for name in value.split(",") if name.strip()]
 
     @default("url")
     def _url_default(self) -> str:

@@ -90,19 +90,37 @@ class ShareClient(JsonClient):
             unix_socket=socket_path,
         )
 
-    async def open(self, session_id: str, cache_trees: list[str] | None = None) -> ShareGrant:
+    async def open(
+        self, session_id: str, cache_trees: list[str] | None = None, keep_warm: float = 0
+    ) -> ShareGrant:
+        """A share for the session: the caller's warm lease with its node if one is free,
+        else a new one (kept as a lease when the session ends, with ``keep_warm``)."""
         body: dict[str, object] = {"session_id": session_id}
         if cache_trees:
             body["cache_trees"] = cache_trees
+        if keep_warm:
+            body["keep_warm"] = keep_warm
         grant = await self.request("POST", "/shares", body)
         return ShareGrant.from_json(grant)
+
+    async def leases(self) -> list[dict[str, Any]]:
+        """The caller's warm leases."""
+        return list(await self.request("GET", "/leases"))
+
+    async def end_lease(self, lease_id: str) -> None:
+        """End a warm lease: its share closes, and the node drops what it kept."""
+        await self.request("DELETE", f"/leases/{lease_id}")
 
     async def forget_hot_set(self) -> dict[str, Any]:
         """Forget the caller's hot set; nodes drop their copies when they next serve them."""
         return dict(await self.request("DELETE", "/hot"))
 
-    async def close_share(self, session_id: str) -> None:
-        await self.request("DELETE", f"/shares/{session_id}")
+    async def close_share(self, session_id: str, keep: bool = False) -> None:
+        """Close the session's share; ``keep``: keep it open for its warm lease instead."""
+        if keep:
+            await self.request("DELETE", f"/shares/{session_id}", keep="1")
+        else:
+            await self.request("DELETE", f"/shares/{session_id}")
 
     async def credential(self) -> str:
         """A credential for the calling OS user, signed by this machine (pools with
@@ -132,8 +150,13 @@ class AgentClient(JsonClient):
         kernel_id = started.get("kernel_id") if isinstance(started, dict) else None
         return str(kernel_id) if kernel_id else None
 
-    async def stop(self, session_id: str, reason: str) -> None:
-        await self.request("DELETE", f"/hwsched/sessions/{session_id}", reason=reason)
+    async def stop(self, session_id: str, reason: str, warm: bool = False) -> None:
+        """End the session; ``warm``: keep it warm, as its start asked (agent/warm.py)."""
+        path = f"/hwsched/sessions/{session_id}"
+        if warm:
+            await self.request("DELETE", path, reason=reason, warm="1")
+        else:
+            await self.request("DELETE", path, reason=reason)
 
     async def interrupt(self, kernel_id: str) -> None:
         await self.request("POST", f"/api/kernels/{kernel_id}/interrupt")

@@ -151,9 +151,12 @@ class ShareGrant:
     root: str = "/"
     #: the files the node may serve from its cache, validated on the developer's machine
     cache: CacheManifest | None = None
+    #: the warm lease this share belongs to: the node may run the session in what it kept
+    #: under that lease (see agent/warm.py); "" for a share of this session alone
+    lease: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "host": self.host,
             "port": self.port,
             "user": self.user,
@@ -163,6 +166,8 @@ class ShareGrant:
         }
         if self.cache is not None:
             out["cache"] = self.cache.to_json()
+        if self.lease:
+            out["lease"] = self.lease
         return out
 
     @classmethod
@@ -182,7 +187,25 @@ class ShareGrant:
             host_key=str(share["host_key"]),
             root=str(share.get("root") or "/"),
             cache=CacheManifest.from_json(share["cache"]) if share.get("cache") else None,
+            lease=lease_id(share.get("lease") or "", "share's lease"),
         )
+
+
+#: the longest a node keeps a developer's session warm after it ends (a day)
+MAX_KEEP_WARM = 86400
+#: the most modules a kept kernel imports ahead
+MAX_PRELOAD = 64
+_MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_LEASE_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+
+
+def lease_id(value: Any, what: str = "lease") -> str:
+    """A warm lease's id ("" for none): letters and digits, as a session id."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not _LEASE_RE.match(value):
+        raise RequestError(f"{what} must be a lease id (letters and digits)")
+    return value
 
 
 #: the most paths under /tmp one run may have the node show from its share
@@ -203,9 +226,16 @@ class StartSpec:
     #: paths /tmp/NAME of the developer's that the run needs (its /tmp is the node's own):
     #: the node shows them from the share at the same paths
     shown: tuple[str, ...] = ()
+    #: seconds the node keeps the session's container, mount and a kernel ready in them
+    #: after the client ends it, under the share's warm lease (0: nothing is kept)
+    keep_warm: float = 0.0
+    #: modules the kept kernel imports before it is needed
+    preload: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "keep_warm": self.keep_warm,
+            "preload": list(self.preload),
             "share": self.share.to_json() if self.share else None,
             "user": self.user.to_json(),
             "cwd": self.cwd,
@@ -248,7 +278,18 @@ class StartSpec:
             raise RequestError("kind must be 'kernel' or 'command'")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise RequestError("argv must be a non-empty list of strings")
-        return cls(grant, user, cwd, env, kind, argv, tuple(shown))
+        keep_warm = data.get("keep_warm", 0)
+        if not isinstance(keep_warm, (int, float)) or not 0 <= keep_warm <= MAX_KEEP_WARM:
+            raise RequestError(f"keep_warm must be seconds from 0 to {MAX_KEEP_WARM}")
+        preload = data.get("preload") or []
+        if not isinstance(preload, list) or len(preload) > MAX_PRELOAD:
+            raise RequestError(f"preload must list at most {MAX_PRELOAD} module names")
+        for name in preload:
+            if not (isinstance(name, str) and _MODULE_RE.match(name)):
+                raise RequestError(f"preload: {name!r} is not a module name such as numpy.linalg")
+        return cls(
+            grant, user, cwd, env, kind, argv, tuple(shown), float(keep_warm), tuple(preload)
+        )
 
 
 @dataclass(frozen=True)
@@ -478,12 +519,15 @@ class Heartbeat:
     stats: NodeStats = field(default_factory=NodeStats)
     #: ``warm_key``s of the developers whose files the node's cache keeps
     warm: tuple[str, ...] = ()
+    #: the warm leases the node holds (see agent/warm.py)
+    leases: tuple[LeaseRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "sessions": list(self.sessions),
             "stats": self.stats.to_json(),
             "warm": list(self.warm),
+            "leases": [lease.to_json() for lease in self.leases],
         }
 
     @classmethod
@@ -495,7 +539,57 @@ class Heartbeat:
         warm = body.get("warm", [])
         if not isinstance(warm, list) or not all(isinstance(k, str) and len(k) <= 64 for k in warm):
             raise RequestError("field 'warm' must be a list of keys")
-        return cls(tuple(live), NodeStats.from_json(body.get("stats", {})), tuple(warm[:10_000]))
+        leases = body.get("leases", [])
+        if not isinstance(leases, list) or len(leases) > 10_000:
+            raise RequestError("field 'leases' must be a list of warm leases")
+        return cls(
+            tuple(live),
+            NodeStats.from_json(body.get("stats", {})),
+            tuple(warm[:10_000]),
+            tuple(LeaseRecord.from_json(lease) for lease in leases),
+        )
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A warm lease as a node reports it: whose it is, until when, and what it keeps."""
+
+    id: str
+    user: str
+    host: str
+    warm_key: str  # protocol.cache_manifest.warm_key(host, user): what placement matches
+    expires: float  # the node's clock; renewed by each session that uses it
+    kernel: bool  # a kernel is ready in it
+    in_use: str = ""  # the session running in it now, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user": self.user,
+            "host": self.host,
+            "warm_key": self.warm_key,
+            "expires": self.expires,
+            "kernel": self.kernel,
+            "in_use": self.in_use,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> LeaseRecord:
+        body = _object(data, "a warm lease")
+        try:
+            return cls(
+                id=lease_id(body["id"]),
+                user=str(body["user"])[:256],
+                host=str(body["host"])[:256],
+                warm_key=str(body["warm_key"])[:64],
+                expires=float(body["expires"]),
+                kernel=bool(body.get("kernel")),
+                in_use=str(body.get("in_use") or "")[:64],
+            )
+        except (KeyError, TypeError, ValueError):
+            raise RequestError(
+                "a warm lease needs id, user, host, warm_key and expires (seconds)"
+            ) from None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import socket
 import struct
 import subprocess
 import sys
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,7 +51,7 @@ from jupyter_hwsched.protocol.errors import (
 )
 from jupyter_hwsched.protocol.handler import JsonHandler
 from jupyter_hwsched.protocol.identity import Signer, signed
-from jupyter_hwsched.protocol.records import HOLDING_STATES, ShareGrant
+from jupyter_hwsched.protocol.records import HOLDING_STATES, MAX_KEEP_WARM, ShareGrant
 from jupyter_hwsched.protocol.serving import ServerLimits, limited_server
 
 
@@ -93,7 +94,10 @@ class SharesHandler(ShareHandlerBase):
                 "cache_trees must list absolute, normalised directories other than /, "
                 "without ':', ',' or '\\'"
             )
-        grant = await self.agent.open(session_id, self.caller(), trees)
+        keep_warm = body.get("keep_warm", 0)
+        if not isinstance(keep_warm, (int, float)) or not 0 <= keep_warm <= MAX_KEEP_WARM:
+            raise RequestError(f"keep_warm must be seconds from 0 to {MAX_KEEP_WARM}")
+        grant = await self.agent.open(session_id, self.caller(), trees, float(keep_warm))
         self.write_json(grant.to_json(), status=201)
 
 
@@ -123,8 +127,33 @@ class ShareHandler(ShareHandlerBase):
         uid = peer_uid(self)
         if uid not in (0, share.user.pw_uid):
             raise ForbiddenError("this share belongs to another user")
-        await self.agent.close(session_id, "closed by the client")
-        self.write_json({"closed": session_id})
+        keep = self.get_argument("keep", "") == "1"
+        await self.agent.close(session_id, "closed by the client", keep=keep)
+        self.write_json({"closed": session_id, "kept": session_id in self.agent.kept()})
+
+
+class LeasesHandler(ShareHandlerBase):
+    """GET: the caller's warm leases (all of them for root)."""
+
+    def get(self) -> None:
+        uid = peer_uid(self)
+        self.write_json(
+            [lease.describe() for lease in self.agent.leases.values() if uid in (0, lease.uid)]
+        )
+
+
+class LeaseHandler(ShareHandlerBase):
+    """DELETE: end a warm lease ('hwsched warm end'): its share closes, so the node drops
+    what it kept when it next checks the mount."""
+
+    async def delete(self, lease_id: str) -> None:
+        lease = self.agent.leases.get(lease_id)
+        if lease is None:
+            raise NotFoundError(f"no warm lease {lease_id}")
+        if peer_uid(self) not in (0, lease.uid):
+            raise ForbiddenError("this warm lease belongs to another user")
+        await self.agent.end_lease(lease, "ended by the developer")
+        self.write_json({"ended": lease_id})
 
 
 class ShareAgent:
@@ -138,6 +167,7 @@ class ShareAgent:
         self._schedulers: dict[int, SchedulerClient] = {}
         self.hot_sets = HotSets(Path(app.hot_dir))
         self.trees: dict[str, list[str]] = {}  # the cached trees of each open share
+        self.leases: dict[str, ShareLease] = {}  # warm leases, by id
 
     def credential_for(self, user: pwd.struct_passwd) -> str:
         if self.signer is None:
@@ -157,7 +187,11 @@ class ShareAgent:
         return client
 
     async def open(
-        self, session_id: str, user: pwd.struct_passwd, trees: list[str] | None = None
+        self,
+        session_id: str,
+        user: pwd.struct_passwd,
+        trees: list[str] | None = None,
+        keep_warm: float = 0,
     ) -> ShareGrant:
         if session_id in self.shares:
             raise RequestError(f"session {session_id} already has a share")
@@ -171,6 +205,9 @@ class ShareAgent:
         check_share_user(user)
         if session.placement is None:
             raise RequestError(f"session {session_id} has no node to share with")
+        lease = self._free_lease(user, session.placement.agent_url)
+        if lease is not None:
+            return await self._reuse(lease, session_id, trees, keep_warm)
         node_addresses = await addresses_of(session.placement.agent_url)
         share = SftpShare(
             session_id=session_id,
@@ -200,7 +237,52 @@ class ShareAgent:
         self.log.info(
             "share for session %s opened as %s on port %d", session_id, user.pw_name, share.port
         )
+        if keep_warm > 0 and self.app.keep_warm_max > 0:
+            keep = min(keep_warm, self.app.keep_warm_max)
+            lease = ShareLease(session_id, share, session.placement.agent_url, creds, keep)
+            lease.in_use = session_id
+            lease.trees = list(trees or [])
+            self.leases[session_id] = lease
+            creds = replace(creds, lease=session_id)
         return creds
+
+    def _free_lease(self, user: pwd.struct_passwd, node_url: str) -> ShareLease | None:
+        """The user's warm lease with that node that no session uses, if any."""
+        for lease in self.leases.values():
+            if lease.uid == user.pw_uid and lease.node_url == node_url and not lease.in_use:
+                return lease
+        return None
+
+    async def _reuse(
+        self, lease: ShareLease, session_id: str, trees: list[str] | None, keep_warm: float
+    ) -> ShareGrant:
+        """The lease's share for a new session: the same credentials, a fresh manifest (by
+        which the node checks what it kept), the lease named."""
+        lease.in_use = session_id
+        lease.keep = min(keep_warm, self.app.keep_warm_max) if keep_warm else lease.keep
+        self.shares[session_id] = lease.share
+        creds = replace(lease.creds, lease=lease.id)
+        if self.caching(trees) and lease.trees:
+            share = lease.share
+            log = str(share.opens_log) if share.sftp_command != "internal-sftp" else ""
+            loop = asyncio.get_running_loop()
+            manifest = await loop.run_in_executor(None, self.manifest, share.user, lease.trees, log)
+            creds = replace(creds, cache=manifest)
+        self.log.info("session %s uses warm lease %s", session_id, lease.id)
+        return creds
+
+    def kept(self) -> set[str]:
+        """The sessions whose shares are kept, idle, for their leases."""
+        return {lease.id for lease in self.leases.values() if not lease.in_use}
+
+    async def end_lease(self, lease: ShareLease, why: str) -> None:
+        """Close a lease's share (any session still on it loses its share too)."""
+        self.leases.pop(lease.id, None)
+        for session_id, share in list(self.shares.items()):
+            if share is lease.share:
+                self.shares.pop(session_id, None)
+        await asyncio.get_running_loop().run_in_executor(None, lease.share.close)
+        self.log.info("warm lease %s ended: %s", lease.id, why)
 
     def caching(self, trees: list[str] | None) -> bool:
         """Whether a share with these trees keeps a hot set and sends a manifest: the
@@ -234,9 +316,24 @@ class ShareAgent:
             self.log.warning("no cache manifest for %s: %s", user.pw_name, exc)
             return None
 
-    async def close(self, session_id: str, why: str) -> None:
+    async def close(self, session_id: str, why: str, keep: bool = False) -> None:
+        """Close a session's share; ``keep``: its client ended it asking to keep it warm, so
+        a share that is a lease's stays open for that lease's node until its idle time."""
+        share = self.shares.get(session_id)
+        lease = next((x for x in self.leases.values() if x.share is share), None)
+        if share is not None and lease is not None and lease.in_use == session_id:
+            if keep:
+                self.shares.pop(session_id, None)
+                self.trees.pop(session_id, None)
+                lease.in_use, lease.expires = "", time.time() + lease.keep
+                if lease.trees:
+                    read = [p for p in share.opened_paths() if under(p, lease.trees)]
+                    self.hot_sets.record(share.user.pw_uid, read)
+                self.log.info("share of session %s kept for warm lease %s", session_id, lease.id)
+                return
+            self.leases.pop(lease.id, None)
         share = self.shares.pop(session_id, None)
-        trees = self.trees.pop(session_id, None)
+        trees = self.trees.pop(session_id, None) or (lease.trees if lease else None)
         if share is not None:
             if trees:
                 read = [p for p in share.opened_paths() if under(p, trees)]
@@ -245,7 +342,12 @@ class ShareAgent:
             self.log.info("share for session %s closed: %s", session_id, why)
 
     async def watch(self) -> None:
-        """Close shares whose session the scheduler reports ended or unknown."""
+        """Close shares whose session the scheduler reports ended or unknown, and warm leases
+        past their idle time."""
+        now = time.time()
+        for lease in list(self.leases.values()):
+            if not lease.in_use and lease.expires <= now:
+                await self.end_lease(lease, "idle for its keep-warm time")
         for session_id, share in list(self.shares.items()):
             try:
                 session = await self.scheduler(share.user).session(session_id)
@@ -259,10 +361,40 @@ class ShareAgent:
                 await self.close(session_id, f"session ended ({session.end_reason})")
 
     async def close_all(self) -> None:
+        for lease in list(self.leases.values()):
+            await self.end_lease(lease, "the share agent is stopping")
         for session_id in list(self.shares):
             await self.close(session_id, "the share agent is stopping")
         for client in self._schedulers.values():
             client.close()
+
+
+@dataclass
+class ShareLease:
+    """A share kept open, to one node only, between its developer's sessions there."""
+
+    id: str  # the session it was opened for
+    share: SftpShare
+    node_url: str
+    creds: ShareGrant
+    keep: float  # seconds it stays after the session that used it last
+    in_use: str = ""  # the session using it now
+    expires: float = 0.0
+    trees: list[str] = field(default_factory=list)
+
+    @property
+    def uid(self) -> int:
+        return self.share.user.pw_uid
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "user": self.share.user.pw_name,
+            "node": self.node_url,
+            "in_use": self.in_use,
+            "expires": self.expires if not self.in_use else None,
+            "keep_warm": self.keep,
+        }
 
 
 async def addresses_of(url: str) -> tuple[str, ...]:
@@ -323,6 +455,12 @@ class ShareAgentApp(ConfigFileApp):
         config=True,
         help="Directory of the users' hot sets, one file per uid (default: 'hot' beside "
         "state_dir).",
+    )
+    keep_warm_max = Float(
+        3600.0,
+        config=True,
+        help="The longest a share stays open for a warm lease after the session that used it "
+        "last (a client's keep_warm is cut to it); 0 grants no warm leases.",
     )
     never_cache = List(
         Unicode(),
@@ -401,6 +539,8 @@ class ShareAgentApp(ConfigFileApp):
                 (r"/shares/(\w+)", ShareHandler, kw),
                 (r"/credentials", CredentialsHandler, kw),
                 (r"/hot", HotSetHandler, kw),
+                (r"/leases", LeasesHandler, kw),
+                (r"/leases/(\w+)", LeaseHandler, kw),
             ]
         )
         Path(self.socket_path).parent.mkdir(parents=True, exist_ok=True)

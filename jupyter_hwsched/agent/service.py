@@ -28,7 +28,7 @@ from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import mounts_under, unmount
 from jupyter_hwsched.agent.runner import Runner
 from jupyter_hwsched.agent.sessions import NodeSession
-from jupyter_hwsched.agent.warm import MODULE_FILES, WarmLease, outside
+from jupyter_hwsched.agent.warm import MODULE_FILES, WarmLease, unvalidated
 from jupyter_hwsched.protocol.clients import SchedulerClient
 from jupyter_hwsched.protocol.errors import (
     ConflictError,
@@ -436,8 +436,8 @@ class NodeService:
         return True
 
     async def _prestart(self, lease: WarmLease) -> None:
-        """A kernel ready in the lease's container. Kept only if every module it imported
-        came from the cached trees, whose files the next session's manifest validates."""
+        """A kernel ready in the lease's container. Kept only if the next session's manifest
+        can vouch for every module it imported (warm.unvalidated)."""
         session = lease.session
         try:
             kernel_id = await self.kernels.start_kernel(session)
@@ -446,12 +446,14 @@ class NodeService:
             return
         try:
             files = await self.kernels.evaluate(kernel_id, "", MODULE_FILES)
-            away = outside(str(files), tuple(session.cached.views) if session.cached else ())
+            trees = tuple(session.cached.views) if session.cached else ()
+            manifest = session.spec.share.cache if session.spec.share else None
+            away = unvalidated(str(files), manifest, trees)
         except Exception as exc:
             away = [f"(cannot tell: {exc})"]
         if away:
             self.log.info(
-                "lease %s: not keeping its kernel, which read %s outside the cached trees",
+                "lease %s: not keeping its kernel, which imported %s (not in the manifest)",
                 lease.id,
                 ", ".join(away[:3]) + (" ..." if len(away) > 3 else ""),
             )

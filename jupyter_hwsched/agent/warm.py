@@ -16,8 +16,9 @@ manifest, unchanged). It then gets its GPUs bound to the container; a kernel ses
 program, working directory, environment and imports ahead are the kept kernel's gets that
 kernel, told its session's variables (``CUDA_VISIBLE_DEVICES``...) before the client sees
 it, and any other a new kernel in the kept container. The kernel is kept only if every
-module it imported came from the cached trees, so a change on the developer's side is never
-hidden from the run by a kernel that imported the file earlier. A container that cannot
+module it imported is a file of the cached trees that the last session's manifest names, so
+that the next manifest vouches for it: a change on the developer's side is never hidden from
+the run by a kernel that imported the file earlier. A container that cannot
 serve the session is torn down with its lease, and the session starts cold.
 
 A lease ends at its idle time (``keep_warm`` after the session that used it last), when its
@@ -32,7 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_hwsched.agent.sessions import NodeSession
-from jupyter_hwsched.protocol.cache_manifest import CacheManifest, under, warm_key
+from jupyter_hwsched.protocol.cache_manifest import (
+    MAX_LINKS,
+    CacheManifest,
+    link_target,
+    under,
+    warm_key,
+)
 from jupyter_hwsched.protocol.records import LeaseRecord, StartSpec
 
 #: what a kept kernel is asked to say: the files its modules came from, one per line
@@ -75,7 +82,12 @@ class WarmLease:
 
     def describe(self) -> dict[str, Any]:
         out = self.record().to_json()
-        out.update(cwd=self.session.spec.cwd, container=self.session.container_id)
+        out.update(
+            cwd=self.session.spec.cwd,
+            container=self.session.container_id,
+            kernel_id=self.kernel_id,
+            kernel_starting=self.starting is not None and not self.starting.done(),
+        )
         return out
 
     def owned_by(self, host: str, uid: int) -> bool:
@@ -123,6 +135,24 @@ def stale(old: CacheManifest | None, new: CacheManifest | None) -> str:
     return ""
 
 
-def outside(files: str, trees: tuple[str, ...]) -> list[str]:
-    """The module files (one per line) that lie outside every cached tree."""
-    return [f for f in files.splitlines() if f.startswith("/") and not under(f, list(trees))]
+def unvalidated(files: str, manifest: CacheManifest | None, trees: tuple[str, ...]) -> list[str]:
+    """The module files (one per line) that the next session's manifest cannot vouch for:
+    those outside the trees the views serve, or not in ``manifest`` (the one the next
+    session's manifest is compared with), so that a change to them would go unseen."""
+    entries = {e.path: e for e in manifest.entries} if manifest else {}
+
+    def vouched(path: str) -> bool:
+        for _ in range(MAX_LINKS):
+            entry = entries.get(path)
+            if entry is None or entry.kind not in "fl":
+                return False
+            if entry.kind == "f":
+                return True
+            path = link_target(path, entry.target)
+        return False
+
+    return [
+        f
+        for f in files.splitlines()
+        if f.startswith("/") and not (under(f, list(trees)) and vouched(f))
+    ]

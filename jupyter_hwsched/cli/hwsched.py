@@ -30,6 +30,10 @@ SUBCOMMANDS = {
         "jupyter_hwsched.cli.cache:main",
         "forget your hot set (developers); a node's cache (operators)",
     ),
+    "warm": (
+        "jupyter_hwsched.developer.commands:warm",
+        "list or end your warm leases (what nodes keep ready for you)",
+    ),
     "pki": ("jupyter_hwsched.cli.pki:main", "the pool's certificate authority (for operators)"),
     "kernelspec": (
         "jupyter_hwsched.developer.kernelspecs:main",

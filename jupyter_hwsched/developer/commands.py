@@ -1,5 +1,5 @@
-"""The developer machine's ``hwsched`` subcommands: ``status``, ``usage`` (and ``share``, the
-share agent, in :mod:`jupyter_hwsched.developer.share.app`)."""
+"""The developer machine's ``hwsched`` subcommands: ``status``, ``usage``, ``warm`` (and
+``share``, the share agent, in :mod:`jupyter_hwsched.developer.share.app`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 from jupyter_hwsched.developer.environment import caller_identity
 from jupyter_hwsched.developer.render import render_pool, render_usage
 from jupyter_hwsched.developer.settings import HwschedClient
-from jupyter_hwsched.protocol.clients import SchedulerClient
-from jupyter_hwsched.protocol.errors import HwschedError
+from jupyter_hwsched.protocol.clients import SchedulerClient, ShareClient
+from jupyter_hwsched.protocol.errors import HwschedError, NotFoundError
 
 
 def _fetch(what: str, call: Callable[[SchedulerClient], Awaitable[Any]]) -> Any:
@@ -41,6 +41,52 @@ def status(argv: list[str]) -> int:
         return 1
     me = caller_identity().name
     print(json.dumps(pool, indent=1) if args.json else render_pool(pool, me=me))
+    return 0
+
+
+def warm(argv: list[str]) -> int:
+    """``hwsched warm``: your warm leases, kept by this machine's share agent; ``end`` closes
+    their shares, and each node drops what it kept when it next checks (a few seconds)."""
+    parser = argparse.ArgumentParser(prog="hwsched warm", description=warm.__doc__)
+    parser.add_argument("action", nargs="?", choices=["list", "end"], default="list")
+    parser.add_argument("lease", nargs="*", help="lease ids to end (default: all of yours)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    args = parser.parse_args(argv)
+    settings = HwschedClient()
+    if not settings.share_socket:
+        print(
+            "hwsched warm: error: no share agent configured (HWSCHED_SHARE_SOCKET)", file=sys.stderr
+        )
+        return 1
+
+    async def act() -> list[dict[str, Any]]:
+        async with ShareClient(settings.share_socket) as share:
+            leases = await share.leases()
+            if args.action == "end":
+                unknown = set(args.lease) - {lease["id"] for lease in leases}
+                if unknown:
+                    raise NotFoundError(f"no warm lease {', '.join(sorted(unknown))} of yours")
+                for lease in leases:
+                    if not args.lease or lease["id"] in args.lease:
+                        await share.end_lease(lease["id"])
+                        print(f"ended warm lease {lease['id']} on {lease['node']}")
+            return leases
+
+    try:
+        leases = asyncio.run(act())
+    except HwschedError as exc:
+        print(f"hwsched warm: error: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        if args.json:
+            print(json.dumps(leases, indent=1))
+        for lease in [] if args.json else leases:
+            state = f"in use by {lease['in_use']}" if lease["in_use"] else "idle"
+            print(
+                f"{lease['id']}  {lease['node']}  {state}, kept {lease['keep_warm']:g} s after use"
+            )
+        if not leases and not args.json:
+            print("no warm lease")
     return 0
 
 

@@ -74,6 +74,20 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
             f"  {item['position']}. {item['user']}{mine} wants {request['gpus']} GPU(s), "
             f"waiting {_ago(item['created'], now)}: {item.get('waiting_for', '')}{expect}"
         )
+    leases = [(n["name"], lease) for n in pool["nodes"] for lease in n.get("warm_leases") or []]
+    if leases:
+        lines.append("")
+        lines.append("kept warm (a container, its share's mount and a ready kernel, no GPU):")
+    for node, lease in leases:
+        mine = " (you)" if me and lease["user"] == me else ""
+        kernel = "kernel ready" if lease["kernel"] else "no kernel"
+        if lease["in_use"]:
+            state = f"in use by session {lease['in_use']}"
+        else:
+            state = f"ends in {_ago(now, lease['expires'])} unless used"
+        lines.append(
+            f"  {lease['id']} on {node}: {lease['user']}@{lease['host']}{mine}, {kernel}, {state}"
+        )
     if me:
         mine_held = [
             (n["name"], g) for n in pool["nodes"] for g in n["gpus"] if g.get("holder") == me

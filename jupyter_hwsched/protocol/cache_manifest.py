@@ -79,6 +79,15 @@ def expand_home(paths: Iterable[str], home: str) -> list[str]:
     return [posixpath.normpath(home + p[1:] if p.startswith("~") else p) for p in paths]
 
 
+#: the most links followed from one path
+MAX_LINKS = 8
+
+
+def link_target(path: str, target: str) -> str:
+    """Where the link at ``path`` whose text is ``target`` points, as an absolute path."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+
+
 def under(path: str, roots: Iterable[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 

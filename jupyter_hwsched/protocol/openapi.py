@@ -135,6 +135,18 @@ POOL_GPU = {
         },
     ]
 }
+WARM_LEASE = {
+    "type": "object",
+    "required": ["id", "user", "host", "expires", "kernel", "in_use"],
+    "properties": {
+        "id": STRING,
+        "user": STRING,
+        "host": STRING,
+        "expires": NUMBER,
+        "kernel": {"type": "boolean"},
+        "in_use": STRING,
+    },
+}
 NODE = {
     "type": "object",
     "required": ["name", "url", "up", "gpus"],
@@ -145,6 +157,7 @@ NODE = {
         "up": {"type": "boolean"},
         "gpus": {"type": "array", "items": POOL_GPU},
         "cache_warm_for": {"type": "integer", "minimum": 0},
+        "warm_leases": {"type": "array", "items": WARM_LEASE},
     },
 }
 USAGE_ROW = {

@@ -157,6 +157,7 @@ class Scheduler(LoggingConfigurable):
         live: list[str],
         stats: dict[str, Any],
         warm: set[str] | None = None,
+        leases: list[dict[str, Any]] | None = None,
     ) -> list[str]:
         """Record a heartbeat and its utilization samples; answer which of the node's
         sessions must end now."""
@@ -167,6 +168,7 @@ class Scheduler(LoggingConfigurable):
         elapsed = min(max(0.0, now - node.last_seen), self.node_timeout)
         node.last_seen, node.stats = now, stats
         node.warm = warm or set()
+        node.leases = leases or []
         for s in self.live.values():
             if s.node == name and s.holding:
                 load = sum((node.utilization(i) or 0.0) for i in s.gpu_ids) / 100.0
@@ -219,6 +221,7 @@ class Scheduler(LoggingConfigurable):
                 n.labels,
                 n.by_index,
                 frozenset(n.warm),
+                frozenset(lease["warm_key"] for lease in n.leases if not lease.get("in_use")),
             )
             for n in self.nodes.values()
             if n.up(now, self.node_timeout)
@@ -520,6 +523,11 @@ class Scheduler(LoggingConfigurable):
                     "gpus": gpus,
                     # how many developers' files its cache keeps (placement prefers it for them)
                     "cache_warm_for": len(node.warm),
+                    # what it keeps warm between sessions, for whom (agent/warm.py)
+                    "warm_leases": [
+                        {k: lease[k] for k in ("id", "user", "host", "expires", "kernel", "in_use")}
+                        for lease in node.leases
+                    ],
                 }
             )
         return nodes

@@ -57,7 +57,11 @@ class HeartbeatHandler(SchedulerHandler):
         access.require_node(self.who(), name, "send the heartbeat of")
         beat = Heartbeat.from_json(self.json_body())
         end = self.scheduler.heartbeat(
-            name, list(beat.sessions), beat.stats.to_json(), set(beat.warm)
+            name,
+            list(beat.sessions),
+            beat.stats.to_json(),
+            set(beat.warm),
+            [lease.to_json() for lease in beat.leases],
         )
         self.write_json({"end": end, "reasons": self.scheduler.end_reasons(end)})
 

@@ -25,6 +25,8 @@ class Node:
     stats: dict[str, Any] = field(default_factory=dict)  # last heartbeat's utilization
     #: developers whose files the node's cache keeps (``warm_key``s, last heartbeat's)
     warm: set[str] = field(default_factory=set)
+    #: the warm leases the node holds (last heartbeat's; protocol.records.LeaseRecord JSON)
+    leases: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.by_index = {g["index"]: g for g in self.gpus}

@@ -27,6 +27,8 @@ class NodeView:
     by_index: dict[int, dict[str, Any]] | None = None  # built on first use when not given
     #: developers whose files the node's cache keeps (``warm_key``s)
     warm: frozenset[str] = frozenset()
+    #: developers with a warm lease here that no session uses (``warm_key``s)
+    leased: frozenset[str] = frozenset()
 
     def gpu(self, index: int) -> dict[str, Any] | None:
         if self.by_index is None:
@@ -104,8 +106,9 @@ class PlacementPolicy(LoggingConfigurable):
         self, request: HardwareRequest, nodes: list[NodeView], warm: str = ""
     ) -> tuple[str, list[int]] | None:
         """The node and GPUs for ``request``, or None. Among the nodes that fit, one whose
-        cache is warm for the developer (``warm``: their ``warm_key``) comes first: the
-        queue's order (priority, fair share, backfill) has already chosen the request."""
+        cache is warm for the developer (``warm``: their ``warm_key``) comes first, and before
+        it one that keeps a warm lease of theirs: the queue's order (priority, fair share,
+        backfill) has already chosen the request."""
         raise NotImplementedError
 
 
@@ -119,13 +122,13 @@ class _FitPlacement(PlacementPolicy):
     def choose(
         self, request: HardwareRequest, nodes: list[NodeView], warm: str = ""
     ) -> tuple[str, list[int]] | None:
-        best: tuple[tuple[bool, int, str], NodeView, list[int]] | None = None
+        best: tuple[tuple[bool, bool, int, str], NodeView, list[int]] | None = None
         match = Matcher(request)
         for node in nodes:
             free = node.free_matching(request, match)
             if len(free) < request.gpus:
                 continue
-            key = (warm not in node.warm, self.rank(len(free)), node.name)
+            key = (warm not in node.leased, warm not in node.warm, self.rank(len(free)), node.name)
             if best is None or key < best[0]:
                 best = (key, node, free)
         if best is None:

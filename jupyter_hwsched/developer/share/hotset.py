@@ -22,9 +22,11 @@ from pathlib import Path
 
 from jupyter_hwsched.protocol.cache_manifest import (
     MAX_ENTRIES,
+    MAX_LINKS,
     SIBLING_MAX,
     CacheEntry,
     CacheManifest,
+    link_target,
     under,
     with_python_neighbours,
 )
@@ -153,8 +155,32 @@ def take_manifest(
         if complete[d] and all(s in whole_dirs for s in subdirs.get(d, [])):
             whole_dirs.add(d)
             entries[d] = replace(entries[d], whole=True)
+    _add_link_targets(entries, never)
     kept = tuple(entries.values())[:MAX_ENTRIES]
     return CacheManifest(tuple(trees), kept, taken, log, purge_ns)
+
+
+def _add_link_targets(entries: dict[str, CacheEntry], never: list[str]) -> None:
+    """The files the manifest's links lead to, wherever they are (a Python module may be a
+    link out of the trees, as Debian's sitecustomize.py is): no node caches a target outside
+    the trees, but its entry lets a node tell that what it read through the link is
+    unchanged (agent/warm.py)."""
+    for entry in [e for e in entries.values() if e.kind == "l"]:
+        path, target = entry.path, entry.target
+        for _ in range(MAX_LINKS):
+            path = link_target(path, target)
+            if path in entries or under(path, never) or len(entries) >= MAX_ENTRIES:
+                break
+            try:
+                st = os.lstat(path)
+                target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+            except OSError:
+                break
+            if not (stat.S_ISLNK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                break
+            entries[path] = _entry(path, st, target)
+            if not target:
+                break
 
 
 def main() -> None:

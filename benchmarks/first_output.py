@@ -1,12 +1,18 @@
-"""Time to first output: ``%%hwrun --gpu 1`` on ``print(1)`` beside a local kernel.
+"""Time to first output: ``%%hwrun`` and the Remote GPU kernel, cold and warm, beside local.
 
-Both are measured in the same run, interleaved, on a real one-node pool (scheduler, node
+All are measured in the same run, interleaved, on a real one-node pool (scheduler, node
 agent, share agent, dockerd, sshd, sshfs; simulated GPUs where NVML finds none):
 
 * local:  start a local ipykernel, execute ``print(1)``, stop at the first output;
 * remote: in an already running local kernel with the extension loaded (a notebook), execute
   ``%%hwrun --gpu 1`` + ``print(1)``, stop at the remote ``1`` arriving in the cell. This
   includes queueing, the share, the sshfs mount, the container and the remote kernel's start.
+* remote, warm: the same from a notebook with ``HWSCHED_KEEP_WARM`` set (README, "Warm
+  starts"), after two runs that prime the lease; each run starts ``--gap`` seconds after the
+  one before, as cells do, so that the node's kept kernel is ready.
+* Remote GPU kernel: the "Remote GPU (shared env)" kernel started from this process as a front
+  end starts it, to the output of its first ``print(1)`` (its bridge answers
+  ``kernel_info`` at once, so "ready" alone would say nothing), cold and on a warm lease.
 
 Run as root: ``python benchmarks/first_output.py [--runs 5]``.
 """
@@ -14,6 +20,7 @@ Run as root: ``python benchmarks/first_output.py [--runs 5]``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -48,9 +55,10 @@ def first_output(km: KernelManager, code: str, marker: str) -> float:
         kc.stop_channels()
 
 
-def local_run(cwd: str) -> float:
+def local_run(cwd: str, kernel: str = "python3") -> float:
+    """A kernel's start, to the output of its first cell (``print(1)``), then its shutdown."""
     start = time.perf_counter()
-    km = KernelManager(kernel_name="python3")
+    km = KernelManager(kernel_name=kernel)
     km.start_kernel(cwd=cwd)
     try:
         kc = km.blocking_client()
@@ -71,36 +79,75 @@ def local_run(cwd: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--gap", type=float, default=3.0, help="seconds between warm runs")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="hwsched-bench-"))
     pool = Pool(workdir)
     notebook_dir = pool.state / "notebook"
     notebook_dir.mkdir()
-    notebook = KernelManager(kernel_name="python3")
-    notebook.start_kernel(env=pool.env, cwd=str(notebook_dir))
+    cell = "%%hwrun --gpu 1\nprint(1)"
+    notebook = notebook_kernel(pool.env, notebook_dir)
+    warm = notebook_kernel(dict(pool.env, HWSCHED_KEEP_WARM="600"), notebook_dir)
+    local: list[float] = []
+    remote: list[float] = []
+    kept: list[float] = []
+    kernel: list[float] = []
+    kernel_kept: list[float] = []
+    where = str(notebook_dir)
+    # the Remote GPU kernel is started from this process, as a front end would
+    os.environ.update({k: v for k, v in pool.env.items() if k.startswith("HWSCHED_")})
     try:
-        kc = notebook.blocking_client()
-        kc.start_channels()
-        kc.wait_for_ready(timeout=120)
-        kc.execute_interactive("%load_ext jupyter_hwsched", timeout=60)
-        kc.stop_channels()
-        local: list[float] = []
-        remote: list[float] = []
         for _ in range(args.runs):
-            local.append(local_run(str(notebook_dir)))
-            remote.append(first_output(notebook, "%%hwrun --gpu 1\nprint(1)", "1"))
+            local.append(local_run(where))
+            remote.append(first_output(notebook, cell, "1"))
+            kernel.append(local_run(where, "hwsched-remote"))
+        os.environ["HWSCHED_KEEP_WARM"] = "600"
+        for _ in range(2):  # the lease, then a manifest that names the kernel's modules
+            first_output(warm, cell, "1")
+            time.sleep(args.gap)
+            local_run(where, "hwsched-remote")
+            time.sleep(args.gap)
+        for _ in range(args.runs):
+            local.append(local_run(where))
+            kept.append(first_output(warm, cell, "1"))
+            time.sleep(args.gap)
+            kernel_kept.append(local_run(where, "hwsched-remote"))
+            time.sleep(args.gap)
     finally:
         notebook.shutdown_kernel(now=True)
+        warm.shutdown_kernel(now=True)
         pool.stop()
     rows: list[tuple[str, Any, Any, Any]] = [
         ("local ipykernel start + print(1)", statistics.median(local), min(local), max(local)),
         ("%%hwrun --gpu 1 print(1)", statistics.median(remote), min(remote), max(remote)),
+        ("%%hwrun, warm lease", statistics.median(kept), min(kept), max(kept)),
+        ("Remote GPU kernel start + print(1)", *summary(kernel)),
+        ("Remote GPU kernel, warm lease", *summary(kernel_kept)),
     ]
-    print(f"time to first output, {args.runs} runs each, interleaved (seconds)")
+    print(f"time to first output, {args.runs} runs each, interleaved with local (seconds)")
     print(f"{'case':<36} {'median':>8} {'min':>8} {'max':>8}")
     for name, med, lo, hi in rows:
         print(f"{name:<36} {med:>8.3f} {lo:>8.3f} {hi:>8.3f}")
     print(f"{'ratio remote / local (median)':<36} {rows[1][1] / rows[0][1]:>8.2f}")
+    print(f"{'ratio warm / local (median)':<36} {rows[2][1] / rows[0][1]:>8.2f}")
+    print(f"{'ratio kernel / local (median)':<36} {rows[3][1] / rows[0][1]:>8.2f}")
+    print(f"{'ratio kernel, warm / local (median)':<36} {rows[4][1] / rows[0][1]:>8.2f}")
+
+
+def summary(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def notebook_kernel(env: dict[str, str], cwd: Path) -> KernelManager:
+    """A local kernel with the extension loaded, as a notebook has it."""
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(cwd))
+    kc = km.blocking_client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=120)
+    kc.execute_interactive("%load_ext jupyter_hwsched", timeout=60)
+    kc.stop_channels()
+    return km
 
 
 if __name__ == "__main__":

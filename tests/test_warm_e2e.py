@@ -224,3 +224,17 @@ def test_a_changed_file_is_never_served_by_a_kept_kernel(
     assert record["container"] != before["container"]
     log = (pool.workdir / "agent.log").read_text(errors="replace")
     assert "files of the cached trees changed" in log
+
+
+def test_a_lease_ends_by_its_idle_time(
+    warm_env: Pool, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = warm_env
+    monkeypatch.setenv("HWSCHED_KEEP_WARM", "3")
+    asyncio.run(one_session(pool, workspace, "print(1)"))
+    [lease] = node(pool)["leases"]  # kept at once, as the session ended
+    assert not pool.held_gpus()
+    said = f"warm lease {lease['id']} ended: idle for its keep-warm time"
+    wait_for(lambda: said in (pool.workdir / "agent.log").read_text(errors="replace"), 60, said)
+    assert not node(pool)["leases"]
+    pool.assert_clean()  # the share closed on the developer's side too

@@ -27,7 +27,7 @@ from jupyter_hwsched.agent.gpus import GpuInventory
 from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import mounts_under, unmount
 from jupyter_hwsched.agent.runner import Runner
-from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.agent.sessions import NodeSession, gpu_devices
 from jupyter_hwsched.agent.warm import MODULE_FILES, WarmLease, unvalidated
 from jupyter_hwsched.protocol.clients import SchedulerClient
 from jupyter_hwsched.protocol.errors import (
@@ -152,7 +152,9 @@ class NodeService:
                 await asyncio.sleep(1.0)
 
     async def heartbeat(self) -> None:
-        """Report the live sessions and the GPUs' use; end what the scheduler says to end."""
+        """Report the live sessions, the GPUs' use and the warm leases (those past their idle
+        time ended first); end what the scheduler says to end."""
+        await self.expire_leases()
         loop = asyncio.get_running_loop()
         stats = await loop.run_in_executor(None, self.stats)
         try:
@@ -174,7 +176,6 @@ class NodeService:
         for session_id in reply.end:
             reason = reply.reasons.get(session_id) or "ended by the scheduler"
             await self.end_session(session_id, reason, tell_scheduler=False)
-        await self.expire_leases()
 
     async def check_shares(self) -> None:
         """End, cleanly, every session whose share stopped answering, and every warm lease
@@ -300,7 +301,9 @@ class NodeService:
             raise
         lease = await self._lease_for(spec, placed, limits)
         if lease is not None:
-            return await self._start_in_lease(lease, spec, placed)
+            warm = await self._start_in_lease(lease, spec, placed)
+            if warm is not None:
+                return warm
         session = NodeSession(
             id=placed.id,
             secret_hash=placed.secret_sha256,
@@ -485,24 +488,31 @@ class NodeService:
 
     async def _start_in_lease(
         self, lease: WarmLease, spec: StartSpec, placed: SessionRecord
-    ) -> NodeSession:
+    ) -> NodeSession | None:
         """Run a placed session in what a lease kept: its GPUs bound, the kept kernel told
-        its variables. A failure undoes all of it, the lease included."""
+        its variables. None, the lease ended, where its container cannot take the GPUs (the
+        session then starts cold); a later failure undoes all of it, the lease included."""
         if lease.starting is not None:
             await asyncio.shield(lease.starting)
         self.leases.pop(lease.id, None)
         session = lease.session
-        kernel_id = lease.kernel_id if lease.kernel_fits(spec) else None
-        session.id, session.secret_hash, session.spec = placed.id, placed.secret_sha256, spec
-        session.gpus = [self.gpus[i] for i in placed.gpu_ids]
-        session.end_reason, session.started = None, time.time()
-        self.sessions[session.id] = session
+        gpus = [self.gpus[i] for i in placed.gpu_ids]
         loop = asyncio.get_running_loop()
-        session.starting = loop.create_future()
         try:
-            devices, _ = session._gpu_devices()
+            devices, _ = gpu_devices(gpus)
             container = str(session.container_id)
             await loop.run_in_executor(None, self.runner.bind_devices, container, devices)
+        except Exception as exc:
+            self.log.info("session %s starts cold: lease %s: %s", placed.id, lease.id, exc)
+            await self.end_lease(lease, f"its container could not take the GPUs: {exc}")
+            return None
+        kernel_id = lease.kernel_id if lease.kernel_fits(spec) else None
+        session.id, session.secret_hash, session.spec = placed.id, placed.secret_sha256, spec
+        session.gpus = gpus
+        session.end_reason, session.started = None, time.time()
+        self.sessions[session.id] = session
+        session.starting = loop.create_future()
+        try:
             if kernel_id is not None:
                 env = json.dumps(session.env())
                 code = f"import os as _o, json as _j\n_o.environ.update(_j.loads({env!r}))"

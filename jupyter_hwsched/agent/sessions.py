@@ -80,6 +80,30 @@ class StartLog:
         return " | ".join(lines[:most])
 
 
+def gpu_nodes(gpus: list[GpuRecord]) -> list[str]:
+    """The device entries of these GPUs, one each: a real GPU's /dev/nvidiaN, or for a
+    simulated GPU a stand-in of /dev/null's numbers at /dev/nvidiaINDEX (see devices.py), so
+    that what a container may open is the same either way."""
+    if gpus and gpus[0].simulated:
+        return [f"/dev/null:/dev/nvidia{g.index}" for g in gpus]
+    return [f"/dev/nvidia{g.index if g.minor is None else g.minor}" for g in gpus]
+
+
+def gpu_devices(gpus: list[GpuRecord]) -> tuple[list[str], dict[str, str]]:
+    """Device nodes of these GPUs, with the driver's own nodes and libraries for real ones."""
+    devices = gpu_nodes(gpus)
+    if not gpus or gpus[0].simulated:
+        return devices, {}
+    for extra in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
+        if os.path.exists(extra):
+            devices.append(extra)
+    binds = {}
+    for entry in driver_libraries():
+        path, _, name = entry.partition(":")
+        binds[os.path.realpath(path)] = f"{DRIVER_DIR}/{name}"
+    return devices, binds
+
+
 @dataclass
 class NodeSession:
     id: str
@@ -258,27 +282,10 @@ class NodeSession:
         return shown
 
     def gpu_nodes(self) -> list[str]:
-        """The device entries of the allocated GPUs, one each: a real GPU's /dev/nvidiaN, or
-        for a simulated GPU a stand-in of /dev/null's numbers at /dev/nvidiaINDEX (see
-        devices.py), so that what a container may open is the same either way."""
-        if self.gpus and self.gpus[0].simulated:
-            return [f"/dev/null:/dev/nvidia{g.index}" for g in self.gpus]
-        return [f"/dev/nvidia{g.index if g.minor is None else g.minor}" for g in self.gpus]
+        return gpu_nodes(self.gpus)
 
     def _gpu_devices(self) -> tuple[list[str], dict[str, str]]:
-        """Device nodes of the allocated GPUs, with the driver's own nodes and libraries for
-        real ones."""
-        devices = self.gpu_nodes()
-        if not self.gpus or self.gpus[0].simulated:
-            return devices, {}
-        for extra in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"):
-            if os.path.exists(extra):
-                devices.append(extra)
-        binds = {}
-        for entry in driver_libraries():
-            path, _, name = entry.partition(":")
-            binds[os.path.realpath(path)] = f"{DRIVER_DIR}/{name}"
-        return devices, binds
+        return gpu_devices(self.gpus)
 
     def kernel_argv(self) -> list[str]:
         """The kernel's command: the client's, and a kept kernel's imports ahead (ipykernel's

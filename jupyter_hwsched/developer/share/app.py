@@ -205,7 +205,8 @@ class ShareAgent:
         check_share_user(user)
         if session.placement is None:
             raise RequestError(f"session {session_id} has no node to share with")
-        lease = self._free_lease(user, session.placement.agent_url)
+        # a session that asks to be kept warm may start in what a lease keeps
+        lease = self._free_lease(user, session.placement.agent_url) if keep_warm > 0 else None
         if lease is not None:
             return await self._reuse(lease, session_id, trees, keep_warm)
         node_addresses = await addresses_of(session.placement.agent_url)

@@ -77,7 +77,7 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
     leases = [(n["name"], lease) for n in pool["nodes"] for lease in n.get("warm_leases") or []]
     if leases:
         lines.append("")
-        lines.append("kept warm (a container, its share's mount and a ready kernel, no GPU):")
+        lines.append("kept warm between sessions (a container and its share's mount, no GPU):")
     for node, lease in leases:
         mine = " (you)" if me and lease["user"] == me else ""
         kernel = "kernel ready" if lease["kernel"] else "no kernel"

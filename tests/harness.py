@@ -39,6 +39,13 @@ MACHINE = "devbox-a"
 LEASE = 4.0
 
 
+#: the agent's arguments for each runner that roots work at the share
+RUNNER_ARGS: dict[str, tuple[str, ...]] = {
+    "docker": (),
+    "bwrap": ("--AgentApp.runner_class=jupyter_hwsched.agent.bwrap_runner.BwrapRunner",),
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -347,6 +354,11 @@ class Pool:
     def containers(self) -> list[str]:
         if not self.runs_containers:
             return []  # the host runner makes no containers; its processes are checked instead
+        if any("BwrapRunner" in arg for arg in self.agent_args):
+            # a sandbox's session is its cgroups (its processes are checked as well)
+            from jupyter_hwsched.agent.cgroups import SessionCgroup
+
+            return [f"cgroup of {s}" for s in SessionCgroup.leftovers(self.node)]
         if not shutil.which("docker"):
             raise AssertionError(
                 "cannot check for leftover containers: the docker command is missing"

@@ -1,4 +1,5 @@
-"""Per-session limits and honest start failures, on a real pool (Docker runner).
+"""Per-session limits and honest start failures, on a real pool, with each runner that roots
+work at the share (Docker, bubblewrap).
 
 A memory hog, a fork bomb and a ``/tmp`` filler each end their own session, with one line that
 names the limit, while a co-tenant's run on the same node goes on and completes. A request over
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Pool, wait_for
+from harness import RUNNER_ARGS, Pool, wait_for
 from jupyter_client.connect import write_connection_file
 
 pytestmark = pytest.mark.e2e
@@ -33,9 +34,15 @@ PY = sys.executable
 COTENANT = "import time\nfor i in range(40):\n    print(i, flush=True)\n    time.sleep(0.1)\n"
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    p = Pool(tmp_path_factory.mktemp("limits"), simulate="4xA100-80GB", agent_args=LIMIT_ARGS)
+@pytest.fixture(scope="module", params=sorted(RUNNER_ARGS))
+def pool(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Pool]:
+    p = Pool(
+        tmp_path_factory.mktemp(f"limits-{request.param}"),
+        simulate="4xA100-80GB",
+        agent_args=(*RUNNER_ARGS[request.param], *LIMIT_ARGS),
+    )
     try:
         yield p
     finally:

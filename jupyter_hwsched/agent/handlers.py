@@ -138,8 +138,8 @@ class SessionHandler(AgentHandler):
             raise NotFoundError(f"no session {session_id} on this node")
         reason = self.get_argument("reason", "released by the client")
         warm = self.get_argument("warm", "") == "1"  # keep it warm, as its start asked
-        await self.agent.end_session(session_id, reason[:500], warm=warm)
-        self.finish(json.dumps({"ended": session_id}))
+        kept = await self.agent.end_session(session_id, reason[:500], warm=warm)
+        self.finish(json.dumps({"ended": session_id, "kept_warm": kept}))
 
 
 class CommandHandler(websocket.WebSocketHandler, JupyterHandler):

@@ -19,13 +19,12 @@ import os
 import shutil
 import signal
 import subprocess
-import threading
 from pathlib import Path
-from typing import IO
 
 import psutil
 from traitlets import Bool
 
+from jupyter_hwsched.agent.process import kill_group, start_pumped
 from jupyter_hwsched.agent.runner import (
     ContainerSpec,
     ExecProcess,
@@ -108,42 +107,25 @@ class HostRunner(Runner):
                 "--", *argv,
             ]  # fmt: skip
             as_other = False  # setpriv switches, after the namespace is made
-        proc = subprocess.Popen(
+        proc, handle = start_pumped(
             argv,
+            f"{container_id}-pending",
+            on_output,
+            on_exit,
             env=env,
             cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
             user=uid if as_other else None,
             group=gid if as_other else None,
             extra_groups=[g for g in spec.groups if g != gid] if as_other else None,
         )
+        handle.exec_id = f"{container_id}-{proc.pid}"
         self._groups[container_id].append(proc)
-        handle = ExecProcess(proc.pid, f"{container_id}-{proc.pid}")
-        assert proc.stdout is not None and proc.stderr is not None
-        pumps = [
-            threading.Thread(target=_pump, args=(proc.stdout, "stdout", on_output), daemon=True),
-            threading.Thread(target=_pump, args=(proc.stderr, "stderr", on_output), daemon=True),
-        ]
-        for pump in pumps:
-            pump.start()
-
-        def reap() -> None:
-            for pump in pumps:
-                pump.join()
-            code = proc.wait()
-            handle.exit_code = 128 - code if code < 0 else code  # killed by a signal: 128+N
-            on_exit(handle.exit_code)
-
-        threading.Thread(target=reap, daemon=True).start()
         return handle
 
     def remove(self, container_id: str) -> None:
         for proc in self._groups.pop(container_id, []):
             if proc.poll() is None:
-                _kill_group(proc.pid)
+                kill_group(proc.pid)
         self._specs.pop(container_id, None)
 
     def cpu_seconds(self, container_id: str) -> float | None:
@@ -184,20 +166,3 @@ class HostRunner(Runner):
 
     def containers(self, node: str) -> dict[str, str]:
         return {}  # nothing of a host session outlives the agent's process groups
-
-
-def _pump(stream: IO[bytes], name: str, on_output: OutputCallback) -> None:
-    for chunk in iter(lambda: stream.read1(65536), b""):  # type: ignore[attr-defined]
-        on_output(name, chunk)
-    stream.close()
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        psutil.Process(pid).wait(5)
-    except (psutil.NoSuchProcess, psutil.TimeoutExpired):
-        pass

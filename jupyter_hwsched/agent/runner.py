@@ -127,6 +127,9 @@ class Runner(LoggingConfigurable):
         """Undo ``pause``; an environment that is not paused, or gone, is fine."""
         raise NotImplementedError
 
+    #: whether what the environment binds from the node is opened as the developer (so the
+    #: shares' mounts and the session's directories must be reachable by their uid)
+    binds_as_developer = False
     #: whether GPUs can be given to and taken from a running environment (warm leases)
     binds_devices = False
 

@@ -127,7 +127,11 @@ class NodeService:
                 leftover.rmdir()  # empty mount points only
             except OSError as exc:
                 self.log.warning("leaving %s: %s", leftover, exc)
-        (state / "mnt").mkdir(parents=True, exist_ok=True, mode=0o700)
+        # only root walks to the shares' mounts, unless the runner reads what it binds as the
+        # developer (bubblewrap): then anyone may pass, but nobody may list the sessions there
+        mode = 0o711 if self.runner.binds_as_developer else 0o700
+        (state / "mnt").mkdir(parents=True, exist_ok=True, mode=mode)
+        (state / "mnt").chmod(mode)
         (state / "sessions").mkdir(parents=True, exist_ok=True, mode=0o711)
 
     def registration(self) -> NodeRegistration:
@@ -357,20 +361,23 @@ class NodeService:
 
     async def end_session(
         self, session_id: str, reason: str, tell_scheduler: bool = True, warm: bool = False
-    ) -> None:
+    ) -> bool:
         """End a session: its start (if still under way) sees the reason and undoes itself.
-        ``warm``: its client asks to keep it warm, as its start said (see warm.py)."""
+        ``warm``: its client asks to keep it warm, as its start said (see warm.py). Whether
+        it was kept warm."""
         session = self.sessions.pop(session_id, None)
         if session is None:
-            return
+            return False
         session.end_reason = reason
         if session.starting is not None and not session.starting.done():
             await asyncio.shield(session.starting)
-        if not (warm and await self._keep_warm(session)):
+        kept = warm and await self._keep_warm(session)
+        if not kept:
             await self._teardown(session)
         self.log.info("session %s ended: %s", session_id, reason)
         if tell_scheduler:
             await self._report_end(session_id, reason)
+        return kept
 
     async def _report_end(self, session_id: str, reason: str) -> None:
         try:

@@ -249,6 +249,7 @@ class NodeSession:
                 self.spec.user.home,
                 self.mountpoint,
                 self.id,
+                self.base / "cached",
             )
         except OSError as exc:  # the work runs on, every file through the share
             self.runner.log.warning("session %s: the node's cache is unusable: %s", self.id, exc)

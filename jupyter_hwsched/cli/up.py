@@ -32,6 +32,7 @@ RUNNERS = {
         "--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner",
         "--HostRunner.single_user=True",  # the one developer is the machine's own
     ],
+    "bwrap": ["--AgentApp.runner_class=jupyter_hwsched.agent.bwrap_runner.BwrapRunner"],
 }
 
 
@@ -115,10 +116,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--share-root", default="/", help="directory exported as the container root")
     p.add_argument(
         "--runner",
-        choices=["docker", "host"],
+        choices=sorted(RUNNERS),
         default="docker",
-        help="run work in a container rooted at the share (docker, the default), or as plain "
-        "processes on this machine (host: for machines without a container engine, such as a "
+        help="run work in a container rooted at the share (docker, the default), in a "
+        "bubblewrap sandbox rooted at the share (bwrap: for nodes without a container engine), "
+        "or as plain processes on this machine (host: for a machine without either, such as a "
         "binder; the environment is this machine's own, so nothing is lost)",
     )
     p.add_argument("--lab", action="store_true", help="also run JupyterLab")

@@ -249,12 +249,10 @@ class RemoteSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
         if self.id is not None:
-            warm = self.warm
+            warm = False  # the share stays for a lease only if the node kept what it serves
             if self.agent is not None:
-                try:
-                    await self.agent.stop(self.id, reason, warm=warm)
-                except HwschedError:
-                    warm = False  # the node kept nothing: the share goes too
+                with contextlib.suppress(HwschedError):
+                    warm = await self.agent.stop(self.id, reason, warm=self.warm)
             with contextlib.suppress(HwschedError):
                 await self.scheduler.end(self.id, reason)
             if self.share is not None:

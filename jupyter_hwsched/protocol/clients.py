@@ -150,13 +150,15 @@ class AgentClient(JsonClient):
         kernel_id = started.get("kernel_id") if isinstance(started, dict) else None
         return str(kernel_id) if kernel_id else None
 
-    async def stop(self, session_id: str, reason: str, warm: bool = False) -> None:
-        """End the session; ``warm``: keep it warm, as its start asked (agent/warm.py)."""
+    async def stop(self, session_id: str, reason: str, warm: bool = False) -> bool:
+        """End the session; ``warm``: keep it warm, as its start asked (agent/warm.py).
+        Whether the node kept it."""
         path = f"/hwsched/sessions/{session_id}"
         if warm:
-            await self.request("DELETE", path, reason=reason, warm="1")
+            ended = await self.request("DELETE", path, reason=reason, warm="1")
         else:
-            await self.request("DELETE", path, reason=reason)
+            ended = await self.request("DELETE", path, reason=reason)
+        return isinstance(ended, dict) and ended.get("kept_warm") is True
 
     async def interrupt(self, kernel_id: str) -> None:
         await self.request("POST", f"/api/kernels/{kernel_id}/interrupt")

@@ -149,6 +149,7 @@ class NodeCache(LoggingConfigurable):
         home: str,
         mountpoint: Path,
         session_id: str,
+        mount_dir: Path | None = None,
     ) -> SessionCache:
         """Views of the manifest's trees over the share mounted at ``mountpoint``. A tree that
         cannot be served this way is served by the share alone, as before; said in the log."""
@@ -161,7 +162,9 @@ class NodeCache(LoggingConfigurable):
         never = expand_home(self.never_cache, home)
         missing: list[str] = []
         for n, tree in enumerate(manifest.trees):
-            view, target = session_dir / f"view-{n}", session_dir / f"tree-{n}"
+            # the views stay beside the store; the trees may be mounted elsewhere (mount_dir:
+            # the session's own directory, where a runner that binds as the developer reaches)
+            view, target = session_dir / f"view-{n}", (mount_dir or session_dir) / f"tree-{n}"
             try:
                 lower = open_beneath(mountpoint, tree, directory=True)
             except OSError as exc:

@@ -78,9 +78,18 @@ class ShareHandlerBase(JsonHandler):
 
 class SharesHandler(ShareHandlerBase):
     def get(self) -> None:
+        """Every open share: those of live sessions, and those kept for warm leases (with
+        ``warm_lease``, the lease's id)."""
         uid = peer_uid(self)
+        leases = {id(lease.share): lease.id for lease in self.agent.leases.values()}
+        shares = {id(s): s for s in [*self.agent.shares.values()]}
+        shares.update({id(lease.share): lease.share for lease in self.agent.leases.values()})
         self.write_json(
-            [s.describe() for s in self.agent.shares.values() if uid in (0, s.user.pw_uid)]
+            [
+                dict(s.describe(), warm_lease=leases.get(key))
+                for key, s in shares.items()
+                if uid in (0, s.user.pw_uid)
+            ]
         )
 
     async def post(self) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DEV_USER, Pool, Service, free_port
+from harness import DEV_USER, RUNNER_ARGS, Pool, Service, free_port
 
 from jupyter_hwsched.protocol.version import PROTOCOL_VERSION
 
@@ -62,6 +62,22 @@ def _need_e2e() -> None:
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     _need_e2e()
     the_pool = Pool(tmp_path_factory.mktemp("pool"))
+    try:
+        yield the_pool
+    finally:
+        the_pool.stop()
+
+
+@pytest.fixture(scope="module", params=sorted(RUNNER_ARGS))
+def each_runner_pool(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Pool]:
+    """A pool of the module's own for each runner that roots work at the share: a module
+    whose tests must pass with each says ``pool = runner_pools`` (below)."""
+    _need_e2e()
+    the_pool = Pool(
+        tmp_path_factory.mktemp(f"pool-{request.param}"), agent_args=RUNNER_ARGS[request.param]
+    )
     try:
         yield the_pool
     finally:

@@ -17,6 +17,12 @@ from harness import DEV_USER, Pool, ctrl_c, wait_for
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def pool(each_runner_pool: Pool) -> Pool:
+    """These tests pass with each runner that roots work at the share (Docker, bubblewrap)."""
+    return each_runner_pool
+
+
 def test_root_is_the_share_and_files_cross_both_ways(clean_pool: Pool, dev_workspace: Path) -> None:
     token = uuid.uuid4().hex
     (dev_workspace / "written-before.txt").write_text(token)  # just before the run

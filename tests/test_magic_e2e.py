@@ -17,6 +17,12 @@ from jupyter_client.manager import KernelManager
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def pool(each_runner_pool: Pool) -> Pool:
+    """These tests pass with each runner that roots work at the share (Docker, bubblewrap)."""
+    return each_runner_pool
+
+
 class Notebook:
     """A local kernel with the extension loaded; runs cells and collects their outputs."""
 

@@ -14,6 +14,12 @@ from jupyter_client.manager import AsyncKernelManager
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def pool(each_runner_pool: Pool) -> Pool:
+    """These tests pass with each runner that roots work at the share (Docker, bubblewrap)."""
+    return each_runner_pool
+
+
 async def run(kc: Any, code: str, timeout: float = 120) -> tuple[dict[str, Any], str]:
     out: list[str] = []
 

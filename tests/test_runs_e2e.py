@@ -18,6 +18,12 @@ import jupyter_hwsched
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(scope="module")
+def pool(each_runner_pool: Pool) -> Pool:
+    """These tests pass with each runner that roots work at the share (Docker, bubblewrap)."""
+    return each_runner_pool
+
+
 @pytest.fixture
 def jp_root_dir(workspace: Path) -> Path:
     """The server's notebooks, where the node can see them."""

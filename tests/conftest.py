@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from harness import DEV_USER, RUNNER_ARGS, Pool, Service, free_port
 
+from jupyter_hwsched.developer.kernel import registry
 from jupyter_hwsched.protocol.version import PROTOCOL_VERSION
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
@@ -30,6 +31,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _server_stopped_for_good() -> Iterator[None]:
+    """A Jupyter server that stops marks its process as exiting, so that its Remote GPU
+    kernels detach instead of ending (registry.KEEP_ON_EXIT): a real server's process then
+    exits. The tests run many servers in one process: each test starts as a fresh process
+    would, or its kernels would detach and leave their sessions to the lease's expiry."""
+    registry.KEEP_ON_EXIT["active"] = False
+    yield
+    registry.KEEP_ON_EXIT["active"] = False
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,17 @@ CPU time; ``remove`` kills everything in them.
 
 Each process of the session (a kernel, a restart of it, a command) is a sandbox of its own
 over the same mounts, started by the node's own ``sh`` and ``setpriv`` (never a program of
-the share, which is the developer's): the shell joins the session's cgroups, ``setpriv``
-becomes the developer, and ``bwrap`` runs unprivileged in a user namespace of the
-developer's where the node allows them (Debian does). Work as root (for the operator's
-``root_users``) runs with every capability dropped.
+the share, which is the developer's), with the node's environment (the session's reaches the
+sandbox alone, as ``--setenv`` options read from a file): the shell joins the session's
+cgroups, ``setpriv`` takes the developer's real uid, gid and groups and keeps root's
+effective ids, and ``bwrap`` then works as a setuid-root bubblewrap does: it makes the mounts,
+opening what it binds as the developer (so the agent's paths to a session's mounts are
+searchable by all: see service.py), and runs the work as the developer with no capability.
+No user namespace is needed. Work as root (for the operator's ``root_users``) runs with every
+capability dropped.
+
+Warm leases keep no sandbox (``binds_devices`` is false): a sandbox's devices are bound when
+its process starts, so each session on such a node starts cold.
 """
 
 from __future__ import annotations

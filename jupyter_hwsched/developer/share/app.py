@@ -268,16 +268,20 @@ class ShareAgent:
     ) -> ShareGrant:
         """The lease's share for a new session: the same credentials, a fresh manifest (by
         which the node checks what it kept), the lease named."""
-        lease.in_use = session_id
+        lease.in_use, lease.ended = session_id, 0.0
         lease.keep = min(keep_warm, self.app.keep_warm_max) if keep_warm else lease.keep
         self.shares[session_id] = lease.share
-        creds = replace(lease.creds, lease=lease.id)
-        if self.caching(trees) and lease.trees:
+        # the manifest of the trees this session asks for: where they are not those the
+        # node's views serve, or a file of them changed, the node starts the session cold
+        wanted = list(trees or [])
+        manifest = None
+        if self.caching(wanted):
             share = lease.share
             log = str(share.opens_log) if share.sftp_command != "internal-sftp" else ""
             loop = asyncio.get_running_loop()
-            manifest = await loop.run_in_executor(None, self.manifest, share.user, lease.trees, log)
-            creds = replace(creds, cache=manifest)
+            manifest = await loop.run_in_executor(None, self.manifest, share.user, wanted, log)
+        lease.trees = wanted
+        creds = replace(lease.creds, lease=lease.id, cache=manifest)
         self.log.info("session %s uses warm lease %s", session_id, lease.id)
         return creds
 
@@ -335,7 +339,7 @@ class ShareAgent:
             if keep:
                 self.shares.pop(session_id, None)
                 self.trees.pop(session_id, None)
-                lease.in_use, lease.expires = "", time.time() + lease.keep
+                lease.in_use, lease.expires, lease.ended = "", time.time() + lease.keep, 0.0
                 if lease.trees:
                     read = [p for p in share.opened_paths() if under(p, lease.trees)]
                     self.hot_sets.record(share.user.pw_uid, read)
@@ -359,6 +363,9 @@ class ShareAgent:
             if not lease.in_use and lease.expires <= now:
                 await self.end_lease(lease, "idle for its keep-warm time")
         for session_id, share in list(self.shares.items()):
+            kept = next((x for x in self.leases.values() if x.in_use == session_id), None)
+            if kept is not None and kept.ended and now - kept.ended < LEASE_GRACE:
+                continue  # its client is about to say whether the node kept the session
             try:
                 session = await self.scheduler(share.user).session(session_id)
             except NotFoundError:
@@ -368,6 +375,11 @@ class ShareAgent:
                 self.log.warning("cannot check session %s: %s", session_id, exc)
                 continue
             if session.state == "ended":
+                if kept is not None and not kept.ended:
+                    # the node reports the end before the client closes the share, keeping
+                    # it or not: wait for the client that long, no longer
+                    kept.ended = now
+                    continue
                 await self.close(session_id, f"session ended ({session.end_reason})")
 
     async def close_all(self) -> None:
@@ -377,6 +389,11 @@ class ShareAgent:
             await self.close(session_id, "the share agent is stopping")
         for client in self._schedulers.values():
             client.close()
+
+
+#: how long a share kept for a warm lease waits, after its session ended, for its client to
+#: say whether the node kept the session (the node tells the scheduler first)
+LEASE_GRACE = 10.0
 
 
 @dataclass
@@ -390,6 +407,7 @@ class ShareLease:
     keep: float  # seconds it stays after the session that used it last
     in_use: str = ""  # the session using it now
     expires: float = 0.0
+    ended: float = 0.0  # when the scheduler first said its session ended (see watch)
     trees: list[str] = field(default_factory=list)
 
     @property

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DEV_USER, RUNNER_ARGS, Pool, call_json, wait_for
+from harness import DEV_USER, Pool, call_json, wait_for
 from jupyter_client.manager import AsyncKernelManager
 
 pytestmark = pytest.mark.e2e
@@ -44,24 +44,11 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(scope="module", params=sorted(RUNNER_ARGS))
-def runner_pool(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[Pool]:
-    pool = Pool(
-        tmp_path_factory.mktemp(f"runner-{request.param}"), agent_args=RUNNER_ARGS[request.param]
-    )
-    try:
-        yield pool
-    finally:
-        pool.stop()
-
-
 @pytest.fixture
-def clean_runner_pool(runner_pool: Pool) -> Iterator[Pool]:
-    runner_pool.assert_clean()
-    yield runner_pool
-    runner_pool.assert_clean(timeout=60)
+def clean_runner_pool(each_runner_pool: Pool) -> Iterator[Pool]:
+    each_runner_pool.assert_clean()
+    yield each_runner_pool
+    each_runner_pool.assert_clean(timeout=60)
 
 
 def test_the_work_sees_the_developers_files_and_only_its_own_gpus(

@@ -332,18 +332,23 @@ class NodeService:
                 _still_wanted(session)
             await self.scheduler.mark_running(session.id, self.node_name)
         except BaseException as exc:
-            # this path undoes what it made, also when end_session came in meanwhile
-            reason = session.end_reason or f"the node could not start the session: {exc}"
-            self.sessions.pop(session.id, None)
-            await self._teardown(session)
-            await self._report_end(session.id, reason)
-            if isinstance(exc, HwschedError):
+            failure = await self._start_failed(session, exc)
+            if failure is exc:
                 raise
-            raise UnavailableError(reason) from exc
+            raise failure from exc
         finally:
             session.starting.set_result(None)
         self.log.info("session %s running (%s) for uid %d", session.id, spec.kind, session.uid)
         return session
+
+    async def _start_failed(self, session: NodeSession, exc: BaseException) -> BaseException:
+        """Undo a start that failed, also when end_session came in meanwhile; what to raise:
+        the error itself if it is one of ours, else one that gives the reason."""
+        reason = session.end_reason or f"the node could not start the session: {exc}"
+        self.sessions.pop(session.id, None)
+        await self._teardown(session)
+        await self._report_end(session.id, reason)
+        return exc if isinstance(exc, HwschedError) else UnavailableError(reason)
 
     async def _teardown(self, session: NodeSession) -> None:
         """Kernel, command, container, mount, files: once, whatever state the session is in."""
@@ -532,13 +537,10 @@ class NodeService:
             _still_wanted(session)
             await self.scheduler.mark_running(session.id, self.node_name)
         except BaseException as exc:
-            reason = session.end_reason or f"the node could not start the session: {exc}"
-            self.sessions.pop(session.id, None)
-            await self._teardown(session)
-            await self._report_end(session.id, reason)
-            if isinstance(exc, HwschedError):
+            failure = await self._start_failed(session, exc)
+            if failure is exc:
                 raise
-            raise UnavailableError(reason) from exc
+            raise failure from exc
         finally:
             session.starting.set_result(None)
         self.log.info(

@@ -81,14 +81,14 @@ class SharesHandler(ShareHandlerBase):
         """Every open share: those of live sessions, and those kept for warm leases (with
         ``warm_lease``, the lease's id)."""
         uid = peer_uid(self)
-        leases = {id(lease.share): lease.id for lease in self.agent.leases.values()}
-        shares = {id(s): s for s in [*self.agent.shares.values()]}
-        shares.update({id(lease.share): lease.share for lease in self.agent.leases.values()})
+        lease_of = {id(lease.share): lease.id for lease in self.agent.leases.values()}
+        shares = [*self.agent.shares.values(), *(x.share for x in self.agent.leases.values())]
+        unique = {id(share): share for share in shares}  # a lease's share may be in use
         self.write_json(
             [
-                dict(s.describe(), warm_lease=leases.get(key))
-                for key, s in shares.items()
-                if uid in (0, s.user.pw_uid)
+                dict(share.describe(), warm_lease=lease_of.get(key))
+                for key, share in unique.items()
+                if uid in (0, share.user.pw_uid)
             ]
         )
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything jupyter-hwsched needs on a fresh Debian 12 machine (run as root):
-# Debian packages (Docker Engine, bubblewrap, sshfs, OpenSSH server, Chromium), a virtual environment
+# Debian packages (Docker Engine, bubblewrap, Slurm with MUNGE and accounting over MariaDB, sshfs,
+# OpenSSH server, Chromium), a virtual environment
 # with the package and its test dependencies, and a non-root developer account for tests.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need=()
-for pkg in docker.io sshfs openssh-server openssh-sftp-server fuse3 bubblewrap python3-venv python3-dev procps psmisc iproute2 chromium fonts-dejavu-core; do
+for pkg in docker.io sshfs openssh-server openssh-sftp-server fuse3 bubblewrap slurmctld slurmd slurm-client slurmdbd munge mariadb-server mariadb-client python3-venv python3-dev procps psmisc iproute2 chromium fonts-dejavu-core; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # Node.js and npm build the JupyterLab extension (any Node >= 18; Debian's when none is there)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DEV_USER, RUNNER_ARGS, Pool, Service, free_port
+from harness import DEV_USER, POOL_KINDS, Pool, Service, free_port
 
 from jupyter_hwsched.developer.kernel import registry
 from jupyter_hwsched.protocol.version import PROTOCOL_VERSION
@@ -70,6 +70,15 @@ def _need_e2e() -> None:
         )
 
 
+def _need_slurm() -> None:
+    """Slurm's daemons and MariaDB for accounting; missing, the tests fail (never skip)."""
+    from jupyter_hwsched.scheduler.slurm.local import missing_programs
+
+    missing = missing_programs(accounting=True)
+    if missing:
+        pytest.fail(f"the Slurm tests need {', '.join(missing)} (bash scripts/setup.sh)")
+
+
 @pytest.fixture(scope="session")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     _need_e2e()
@@ -80,16 +89,16 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
         the_pool.stop()
 
 
-@pytest.fixture(scope="module", params=sorted(RUNNER_ARGS))
+@pytest.fixture(scope="module", params=list(POOL_KINDS))
 def each_runner_pool(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Pool]:
-    """A pool of the module's own for each runner that roots work at the share: a module
-    whose tests must pass with each says ``pool = runner_pools`` (below)."""
+    """A pool of the module's own for each runner that roots work at the share, and one
+    placed by Slurm: a module whose tests must pass on each says ``pool = each_runner_pool``."""
     _need_e2e()
-    the_pool = Pool(
-        tmp_path_factory.mktemp(f"pool-{request.param}"), agent_args=RUNNER_ARGS[request.param]
-    )
+    if request.param == "slurm":
+        _need_slurm()
+    the_pool = Pool(tmp_path_factory.mktemp(f"pool-{request.param}"), **POOL_KINDS[request.param])
     try:
         yield the_pool
     finally:

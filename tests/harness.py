@@ -31,7 +31,9 @@ from typing import Any
 
 import psutil
 
+from jupyter_hwsched.agent.gpus import parse_simulated
 from jupyter_hwsched.protocol.pki import init_ca, issue
+from jupyter_hwsched.scheduler.slurm.local import LocalNode, LocalSlurm
 
 DEV_USER = "hwdev"
 #: the developer machine a pool with identities calls this machine
@@ -43,6 +45,15 @@ LEASE = 4.0
 RUNNER_ARGS: dict[str, tuple[str, ...]] = {
     "docker": (),
     "bwrap": ("--AgentApp.runner_class=jupyter_hwsched.agent.bwrap_runner.BwrapRunner",),
+}
+
+
+#: the pools the client-facing tests run on: each runner that roots work at the share, and
+#: placement by a real Slurm (with the Docker runner)
+POOL_KINDS: dict[str, dict[str, Any]] = {
+    "docker": {},
+    "bwrap": {"agent_args": RUNNER_ARGS["bwrap"]},
+    "slurm": {"placement": "slurm"},
 }
 
 
@@ -170,10 +181,14 @@ class Pool:
         node_timeout: float = 10.0,
         lease: float = LEASE,
         identities: bool = False,
+        placement: str = "builtin",
+        scheduler_args: tuple[str, ...] = (),
     ) -> None:
         """``identities``: TLS with a pool CA made for the pool, and callers with identities:
         the share agent vouches for this machine's users (as machine ``MACHINE``), the node
-        signs for itself, and the pool token is the operator's; clients run without it."""
+        signs for itself, and the pool token is the operator's; clients run without it.
+        ``placement="slurm"``: sessions are placed by a private Slurm started for the pool
+        (with accounting), whose one node is the pool's node."""
         Pool._count += 1
         self.workdir = workdir
         self.agent_args = agent_args
@@ -205,6 +220,14 @@ class Pool:
             {k: v for k, v in self.env.items() if k != "HWSCHED_TOKEN"} if identities else self.env
         )
         me = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
+        self.slurm: LocalSlurm | None = None
+        if placement == "slurm":
+            self.slurm = start_local_slurm(self.state / "slurm", self.node, simulate)
+            scheduler_args = (
+                "--Scheduler.backend=slurm",
+                f"--SlurmBackend.slurm_conf={self.slurm.conf}",
+                *scheduler_args,
+            )
         self.services = [
             Service(
                 "scheduler",
@@ -216,6 +239,7 @@ class Pool:
                     f"--lease={lease}",
                     f"--node-timeout={node_timeout}",
                     "--SchedulerApp.tick_interval=0.25",
+                    *scheduler_args,
                     *self.tls_args("scheduler", "scheduler", "SchedulerApp"),
                     *(
                         [f"--ca-file={self.ca}", f"--SchedulerApp.revoked_file={self.revoked}"]
@@ -308,6 +332,8 @@ class Pool:
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
+        if self.slurm is not None:
+            self.slurm.stop()
         self._remove_what_agents_left()
         shutil.rmtree(self.state, ignore_errors=True)
 
@@ -409,6 +435,15 @@ class Pool:
                 found.append(proc)
         return found
 
+    def slurm_jobs(self) -> list[str]:
+        """The Slurm jobs that still hold (or wait for) an allocation, as squeue shows them."""
+        if self.slurm is None:
+            return []
+        out = self.slurm.commands.run(
+            ["squeue", "--noheader", "--format=%i %T %j"]  # active jobs only: squeue's default
+        )
+        return out.strip().splitlines()
+
     def leftovers(self) -> dict[str, Any]:
         left = {
             "held_gpus": self.held_gpus(),
@@ -416,6 +451,7 @@ class Pool:
             "mounts": self.mounts(),
             "shares": self.shares(),
             "processes": self.session_processes(),
+            "slurm_jobs": self.slurm_jobs(),
         }
         return {k: v for k, v in left.items() if v}
 
@@ -463,6 +499,13 @@ class Pool:
             text=True,
             start_new_session=True,
         )
+
+
+def start_local_slurm(directory: Path, node: str, simulate: str) -> LocalSlurm:
+    """A private Slurm (with accounting) whose one node is ``node`` with these GPUs."""
+    local = LocalSlurm(directory, [LocalNode(node, parse_simulated(simulate, node))], True)
+    local.start()
+    return local
 
 
 def ctrl_c(proc: subprocess.Popen[str]) -> None:

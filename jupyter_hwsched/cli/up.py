@@ -21,9 +21,12 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
 
+from jupyter_hwsched.agent.gpus import discover, parse_simulated
 from jupyter_hwsched.developer.discovery import remove_discovery, write_discovery
 from jupyter_hwsched.protocol.pki import init_ca, issue
 from jupyter_hwsched.protocol.settings import DEFAULT_SCHEDULER_PORT
+from jupyter_hwsched.scheduler.slurm.commands import SlurmCommands, SlurmError
+from jupyter_hwsched.scheduler.slurm.local import LocalNode, LocalSlurm, missing_programs
 
 DEFAULT_SIMULATED = "2xA100-80GB"
 RUNNERS = {
@@ -123,6 +126,14 @@ def parser() -> argparse.ArgumentParser:
         "or as plain processes on this machine (host: for a machine without either, such as a "
         "binder; the environment is this machine's own, so nothing is lost)",
     )
+    p.add_argument(
+        "--placement",
+        choices=("builtin", "slurm"),
+        default="builtin",
+        help="who places sessions: the pool's own scheduler (builtin, the default) or Slurm "
+        "(slurm: the Slurm that SLURM_CONF or /etc/slurm names, if it answers; else a private "
+        "one-machine Slurm started here, never writing /etc/slurm)",
+    )
     p.add_argument("--lab", action="store_true", help="also run JupyterLab")
     p.add_argument("--lab-port", type=int, default=8888, help="JupyterLab port (default 8888)")
     return p
@@ -142,10 +153,15 @@ def up(argv: list[str]) -> int:
     me = [sys.executable, "-m", "jupyter_hwsched.cli.hwsched"]
     db = Path(jupyter_data_dir()) / "hwsched" / "up.sqlite"
     children: list[Child] = []
+    slurm: LocalSlurm | None = None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        placement: list[str] = []
+        if args.placement == "slurm":
+            conf, slurm = slurm_for(args)
+            placement = ["--Scheduler.backend=slurm", f"--SlurmBackend.slurm_conf={conf}"]
         children.append(
             Child(
                 "scheduler",
@@ -158,6 +174,7 @@ def up(argv: list[str]) -> int:
                     f"--certfile={tls['scheduler'].cert}",
                     f"--keyfile={tls['scheduler'].key}",
                     f"--ca-file={tls['ca']}",
+                    *placement,
                 ],
                 operator_env,
                 "HWSCHED_SCHEDULER_READY",
@@ -245,6 +262,11 @@ def up(argv: list[str]) -> int:
                     f"  node        {agent_line.split(' ', 2)[2]}"
                     + ("  <- SIMULATED GPUs: NVML found no GPU here" if simulated else ""),
                     f"  share       {share_socket}",
+                    *(
+                        [f"  placement   Slurm: export SLURM_CONF={conf} for squeue, sacct"]
+                        if placement
+                        else []
+                    ),
                     *([f"  JupyterLab  {lab_url}"] if lab_url else []),
                     "Try: hwrun --gpu 1 -- sh -c 'hostname; echo GPUs $CUDA_VISIBLE_DEVICES'",
                     "     in a notebook: %load_ext jupyter_hwsched, then %%hwrun --gpu 1",
@@ -261,10 +283,42 @@ def up(argv: list[str]) -> int:
                 return 1
             time.sleep(0.5)
         return 0
-    except RuntimeError as exc:
+    except (RuntimeError, SlurmError) as exc:
         print(f"hwsched up: error: {exc}", file=sys.stderr)
         return 1
     finally:
         remove_discovery()
         for child in reversed(children):
             child.stop()
+        if slurm is not None:
+            slurm.stop()
+
+
+def slurm_for(args: argparse.Namespace) -> tuple[str, LocalSlurm | None]:
+    """The Slurm to place sessions with: one that already answers (this node must be one of
+    its nodes), else a private one started here for this machine's GPUs."""
+    existing = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    # only with a configuration file: without one Slurm's clients look for it in DNS
+    if os.path.exists(existing) and SlurmCommands(existing, timeout=10).ping():
+        print(f"hwsched up: placing with the running Slurm (SLURM_CONF={existing})", flush=True)
+        return existing, None
+    if args.simulate_gpus:
+        gpus = parse_simulated(args.simulate_gpus, args.node_name)
+    else:
+        inventory = discover("", args.node_name, DEFAULT_SIMULATED)
+        gpus = inventory.gpus()
+        inventory.close()
+    accounting = not missing_programs(accounting=True)
+    local = LocalSlurm(
+        Path(jupyter_data_dir()) / "hwsched" / "slurm",
+        [LocalNode(args.node_name, gpus)],
+        accounting,
+    )
+    print(
+        "hwsched up: starting a private Slurm (munged, slurmctld, slurmd"
+        + (", slurmdbd over MariaDB" if accounting else "; no accounting: slurmdbd is missing")
+        + f") in {local.dir}",
+        flush=True,
+    )
+    local.start()
+    return local.conf, local

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
-from tornado import ioloop, web
+from tornado import web
 from tornado.netutil import bind_sockets
 from traitlets import Float, Integer, List, Unicode, default
 
@@ -25,9 +26,12 @@ from jupyter_hwsched.scheduler.access import (
     end_revoked,
     end_unowned,
 )
-from jupyter_hwsched.scheduler.core import Scheduler
+from jupyter_hwsched.scheduler.core import Scheduler, SettingsError
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.store import Store
+
+#: after a change Slurm should act on (a job submitted), look this often, for this long
+QUICK_LOOK_INTERVAL, QUICK_LOOK_SECONDS = 0.1, 3.0
 
 
 class SchedulerApp(ConfigFileApp, LimitSettings):
@@ -108,7 +112,11 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
 
     async def serve(self, started: asyncio.Future[Any] | None = None) -> None:
         store = Store(self.db)
-        scheduler = Scheduler(store, parent=self)
+        try:
+            scheduler = Scheduler(store, parent=self)
+        except SettingsError as exc:
+            self.log.critical("%s", exc)
+            self.exit(2)
         revocations = Revocations(self.revoked, self.revoked_file)
         verifier = (
             Verifier(self.ca_file, operator_token=self.token, revoked=revocations)
@@ -135,8 +143,7 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
                 end_revoked(scheduler, revocations())
             scheduler.tick()
 
-        ticker = ioloop.PeriodicCallback(tick, self.tick_interval * 1000)
-        ticker.start()
+        ticker = asyncio.create_task(self.tick_loop(scheduler, tick))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -145,9 +152,40 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
             started.set_result(port)
         print(f"HWSCHED_SCHEDULER_READY {url}", flush=True)
         await stop.wait()
-        ticker.stop()
+        ticker.cancel()
         server.stop()
         store.close()
+
+    async def tick_loop(self, scheduler: Scheduler, tick: Callable[[], None]) -> None:
+        """The periodic duties, every ``tick_interval``; under Slurm each round first asks
+        Slurm (off the event loop) what it did, and more often just after a change, since
+        Slurm often starts a job the moment it is submitted."""
+        wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def wake_soon() -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        scheduler.wake = wake_soon
+        quick_until = 0.0
+        while True:
+            if scheduler.slurm is not None:
+                asked, placed = scheduler.slurm_jobs()
+                seen = await loop.run_in_executor(None, scheduler.slurm.look, asked, placed)
+                scheduler.take_slurm_view(seen, asked)
+            try:
+                tick()
+            except Exception:  # a duty that fails must not stop the others for good
+                self.log.exception("scheduler tick failed")
+            now = loop.time()
+            if wake.is_set():
+                wake.clear()
+                quick_until = now + QUICK_LOOK_SECONDS
+            interval = QUICK_LOOK_INTERVAL if now < quick_until else self.tick_interval
+            try:
+                await asyncio.wait_for(wake.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
 
 
 def main(argv: list[str]) -> None:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from traitlets import Bool, Dict, Float, Instance, Int, Type, default
+from traitlets import Bool, Dict, Enum, Float, Instance, Int, Type, default
 from traitlets.config import LoggingConfigurable
 
 from jupyter_hwsched.protocol.errors import (
@@ -37,7 +37,18 @@ from jupyter_hwsched.scheduler.placement import (
     impossible_reason,
 )
 from jupyter_hwsched.scheduler.queue import Plan, plan, queue_order
+from jupyter_hwsched.scheduler.slurm.backend import (
+    Observation,
+    SlurmBackend,
+    end_words,
+    refused_settings,
+    waiting_words,
+)
 from jupyter_hwsched.scheduler.store import Store
+
+
+class SettingsError(ValueError):
+    """The scheduler's configuration cannot work; the message says what to change."""
 
 
 class Scheduler(LoggingConfigurable):
@@ -91,6 +102,14 @@ class Scheduler(LoggingConfigurable):
         config=True,
         help="Place later requests around a blocked one where that delays nothing.",
     )
+    backend = Enum(
+        ["builtin", "slurm"],
+        "builtin",
+        config=True,
+        help="Who decides which request starts where: 'builtin' (this scheduler's queue, "
+        "quotas, fair share and backfill) or 'slurm' (each session is a Slurm job; see "
+        "SlurmBackend; the queue settings above are then Slurm's own).",
+    )
     placement = Instance(PlacementPolicy)
     store = Instance(Store)
 
@@ -101,6 +120,16 @@ class Scheduler(LoggingConfigurable):
     def __init__(self, store: Store, clock: Callable[[], float] = time.time, **kw: Any) -> None:
         super().__init__(store=store, **kw)
         self.clock = clock
+        self.slurm: SlurmBackend | None = None
+        if self.backend == "slurm":
+            refused = refused_settings(self.config.get("Scheduler", {}))
+            if refused:
+                raise SettingsError("; ".join(refused))
+            self.slurm = SlurmBackend(parent=self)
+        self.observation = Observation()  # Slurm's last view (under Slurm)
+        self._asked: set[str] = set()  # the jobs that view covers
+        #: the wake-up of the loop that asks Slurm (app.py): a change it should see soon
+        self.wake: Callable[[], None] = lambda: None
         self.nodes: dict[str, Node] = {n.name: n for n in store.nodes()}
         self.live: dict[str, Session] = {s.id: s for s in store.live_sessions()}
         # the scheduler was away, not the nodes and clients: give each a full period to speak
@@ -181,6 +210,7 @@ class Scheduler(LoggingConfigurable):
         for sid, (where, _) in list(self.draining.items()):
             if where == name and sid not in reported:
                 del self.draining[sid]  # torn down: its GPUs are free now
+                self._release_job(sid)
                 changed = True
         for s in list(self.live.values()):
             grace = min(5.0, self.node_timeout / 2)  # a heartbeat may have left before it began
@@ -240,7 +270,8 @@ class Scheduler(LoggingConfigurable):
     ) -> dict[str, Any]:
         """Queue a request (``owner``: the verified account it runs as, where the pool has
         identities); the answer carries the session's secret, this once."""
-        self._check_queue_cap(user)
+        if self.slurm is None:
+            self._check_queue_cap(user)  # under Slurm, a QOS's MaxSubmitJobsPerUser
         reason = impossible_reason(request, self.node_views())
         if reason:
             everywhere = [NodeView(n.name, n.gpus, set(), n.labels) for n in self.nodes.values()]
@@ -271,6 +302,8 @@ class Scheduler(LoggingConfigurable):
         )
         secret = secrets.token_urlsafe(24)
         session.secret_hash = hashlib.sha256(secret.encode()).hexdigest()
+        if self.slurm is not None:
+            session.job = self._submit_job(session)
         session.seq = self.store.add_session(session)
         self.live[session.id] = session
         self.log.info("session %s queued for %s@%s: %s", session.id, user, host, request)
@@ -317,6 +350,8 @@ class Scheduler(LoggingConfigurable):
         now = self.clock()
         if drain and session.holding and session.node:
             self.draining[session_id] = (session.node, list(session.gpu_ids))
+        elif session.job and self.slurm is not None:
+            self.slurm.cancel([session.job])  # else once the node has torn it down
         session.state, session.ended, session.end_reason = "ended", now, reason
         self.store.save_session(session)
         self._add_usage(session.user, session.allocated_seconds(now), now)
@@ -338,11 +373,19 @@ class Scheduler(LoggingConfigurable):
                 self.end(s.id, f"time limit of {limit:g} s reached", replan=False, drain=True)
             elif s.node and s.node not in up:
                 self.end(s.id, f"node {s.node} stopped sending heartbeats", False)
+        for sid, (where, _) in list(self.draining.items()):
+            if where not in up:  # a lost node tears nothing down: Slurm may have its GPUs
+                del self.draining[sid]
+                self._release_job(sid)
         self.schedule()
 
     def schedule(self) -> None:
-        """Place what the queue's order, quotas and reservations allow now."""
+        """Place what the queue's order, quotas and reservations allow now (under Slurm:
+        what Slurm has started)."""
         now = self.clock()
+        if self.slurm is not None:
+            self._follow_slurm(now)
+            return
         queued = [s for s in self.live.values() if s.state == "queued"]
         holding = [s for s in self.live.values() if s.holding]
         usage = self.usage_table(now)
@@ -387,6 +430,97 @@ class Scheduler(LoggingConfigurable):
                 f"{int(limit)} GPU(s)"
             )
         return None
+
+    # placement by Slurm (slurm/backend.py)
+
+    def _submit_job(self, session: Session) -> str:
+        assert self.slurm is not None
+        nodes = self.observation.nodes or self.slurm.commands.nodes()
+        who = f"{session.user}@{session.host}"
+        options = self.slurm.options(session.id, session.request, who, session.owner, nodes)
+        job = self.slurm.submit(options)
+        self.log.info("session %s is Slurm job %s (%s)", session.id, job, " ".join(options))
+        self.wake()  # Slurm often starts a job at once: look soon
+        return job
+
+    def _release_job(self, session_id: str) -> None:
+        """Cancel an ended session's Slurm job, once its node has torn the session down."""
+        if self.slurm is not None:
+            ended = self.store.session(session_id)
+            if ended is not None and ended.job:
+                self.slurm.cancel([ended.job])
+
+    def slurm_jobs(self) -> tuple[list[str], set[str]]:
+        """The live sessions' jobs, and those among them already placed: what to ask
+        Slurm about."""
+        jobs = [s.job for s in self.live.values() if s.job]
+        return jobs, {s.job for s in self.live.values() if s.job and s.placed is not None}
+
+    def take_slurm_view(self, observation: Observation, asked: list[str]) -> None:
+        """Take Slurm's latest view (of the jobs in ``asked``) and act on it."""
+        observation.jobs = {j: observation.jobs[j] for j in asked if j in observation.jobs}
+        self.observation = observation
+        self._asked = set(asked)
+        self.schedule()
+
+    def _follow_slurm(self, now: float) -> None:
+        """Place the sessions whose jobs Slurm started, end those whose jobs or nodes it
+        ended, and take queue order, reasons and expected starts from it."""
+        assert self.slurm is not None
+        seen = self.observation
+        asked = self._asked
+        self._plan, self._busy_reasons = Plan(), {}
+        if seen.error:
+            for s in self.live.values():
+                if s.state == "queued":
+                    self._plan.waiting[s.id] = f"Slurm is not answering: {seen.error}"
+            self._positions = {}
+            return
+        down = {self.slurm.agent_name(n.name): n for n in seen.nodes.values() if n.down}
+        for s in list(self.live.values()):
+            if s.job not in asked:
+                continue  # submitted after Slurm was asked: the next look tells
+            job = seen.jobs.get(s.job)
+            if job is None or not job.active:
+                self.end(s.id, end_words(job, s.job, s.node or ""), False, drain=True)
+            elif s.holding and s.node in down:
+                node = down[s.node]
+                why = f"node {s.node} is down in Slurm: {node.reason or node.state}"
+                self.end(s.id, why, False, drain=True)
+            elif s.state == "queued" and s.job in seen.allocations:
+                self._place_from_slurm(s, *seen.allocations[s.job], now)
+        order = {job: i for i, job in enumerate(seen.order)}
+        queued = [s for s in self.live.values() if s.state == "queued"]
+        queued.sort(key=lambda s: (order.get(s.job, len(order)), s.seq))
+        self._plan.order = [s.id for s in queued]
+        self._positions = {s.id: order.get(s.job, len(order)) + 1 for s in queued}
+        for s in queued:
+            job = seen.jobs.get(s.job)
+            if job is not None and job.state == "PENDING":
+                busy = self._compute_busy_reason(s.request)
+                self._plan.waiting[s.id] = waiting_words(job, busy)
+                if job.start is not None:
+                    self._plan.estimates[s.id] = max(job.start, now)
+
+    def _place_from_slurm(
+        self, s: Session, slurm_node: str, gpu_ids: list[int], now: float
+    ) -> None:
+        assert self.slurm is not None
+        node = self.slurm.agent_name(slurm_node)
+        if node not in self.nodes:
+            self.end(
+                s.id,
+                f"Slurm ran job {s.job} on {slurm_node}, where no hwsched node agent is "
+                "registered: start one there (see server/README.md)",
+                False,
+            )
+            return
+        s.state, s.node, s.gpu_ids, s.placed = "placed", node, list(gpu_ids), now
+        self.store.save_session(s)
+        self.wait_histogram.observe(now - s.created)
+        self.log.info(
+            "session %s placed by Slurm (job %s) on %s GPU(s) %s", s.id, s.job, node, gpu_ids
+        )
 
     # fair share
 
@@ -493,7 +627,12 @@ class Scheduler(LoggingConfigurable):
     def pool(self) -> dict[str, Any]:
         """Nodes, their GPUs with holders, and the queue: what ``hwsched status`` shows."""
         queue = [self._view(self.live[sid]) for sid in self._plan.order if sid in self.live]
-        return {"nodes": self.node_list(), "queue": queue, "time": self.clock()}
+        return {
+            "nodes": self.node_list(),
+            "queue": queue,
+            "time": self.clock(),
+            "placement": self.backend,
+        }
 
     def node_list(self) -> list[dict[str, Any]]:
         """The nodes and their GPUs, each with its holder."""

@@ -72,6 +72,7 @@ class Session:
     secret_hash: str = ""  # sha256 of the secret its client shows the node agent
     notebook: str = ""  # the notebook the work comes from, where it comes from one
     owner: Identity | None = None  # the verified account it runs as (pools with identities)
+    job: str = ""  # its Slurm job, where Slurm places sessions
 
     @property
     def live(self) -> bool:
@@ -111,6 +112,7 @@ class Session:
             "secret_hash": self.secret_hash,
             "notebook": self.notebook,
             "owner": json.dumps(self.owner.to_json()) if self.owner else "",
+            "slurm_job": self.job,
         }
 
     @classmethod
@@ -135,6 +137,7 @@ class Session:
             secret_hash=row.get("secret_hash") or "",
             notebook=row.get("notebook") or "",
             owner=Identity.from_json(json.loads(row["owner"])) if row.get("owner") else None,
+            job=row.get("slurm_job") or "",
         )
 
 

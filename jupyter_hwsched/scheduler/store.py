@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     busy           REAL NOT NULL DEFAULT 0,
     secret_hash    TEXT NOT NULL DEFAULT '',
     notebook       TEXT NOT NULL DEFAULT '',
-    owner          TEXT NOT NULL DEFAULT ''  -- JSON Identity, verified; '' without identities
+    owner          TEXT NOT NULL DEFAULT '', -- JSON Identity, verified; '' without identities
+    slurm_job      TEXT NOT NULL DEFAULT ''  -- its Slurm job, where Slurm places sessions
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_ended ON sessions(ended);
@@ -56,6 +57,7 @@ MIGRATIONS = [
     ("sessions", "secret_hash", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "notebook", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "slurm_job", "TEXT NOT NULL DEFAULT ''"),
 ]
 
 

@@ -105,6 +105,19 @@ def each_runner_pool(
         the_pool.stop()
 
 
+@pytest.fixture(scope="module")
+def slurm_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """A pool placed by a private Slurm with accounting, with identities (so that jobs are
+    submitted as their verified owner)."""
+    _need_e2e()
+    _need_slurm()
+    the_pool = Pool(tmp_path_factory.mktemp("slurm-pool"), identities=True, placement="slurm")
+    try:
+        yield the_pool
+    finally:
+        the_pool.stop()
+
+
 @pytest.fixture
 def clean_pool(pool: Pool) -> Iterator[Pool]:
     """The pool, checked clean before and after the test."""

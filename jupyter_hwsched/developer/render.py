@@ -64,14 +64,18 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
         lines.append("[simulated]: no real GPU; NVML found none on that node")
     queue = pool.get("queue") or []
     lines.append("")
-    lines.append(f"queue: {len(queue)} waiting" if queue else "queue: empty")
-    for item in queue:
+    by_slurm = (
+        " (placed by Slurm: squeue shows the same jobs)" if pool.get("placement") == "slurm" else ""
+    )
+    lines.append((f"queue: {len(queue)} waiting" if queue else "queue: empty") + by_slurm)
+    for place, item in enumerate(queue, 1):
         request = item["request"]
         mine = " (you)" if me and item["user"] == me else ""
         eta = item.get("estimated_start")
         expect = f"; expected to start in {_ago(now, eta)}" if eta and eta > now else ""
+        position = item.get("position") or place
         lines.append(
-            f"  {item['position']}. {item['user']}{mine} wants {request['gpus']} GPU(s), "
+            f"  {position}. {item['user']}{mine} wants {request['gpus']} GPU(s), "
             f"waiting {_ago(item['created'], now)}: {item.get('waiting_for', '')}{expect}"
         )
     leases = [(n["name"], lease) for n in pool["nodes"] for lease in n.get("warm_leases") or []]

@@ -137,10 +137,10 @@ class RemoteSession:
         self.secret = info.secret or self.settings.token
         lease = max(1.0, info.lease_expires - info.created)
         self._renewer = asyncio.create_task(self._renew(lease / 3))
-        last_position = None
+        last_shown = None
         while info.state == "queued":
-            if info.position != last_position:
-                last_position = info.position
+            if (info.position, info.waiting_for) != last_shown:  # the place or the reason
+                last_shown = (info.position, info.waiting_for)
                 progress("queued", info)
             await asyncio.sleep(self.settings.poll_interval)
             info = await self.scheduler.session(self.id)

@@ -170,6 +170,10 @@ USAGE_ROW = {
         "gpu_seconds_busy": NUMBER,
         "wait_seconds": NUMBER,
         "busy_fraction": _nullable(NUMBER),
+        "allocated_from": {
+            "type": "string",
+            "enum": ["scheduler", "slurm accounting (sacct)"],
+        },
     },
 }
 
@@ -260,6 +264,8 @@ SPEC: dict[str, Any] = {
                                 "nodes": {"type": "array", "items": _ref("Node")},
                                 "queue": {"type": "array", "items": _ref("Session")},
                                 "time": NUMBER,
+                                # who places sessions: the scheduler's queue, or Slurm
+                                "placement": {"type": "string", "enum": ["builtin", "slurm"]},
                             },
                         },
                         "the pool",

@@ -25,7 +25,20 @@ from jupyter_hwsched.scheduler.core import Scheduler
 from jupyter_hwsched.scheduler.model import Session
 
 #: what everyone may see of another user's session: enough for the pool's view
-PUBLIC_FIELDS = ("id", "user", "state", "node", "gpu_ids", "created", "placed", "request")
+#: what another user may see of a session: what squeue shows everyone, no more
+PUBLIC_FIELDS = (
+    "id",
+    "user",
+    "state",
+    "node",
+    "gpu_ids",
+    "created",
+    "placed",
+    "request",
+    "position",
+    "waiting_for",
+    "estimated_start",
+)
 
 
 class Revocations:

@@ -1,6 +1,7 @@
 """Accounting: GPU-seconds allocated and busy per user, and the Prometheus metrics.
 
-Allocated time runs from placement to end; busy time is the allocated GPUs' utilization as
+Allocated time runs from placement to end (under Slurm: Slurm's own figure, from sacct, where
+Slurm keeps accounting); busy time is the allocated GPUs' utilization as
 the node agents sample it with NVML (simulated GPUs report the load of the work running on
 them), integrated over heartbeats. Both are kept per session in SQLite, so a restarted
 scheduler reports the same figures.
@@ -19,7 +20,14 @@ def usage_report(scheduler: Scheduler, since: float) -> list[dict[str, Any]]:
     and what they used."""
     now = scheduler.clock()
     rows: dict[str, dict[str, Any]] = {}
-    for s in [*scheduler.store.ended_since(since), *scheduler.live.values()]:
+    sessions = [*scheduler.store.ended_since(since), *scheduler.live.values()]
+    # under Slurm, allocated time is Slurm's own accounting (sacct), where it keeps one
+    from_slurm = (
+        scheduler.slurm.usage([s.job for s in sessions if s.job and s.placed is not None])
+        if scheduler.slurm is not None
+        else {}
+    )
+    for s in sessions:
         row = rows.setdefault(
             s.user,
             {
@@ -28,10 +36,15 @@ def usage_report(scheduler: Scheduler, since: float) -> list[dict[str, Any]]:
                 "gpu_seconds_allocated": 0.0,
                 "gpu_seconds_busy": 0.0,
                 "wait_seconds": 0.0,
+                "allocated_from": "scheduler",
             },
         )
         row["sessions"] += 1
-        row["gpu_seconds_allocated"] += s.allocated_seconds(now)
+        if s.job in from_slurm:
+            row["gpu_seconds_allocated"] += from_slurm[s.job]
+            row["allocated_from"] = "slurm accounting (sacct)"
+        else:
+            row["gpu_seconds_allocated"] += s.allocated_seconds(now)
         row["gpu_seconds_busy"] += s.busy
         if s.placed is not None:
             row["wait_seconds"] += s.placed - s.created

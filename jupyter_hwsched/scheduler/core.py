@@ -481,12 +481,12 @@ class Scheduler(LoggingConfigurable):
             if s.job not in asked:
                 continue  # submitted after Slurm was asked: the next look tells
             job = seen.jobs.get(s.job)
-            if job is None or not job.active:
-                self.end(s.id, end_words(job, s.job, s.node or ""), False, drain=True)
-            elif s.holding and s.node in down:
+            if s.holding and s.node in down:  # its job ends too, with a vaguer reason
                 node = down[s.node]
                 why = f"node {s.node} is down in Slurm: {node.reason or node.state}"
                 self.end(s.id, why, False, drain=True)
+            elif job is None or not job.active or (s.holding and job.state != "RUNNING"):
+                self.end(s.id, end_words(job, s.job, s.node or ""), False, drain=True)
             elif s.state == "queued" and s.job in seen.allocations:
                 self._place_from_slurm(s, *seen.allocations[s.job], now)
         order = {job: i for i, job in enumerate(seen.order)}
@@ -580,7 +580,11 @@ class Scheduler(LoggingConfigurable):
         )
         if s.state == "queued":
             record.position = self._positions.get(s.id, len(self._positions) + 1)
-            record.waiting_for = self._plan.waiting.get(s.id) or self._busy_reason(s.request)
+            record.waiting_for = self._plan.waiting.get(s.id) or (
+                f"submitted to Slurm as job {s.job}; Slurm has not scheduled it yet"
+                if s.job
+                else self._busy_reason(s.request)
+            )
             record.estimated_start = self._plan.estimates.get(s.id)
         node = self.nodes.get(s.node) if s.node else None
         if node is not None:

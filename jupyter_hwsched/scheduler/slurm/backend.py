@@ -94,6 +94,9 @@ _END_WORDS = {
     "OUT_OF_MEMORY": "job {job} ran out of memory in Slurm",
     "BOOT_FAIL": "node {node} failed to boot for job {job}",
     "DEADLINE": "job {job} reached its deadline in Slurm",
+    "PENDING": "Slurm put job {job} back in its queue (requeued)",
+    "SUSPENDED": "job {job} was suspended by Slurm",
+    "COMPLETING": "job {job} is ending in Slurm",
 }
 
 

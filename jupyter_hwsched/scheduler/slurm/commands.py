@@ -200,6 +200,8 @@ class SlurmCommands:
                 "--output=/dev/null",
                 "--error=/dev/null",
                 "--nodes=1",
+                # a session cannot move: a job whose node fails ends, it is not queued again
+                "--no-requeue",
                 *options,
                 "--wrap=exec sleep infinity",
             ]

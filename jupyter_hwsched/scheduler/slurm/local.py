@@ -120,10 +120,12 @@ class LocalSlurm:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
             "SchedulerType=sched/backfill",
-            "SchedulerParameters=batch_sched_delay=0",
+            # start a batch job at the next pass, not up to 3 s later; estimate starts every second
+            "SchedulerParameters=batch_sched_delay=0,bf_interval=1",
             "SlurmdParameters=config_overrides",
             "GresTypes=gpu",
-            "ReturnToService=2",
+            # a node an operator sets down stays down; one that stopped answering comes back
+            "ReturnToService=1",
             "MinJobAge=300",
             "KillWait=5",
         ]

@@ -12,6 +12,7 @@ indices are exactly the node agent's GPU indices, simulated or real.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -69,6 +70,11 @@ class LocalSlurm:
         self.nodes = nodes
         self.accounting = accounting
         self.conf = str(directory / "slurm.conf")
+        # munged wants every directory above its socket open to all (a home may not be), and
+        # a socket path is short: the sockets live in /run, one directory per local Slurm
+        tag = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+        self.run_dir = Path("/run/hwsched-slurm") / tag
+        self.munge_socket = self.run_dir / "munge.sock"
         self.commands = SlurmCommands(self.conf, timeout=15)
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
@@ -77,8 +83,9 @@ class LocalSlurm:
     def _paths(self) -> None:
         for sub in ("state", "spool", "log", "run", "dev", "db"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o755)
-        os.chmod(self.dir / "run", 0o755)  # munged: clients must reach its socket
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in (self.run_dir.parent, self.run_dir):
+            os.chmod(path, 0o755)  # munged: every user's clients must reach its socket
         os.chmod(self.dir / "db", 0o700)
 
     def _device_files(self, node: LocalNode) -> list[str]:
@@ -97,7 +104,7 @@ class LocalSlurm:
     def write_config(self) -> None:
         self._paths()
         d = self.dir
-        auth = f"socket={d / 'run' / 'munge.sock'}"
+        auth = f"socket={self.munge_socket}"
         lines = [
             "# written by jupyter-hwsched for a private one-machine Slurm; not /etc/slurm",
             "ClusterName=hwsched",
@@ -135,7 +142,7 @@ class LocalSlurm:
                 "AccountingStorageHost=127.0.0.1",
                 f"AccountingStoragePort={self.dbd_port}",
                 # with slurmdbd, this names the MUNGE socket for it (its own, not the default)
-                f"AccountingStoragePass={d / 'run' / 'munge.sock'}",
+                f"AccountingStoragePass={self.munge_socket}",
                 "AccountingStorageTRES=gres/gpu",
                 "JobAcctGatherType=jobacct_gather/none",
             ]
@@ -258,14 +265,14 @@ class LocalSlurm:
                 "munged",
                 "--foreground",
                 f"--key-file={key}",
-                f"--socket={run / 'munge.sock'}",
+                f"--socket={self.munge_socket}",
                 f"--pid-file={run / 'munged.pid'}",
                 f"--seed-file={run / 'munged.seed'}",
                 f"--log-file={self.dir / 'log' / 'munged.log'}",
                 "--origin=127.0.0.1",
             ],
         )
-        self._wait("munged", 30, (run / "munge.sock").exists)
+        self._wait("munged", 30, self.munge_socket.exists)
 
     def _database(self, timeout: float) -> None:
         """A private MariaDB on a loopback port, with a user for slurmdbd."""
@@ -345,3 +352,4 @@ class LocalSlurm:
                     proc.kill()
                     proc.wait()
         self.procs = []
+        shutil.rmtree(self.run_dir, ignore_errors=True)

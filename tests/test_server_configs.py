@@ -45,3 +45,14 @@ def test_agent_config_names_real_settings() -> None:
     assert set(config.SessionLimits) <= set(SessionLimits.class_trait_names(config=True))
     limits = SessionLimits(config=config).resolve(HardwareRequest(mem=32 * 2**30))
     assert (limits.memory, limits.cpus, limits.tmp) == (32 * 2**30, 8.0, 8 * 2**30)
+
+
+def test_slurm_scheduler_config_names_real_settings() -> None:
+    from jupyter_hwsched.scheduler.slurm.backend import SlurmBackend, refused_settings
+
+    app = SchedulerApp()
+    app.initialize([f"--config={SERVER / 'scheduler_slurm_config.py'}"])
+    assert app.config.Scheduler.backend == "slurm"
+    assert set(app.config.Scheduler) <= set(Scheduler.class_trait_names(config=True))
+    assert set(app.config.SlurmBackend) <= set(SlurmBackend.class_trait_names(config=True))
+    assert refused_settings(app.config.Scheduler) == []  # the example would start

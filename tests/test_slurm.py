@@ -191,6 +191,20 @@ class FakeSlurm:
         self.allocations[job] = (node, gpu_ids)
 
 
+def slurm_config(tmp_path: Path) -> Config:
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("# never read: the commands are the test's stand-in\n")
+    return Config({"Scheduler": {"backend": "slurm"}, "SlurmBackend": {"slurm_conf": str(conf)}})
+
+
+def test_a_missing_slurm_conf_is_refused_before_any_command_runs(tmp_path: Path) -> None:
+    config = Config(
+        {"Scheduler": {"backend": "slurm"}, "SlurmBackend": {"slurm_conf": "/nowhere/slurm.conf"}}
+    )
+    with pytest.raises(SettingsError, match=r"/nowhere/slurm.conf does not exist: set c\.Slurm"):
+        Scheduler(Store(tmp_path / "s.sqlite"), config=config)
+
+
 @pytest.fixture
 def fake() -> FakeSlurm:
     return FakeSlurm()
@@ -198,11 +212,7 @@ def fake() -> FakeSlurm:
 
 @pytest.fixture
 def sched(tmp_path: Path, fake: FakeSlurm) -> Scheduler:
-    s = Scheduler(
-        Store(tmp_path / "s.sqlite"),
-        clock=Clock(),
-        config=Config({"Scheduler": {"backend": "slurm"}}),
-    )
+    s = Scheduler(Store(tmp_path / "s.sqlite"), clock=Clock(), config=slurm_config(tmp_path))
     assert s.slurm is not None
     s.slurm.commands = fake  # type: ignore[assignment]
     s.register_node("a", "http://a", gpus(2))
@@ -327,7 +337,7 @@ def test_a_restarted_scheduler_knows_each_sessions_job(
     tmp_path: Path, sched: Scheduler, fake: FakeSlurm
 ) -> None:
     sid = sched.submit(make_request(gpus=1), "ann", "dev-1")["id"]
-    again = Scheduler(sched.store, config=Config({"Scheduler": {"backend": "slurm"}}))
+    again = Scheduler(sched.store, config=slurm_config(tmp_path))
     assert again.live[sid].job == "101"
 
 

@@ -28,6 +28,7 @@ from jupyter_hwsched.scheduler.access import (
 )
 from jupyter_hwsched.scheduler.core import Scheduler, SettingsError
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
+from jupyter_hwsched.scheduler.slurm.backend import SlurmBackend
 from jupyter_hwsched.scheduler.store import Store
 
 #: after a change Slurm should act on (a job submitted), look this often, for this long
@@ -87,7 +88,7 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
         "lease": "Scheduler.lease_seconds",
         "node-timeout": "Scheduler.node_timeout",
     }
-    classes = [Scheduler]
+    classes = [Scheduler, SlurmBackend]
 
     @default("db")
     def _db_default(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import secrets
 import time
 from collections import Counter
@@ -126,6 +127,12 @@ class Scheduler(LoggingConfigurable):
             if refused:
                 raise SettingsError("; ".join(refused))
             self.slurm = SlurmBackend(parent=self)
+            if not os.path.isfile(self.slurm.commands.conf):
+                # without it, Slurm's commands would look for their controller in DNS
+                raise SettingsError(
+                    f"Slurm's configuration {self.slurm.commands.conf} does not exist: set "
+                    "c.SlurmBackend.slurm_conf (or SLURM_CONF) to the cluster's slurm.conf"
+                )
         self.observation = Observation()  # Slurm's last view (under Slurm)
         self._asked: set[str] = set()  # the jobs that view covers
         #: the wake-up of the loop that asks Slurm (app.py): a change it should see soon

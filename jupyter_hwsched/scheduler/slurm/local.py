@@ -12,10 +12,12 @@ indices are exactly the node agent's GPU indices, simulated or real.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -342,7 +344,16 @@ class LocalSlurm:
         )
 
     def stop(self) -> None:
-        """Stop the daemons, last started first; what Slurm runs stops with slurmd."""
+        """Cancel what still runs, then stop the daemons, last started first. A job's
+        ``slurmstepd`` outlives ``slurmd``, so whatever of this Slurm is left is killed too."""
+        if self.procs:
+            with contextlib.suppress(SlurmError):
+                self.commands.run(["scancel", "--partition=gpu"], ok_codes=(0, 1))
+                deadline = time.monotonic() + 15
+                while self.commands.run(["squeue", "--noheader"]).strip():
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
@@ -352,4 +363,27 @@ class LocalSlurm:
                     proc.kill()
                     proc.wait()
         self.procs = []
+        for pid in self._our_processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _our_processes(self) -> list[int]:
+        """What this Slurm's jobs left: a ``slurmstepd`` started by its slurmd, and the job's
+        processes (each has this SLURM_CONF and a SLURM_JOB_ID in its environment)."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    environ = f.read().split(b"\0")
+                with open(f"/proc/{entry}/comm", "rb") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            in_job = name == b"slurmstepd" or any(v.startswith(b"SLURM_JOB_ID=") for v in environ)
+            if mark in environ and in_job:
+                found.append(int(entry))
+        return found

@@ -218,3 +218,59 @@ def test_queue_order_and_accounting_survive_a_restart(tmp_path: Path, clock: Clo
     assert [again.describe(w)["position"] for w in waiting] == before == [3, 1, 2]
     assert usage_report(again, since=0) == report
     assert again.describe(holder["id"])["state"] == "placed"
+
+
+# resident kernels sharing a GPU
+
+
+@pytest.fixture
+def sched(tmp_path: Path, clock: Clock) -> Scheduler:
+    s = make(tmp_path, clock)
+    s.register_node("a", "http://a", gpus(2))
+    return s
+
+
+def test_shared_kernels_pack_onto_one_gpu_by_memory(sched: Scheduler) -> None:
+    def shared(mem: str) -> str:
+        return str(sched.submit(make_request(gpus=1, gpu_mem=mem, shared=True), "u", "h")["id"])
+
+    a, b, c = shared("30G"), shared("40G"), shared("20G")
+    placed = {sid: sched.record(sid) for sid in (a, b, c)}
+    # 30G + 40G fit one 80G GPU; 20G does not fit beside them, so it opens the second GPU
+    assert placed[a].gpu_ids == placed[b].gpu_ids
+    assert placed[c].gpu_ids != placed[a].gpu_ids and placed[c].state == "placed"
+    # a whole-GPU request cannot take a GPU that kernels share
+    whole = sched.submit(make_request(gpus=1), "v", "h")["id"]
+    assert sched.record(whole).state == "queued"
+    gpus = sched.pool()["nodes"][0]["gpus"]
+    assert [t["session"] for t in gpus[placed[a].gpu_ids[0]]["shared_by"]] == [a, b]
+    # best fit: a small kernel goes where it leaves the least room (the last 10G beside a, b)
+    d = shared("10G")
+    assert sched.record(d).gpu_ids == placed[a].gpu_ids
+    sched.end(c, "done")
+    assert sched.record(whole).state == "placed"  # the second GPU is whole again
+
+
+def test_a_shared_kernel_waits_for_room_without_holding_back_others(sched: Scheduler) -> None:
+    big = sched.submit(make_request(gpus=1, gpu_mem="70G", shared=True), "u", "h")["id"]
+    sched.submit(make_request(gpus=1), "v", "h")  # the other GPU, whole
+    waiting = sched.submit(make_request(gpus=1, gpu_mem="20G", shared=True), "w", "h")["id"]
+    assert sched.record(waiting).state == "queued"
+    sched.end(big, "done")
+    assert sched.record(waiting).state == "placed"
+
+
+def test_memory_the_node_reports_in_use_counts_against_a_gpus_room(sched: Scheduler) -> None:
+    first = sched.submit(make_request(gpus=1, gpu_mem="10G", shared=True), "u", "h")["id"]
+    gpu = sched.record(first).gpu_ids[0]
+    # the kernel uses far more than it asked for, as NVML tells through the heartbeat
+    sched.heartbeat("a", [first], {"memory_used": {str(gpu): 75 * 1024**3}})
+    second = sched.submit(make_request(gpus=1, gpu_mem="10G", shared=True), "v", "h")["id"]
+    assert sched.record(second).gpu_ids != [gpu]
+
+
+def test_a_shared_request_is_one_gpu_with_its_memory() -> None:
+    with pytest.raises(RequestError, match="--shared needs --gpu-mem"):
+        make_request(gpus=1, shared=True)
+    with pytest.raises(RequestError, match="--shared asks for a share of one GPU, not 2"):
+        make_request(gpus=2, gpu_mem="10G", shared=True)

@@ -48,6 +48,8 @@ def request_options(request: HardwareRequest) -> list[str]:
     ):
         if value:
             out += [flag, value]
+    if request.shared:
+        out.append("--shared")
     return out
 
 
@@ -56,7 +58,9 @@ def display_name(request: HardwareRequest, python: str | None) -> str:
     if request == HardwareRequest() and not python:
         return "Remote GPU (shared env)"
     gpus = f"{request.gpus} x {request.gpu_type}" if request.gpu_type else f"{request.gpus} GPU"
-    if request.gpu_mem:
+    if request.shared and request.gpu_mem:
+        gpus = f"{format_memory(request.gpu_mem)} of a shared {request.gpu_type or 'GPU'}"
+    elif request.gpu_mem:
         gpus += f" {format_memory(request.gpu_mem)}+"
     env = Path(python).resolve().parent.parent.name if python else "shared env"
     return f"Remote GPU: {gpus} ({env})"
@@ -117,6 +121,8 @@ def default_name(request: HardwareRequest, python: str | None) -> str:
     parts = [DEFAULT_NAME, f"{request.gpus}gpu"]
     if request.gpu_type:
         parts.append(request.gpu_type.replace("|", "-").lower())
+    if request.shared:
+        parts[1] = f"shared-{format_memory(request.gpu_mem or 0).lower()}"
     if python:
         parts.append(Path(python).resolve().parent.parent.name.lower())
     return "-".join(parts)

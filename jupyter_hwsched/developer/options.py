@@ -42,6 +42,14 @@ REQUEST_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ("--cpus",),
         {"default": None, "metavar": "N", "help": "CPU cores for the run (node default)"},
     ),
+    (
+        ("--shared",),
+        {
+            "action": "store_true",
+            "help": "a share of one GPU for a kept kernel (with --gpu-mem): its cells take "
+            "turns with the other kernels on that GPU",
+        },
+    ),
 ]
 
 
@@ -67,4 +75,5 @@ def request_from_args(ns: argparse.Namespace) -> HardwareRequest:
         priority=ns.priority,
         mem=ns.mem,
         cpus=ns.cpus,
+        shared=bool(getattr(ns, "shared", False)),
     )

@@ -75,6 +75,11 @@ REQUEST = {
         "cpus": _nullable(
             {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": MAX_CPUS}
         ),
+        "shared": {
+            "type": "boolean",
+            "default": False,
+            "description": "a share of one GPU (gpu_mem of it) for a resident kernel",
+        },
     },
 }
 SESSION = {
@@ -131,6 +136,18 @@ POOL_GPU = {
                 "since": _nullable(NUMBER),
                 "utilization": _nullable(NUMBER),
                 "memory_used": _nullable(NUMBER),
+                "shared_by": {
+                    "type": "array",
+                    "description": "resident kernels sharing the GPU",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "user": STRING,
+                            "session": STRING,
+                            "gpu_mem": _nullable(INTEGER),
+                        },
+                    },
+                },
             },
         },
     ]

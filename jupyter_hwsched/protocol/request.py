@@ -61,6 +61,9 @@ class HardwareRequest:
     priority: int = 0  # higher goes first; MIN_PRIORITY..MAX_PRIORITY
     mem: int | None = None  # the session's memory limit, bytes (None: the node's default)
     cpus: float | None = None  # the session's CPU limit, in cores (None: the node's default)
+    #: a share of one GPU (``gpu_mem`` of its memory) for a resident kernel, its cells run
+    #: one at a time with the GPU's other kernels' (agent/gate.py), rather than a whole GPU
+    shared: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +84,7 @@ class HardwareRequest:
         return make_request(**{k: data[k] for k in FIELDS if k in data})
 
 
-FIELDS = ("gpus", "gpu_type", "gpu_mem", "timeout", "node", "priority", "mem", "cpus")
+FIELDS = ("gpus", "gpu_type", "gpu_mem", "timeout", "node", "priority", "mem", "cpus", "shared")
 MAX_CPUS = 4096
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=\-]*$")
@@ -96,6 +99,7 @@ def make_request(
     priority: Any = 0,
     mem: Any = None,
     cpus: Any = None,
+    shared: Any = False,
 ) -> HardwareRequest:
     """Build a request from loosely typed values, raising :class:`RequestError` on bad ones."""
     gpus = _whole(gpus, "--gpu", "write e.g. --gpu 1")
@@ -142,6 +146,17 @@ def make_request(
             ) from None
         if not 0 < cpus <= MAX_CPUS:  # NaN fails this too
             raise RequestError(f"--cpus must be more than 0 and at most {MAX_CPUS}, got {cpus:g}")
+    if not isinstance(shared, bool):
+        raise RequestError(f"shared must be true or false, got {shared!r}")
+    if shared and gpus != 1:
+        raise RequestError(
+            f"--shared asks for a share of one GPU, not {gpus}: use --gpu 1, or leave out "
+            "--shared for whole GPUs"
+        )
+    if shared and gpu_memory is None:
+        raise RequestError(
+            "--shared needs --gpu-mem: the GPU memory the kernel may use, e.g. --gpu-mem 20G"
+        )
     return HardwareRequest(
         gpus=gpus,
         gpu_type=gpu_type,
@@ -151,6 +166,7 @@ def make_request(
         priority=priority,
         mem=parse_memory(mem, "--mem"),
         cpus=cpus,
+        shared=shared,
     )
 
 

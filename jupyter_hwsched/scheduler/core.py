@@ -245,24 +245,35 @@ class Scheduler(LoggingConfigurable):
     def node_views(self) -> list[NodeView]:
         now = self.clock()
         held: dict[str, set[int]] = {}
+        shared: dict[str, dict[int, int]] = {}
         for s in self.live.values():
-            if s.holding and s.node:
+            if s.holding and s.node and s.request.shared:
+                promised = shared.setdefault(s.node, {})
+                for i in s.gpu_ids:
+                    promised[i] = promised.get(i, 0) + (s.request.gpu_mem or 0)
+            elif s.holding and s.node:
                 held.setdefault(s.node, set()).update(s.gpu_ids)
         for where, gpu_ids in self.draining.values():
             held.setdefault(where, set()).update(gpu_ids)
-        return [
-            NodeView(
-                n.name,
-                n.gpus,
-                set(n.by_index) - held.get(n.name, set()),
-                n.labels,
-                n.by_index,
-                frozenset(n.warm),
-                frozenset(lease["warm_key"] for lease in n.leases if not lease.get("in_use")),
+        views = []
+        for n in self.nodes.values():
+            if not n.up(now, self.node_timeout):
+                continue
+            on_node = shared.get(n.name, {})
+            views.append(
+                NodeView(
+                    n.name,
+                    n.gpus,
+                    set(n.by_index) - held.get(n.name, set()) - set(on_node),
+                    n.labels,
+                    n.by_index,
+                    frozenset(n.warm),
+                    frozenset(lease["warm_key"] for lease in n.leases if not lease.get("in_use")),
+                    {i: used for i, used in on_node.items() if i not in held.get(n.name, set())},
+                    {i: used for i in n.by_index if (used := n.memory_used(i))},
+                )
             )
-            for n in self.nodes.values()
-            if n.up(now, self.node_timeout)
-        ]
+        return views
 
     # sessions
 
@@ -648,18 +659,30 @@ class Scheduler(LoggingConfigurable):
     def node_list(self) -> list[dict[str, Any]]:
         """The nodes and their GPUs, each with its holder."""
         now = self.clock()
-        holders = {(s.node, i): s for s in self.live.values() if s.holding for i in s.gpu_ids}
+        holders: dict[tuple[str | None, int], list[Session]] = {}
+        for s in sorted(self.live.values(), key=lambda s: s.seq):
+            if s.holding:
+                for i in s.gpu_ids:
+                    holders.setdefault((s.node, i), []).append(s)
         nodes = []
         for node in sorted(self.nodes.values(), key=lambda n: n.name):
             gpus = []
             for gpu in node.gpus:
-                holder = holders.get((node.name, gpu["index"]))
+                on_gpu = holders.get((node.name, gpu["index"]), [])
+                holder = on_gpu[0] if on_gpu else None
+                tenants = [
+                    {"user": s.user, "session": s.id, "gpu_mem": s.request.gpu_mem}
+                    for s in on_gpu
+                    if s.request.shared
+                ]
                 gpus.append(
                     dict(
                         gpu,
-                        holder=holder.user if holder else None,
+                        holder=", ".join(sorted({s.user for s in on_gpu})) if on_gpu else None,
                         session=holder.id if holder else None,
                         since=holder.placed if holder else None,
+                        # resident kernels sharing it, each with the memory it was promised
+                        shared_by=tenants,
                         utilization=node.utilization(gpu["index"]),
                         memory_used=node.memory_used(gpu["index"]),
                     )

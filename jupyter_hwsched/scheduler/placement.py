@@ -7,7 +7,7 @@ a session's GPUs share one container. Swap the policy with ``c.Scheduler.placeme
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
@@ -29,6 +29,20 @@ class NodeView:
     warm: frozenset[str] = frozenset()
     #: developers with a warm lease here that no session uses (``warm_key``s)
     leased: frozenset[str] = frozenset()
+    #: GPUs shared by resident kernels: index -> bytes of memory promised to them (such a
+    #: GPU is not free for a whole-GPU request)
+    shared: dict[int, int] = field(default_factory=dict)
+    #: GPU memory in use as the node last reported it (NVML), by index
+    reported: dict[int, int] = field(default_factory=dict)
+
+    def room(self, index: int) -> int:
+        """Memory of a GPU that a new shared kernel may still be promised: what is neither
+        promised nor, by the node's last report, in use."""
+        gpu = self.gpu(index)
+        if gpu is None:
+            return 0
+        taken = max(self.shared.get(index, 0), self.reported.get(index, 0))
+        return int(gpu["memory"]) - taken
 
     def gpu(self, index: int) -> dict[str, Any] | None:
         if self.by_index is None:
@@ -149,6 +163,32 @@ class SpreadPlacement(_FitPlacement):
 
     def rank(self, free: int) -> int:
         return -free
+
+
+def choose_shared(
+    request: HardwareRequest, nodes: list[NodeView], warm: str = ""
+) -> tuple[str, list[int]] | None:
+    """A GPU for a shared kernel (``request.gpu_mem`` of it): best fit by memory. A GPU that
+    other kernels share already comes before a free one, and among those the one left with the
+    least room, so that whole GPUs stay whole; a node warm for the developer comes first."""
+    assert request.gpu_mem is not None
+    match = Matcher(replace(request, gpu_mem=None))  # the GPU's whole size is not the point
+    best: tuple[tuple[bool, bool, bool, int, str, int], str, int] | None = None
+    for node in nodes:
+        if not node.accepts(request):
+            continue
+        for index in [*node.shared, *node.free]:
+            gpu = node.gpu(index)
+            if gpu is None or not match(gpu):
+                continue
+            left = node.room(index) - request.gpu_mem
+            if left < 0:
+                continue
+            fresh = index not in node.shared
+            key = (warm not in node.leased, warm not in node.warm, fresh, left, node.name, index)
+            if best is None or key < best[0]:
+                best = (key, node.name, index)
+    return None if best is None else (best[1], [best[2]])
 
 
 def impossible_reason(request: HardwareRequest, nodes: list[NodeView]) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 from jupyter_hwsched.protocol.cache_manifest import warm_key
 from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.scheduler.model import Session
-from jupyter_hwsched.scheduler.placement import Matcher, NodeView, PlacementPolicy
+from jupyter_hwsched.scheduler.placement import Matcher, NodeView, PlacementPolicy, choose_shared
 
 QuotaCheck = Callable[[Session, Counter[str], Counter[str]], str | None]
 
@@ -127,8 +127,9 @@ def plan(
             groups[s.group] += len(s.gpu_ids)
     timeline = Timeline(holding, now, runtime)
     largest = max((len(v.free) for v in views), default=0)  # most free GPUs on one node
+    sharing = any(s.request.shared for s in ordered)  # a shared kernel may fit a busy GPU
     for rank, session in enumerate(ordered):
-        if largest == 0 and rank >= estimate_limit:
+        if largest == 0 and rank >= estimate_limit and not sharing:
             break  # nothing can be placed and no estimate is wanted: the rest simply wait
         why = quota(session, users, groups)
         if why:
@@ -136,18 +137,27 @@ def plan(
             continue
         reservation = result.reservation
         choice = None
-        if session.request.gpus <= largest:  # else no node has room: skip the search
+        warm = warm_key(session.host, session.user)
+        if session.request.shared:
+            choice = choose_shared(session.request, _usable(views, reservation, session, now), warm)
+        elif session.request.gpus <= largest:  # else no node has room: skip the search
             usable = _usable(views, reservation, session, now)
-            choice = policy.choose(session.request, usable, warm_key(session.host, session.user))
+            choice = policy.choose(session.request, usable, warm)
         if choice is not None:
             node, gpu_ids = choice
             by_name[node].free -= set(gpu_ids)
+            if session.request.shared:
+                shared = by_name[node].shared
+                shared[gpu_ids[0]] = shared.get(gpu_ids[0], 0) + (session.request.gpu_mem or 0)
             largest = max((len(v.free) for v in views), default=0)
             users[session.user] += len(gpu_ids)
             if session.group:
                 groups[session.group] += len(gpu_ids)
             result.placements.append((session, node, gpu_ids))
             timeline.add(_as_holding(session, node, gpu_ids, now))
+            continue
+        if session.request.shared:
+            result.waiting[session.id] = ""  # no reservation: a share fits as kernels end
             continue
         start = timeline.earliest_start(session, views) if rank < estimate_limit else None
         if start is not None:

@@ -185,6 +185,12 @@ class SlurmBackend(LoggingConfigurable):
     ) -> list[str]:
         """sbatch options for a session; a request Slurm cannot express is refused here,
         with what to ask for instead."""
+        if request.shared:
+            raise RequestError(
+                "--shared GPUs are not offered where Slurm places sessions: ask for a whole "
+                "GPU (leave out --shared); Slurm's own GPU sharing (its 'shard' GRES) is not "
+                "used by this pool"
+            )
         options = [
             f"--job-name=hwsched-{session_id}",
             f"--comment=hwsched session {session_id} for {who}",

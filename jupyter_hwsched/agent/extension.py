@@ -31,6 +31,7 @@ from jupyter_hwsched.agent.runner import Runner
 from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.serving import AGENT_LIMITS, LimitSettings, limit_server
 from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.agent.sharing import SharedGpus
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.clients import SchedulerClient
 from jupyter_hwsched.protocol.errors import KernelStartError
@@ -194,8 +195,12 @@ class AgentApp(ExtensionApp, LimitSettings):
                 limits=SessionLimits(parent=self),
                 cache=self.node_cache(),
                 log=self.log,
+                sharing=SharedGpus(parent=self),
             )
             self.settings["hwsched_node"] = self.node
+            kernels: Any = server.kernel_manager  # kernels.NodeKernelManager
+            kernels.on_cell_done = self.node.kernel_cell_done
+            kernels.on_restart = self.node.kernel_restarted
             self.node.remove_leftovers()
         except Exception as exc:
             # jupyter_server would log this and serve on without the extension, half-loaded:

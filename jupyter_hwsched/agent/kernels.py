@@ -15,6 +15,7 @@ run directory, and what this records is a report, not a permission.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_server._tz import utcnow
@@ -22,6 +23,18 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 
 
 class NodeKernelManager(AsyncMappingKernelManager):
+    #: told (kernel id, request id) when a kernel goes idle after an execute request, and
+    #: (kernel id) when a kernel restarts: the cell gate of shared GPUs (agent/sharing.py)
+    on_cell_done: Callable[[str, str], None] | None = None
+    on_restart: Callable[[str], None] | None = None
+
+    async def _async_restart_kernel(self, kernel_id: str, now: bool = False) -> None:
+        if self.on_restart is not None:
+            self.on_restart(kernel_id)
+        await super()._async_restart_kernel(kernel_id, now=now)  # type: ignore[no-untyped-call]
+
+    restart_kernel = _async_restart_kernel  # type: ignore[assignment]
+
     def start_watching_activity(self, kernel_id: str) -> None:
         kernel = self._kernels[kernel_id]
         kernel.reason = ""
@@ -34,7 +47,8 @@ class NodeKernelManager(AsyncMappingKernelManager):
             if len(frames) < 5:
                 return
             msg_type = json.loads(frames[1]).get("msg_type")
-            parent_type = json.loads(frames[2]).get("msg_type")
+            parent = json.loads(frames[2])
+            parent_type = parent.get("msg_type")
             tracked = self.track_message_type(parent_type)  # type: ignore[no-untyped-call]
             mine = self.track_message_type(msg_type)  # type: ignore[no-untyped-call]
             if mine or tracked or kernel.execution_state == "busy":
@@ -45,5 +59,8 @@ class NodeKernelManager(AsyncMappingKernelManager):
                     kernel.execution_state = state
                 elif kernel.execution_state == "starting" and state != "starting":
                     kernel.execution_state = "idle"  # jupyter_server's own normalization
+                done = state == "idle" and parent_type == "execute_request"
+                if done and self.on_cell_done is not None:
+                    self.on_cell_done(kernel_id, str(parent.get("msg_id", "")))
 
         kernel._activity_stream.on_recv(record_activity)

@@ -28,6 +28,7 @@ from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import mounts_under, unmount
 from jupyter_hwsched.agent.runner import Runner
 from jupyter_hwsched.agent.sessions import NodeSession, gpu_devices
+from jupyter_hwsched.agent.sharing import SharedGpus
 from jupyter_hwsched.agent.warm import MODULE_FILES, WarmLease, unvalidated
 from jupyter_hwsched.protocol.clients import SchedulerClient
 from jupyter_hwsched.protocol.errors import (
@@ -81,6 +82,7 @@ class NodeService:
         limits: SessionLimits | None = None,
         cache: NodeCache | None = None,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        sharing: SharedGpus | None = None,
     ) -> None:
         self.node_name = node_name
         self.inventory = inventory
@@ -95,6 +97,7 @@ class NodeService:
         self.root_users = frozenset(root_users)
         self.limits = limits if limits is not None else SessionLimits()
         self.cache = cache
+        self.sharing = sharing if sharing is not None else SharedGpus()
         self.log = log or logging.getLogger(__name__)
         self.public_url = ""
         self.sessions: dict[str, NodeSession] = {}
@@ -200,7 +203,8 @@ class NodeService:
                 )
 
     async def check_limits(self) -> None:
-        """End, alone, every session that went over one of its limits, saying which."""
+        """End, alone, every session that went over one of its limits, saying which; and
+        every shared kernel that stays over its GPU memory. Time slicing on shared GPUs."""
         loop = asyncio.get_running_loop()
         for session_id, session in list(self.sessions.items()):
             if session.container_id is None or session.end_reason is not None:
@@ -208,6 +212,33 @@ class NodeService:
             reason = await loop.run_in_executor(None, session.over_limit)
             if reason:
                 await self.end_session(session_id, reason)
+        self.sharing.gate.tick()
+        await self.sharing.check_memory(self.gpu_memory_of, self.end_session)
+
+    def _kernel_session(self, kernel_id: str) -> NodeSession | None:
+        for session in self.sessions.values():
+            if session.kernel_id == kernel_id:
+                return session
+        return None
+
+    def kernel_cell_done(self, kernel_id: str, msg_id: str) -> None:
+        """A kernel went idle after an execute request (kernels.py)."""
+        session = self._kernel_session(kernel_id)
+        if session is not None and session.shared_mem:
+            self.sharing.cell_done(session.id, msg_id)
+
+    def kernel_restarted(self, kernel_id: str) -> None:
+        session = self._kernel_session(kernel_id)
+        if session is not None and session.shared_mem:
+            self.sharing.restarted(session.id)
+
+    def gpu_memory_of(self, session: NodeSession) -> int | None:
+        """The GPU memory a session uses: on simulated GPUs, its container's memory (what
+        the heartbeats report for its GPU); on real ones NVML's per-process figures are not
+        read yet, so None (the scheduler still counts the GPU's total)."""
+        if not self.inventory.simulated or session.container_id is None:
+            return None
+        return self.runner.memory_bytes(session.container_id)
 
     # GPU use
 
@@ -243,12 +274,13 @@ class NodeService:
             used = self.runner.memory_bytes(session.container_id) if session.container_id else None
             if used is None or not session.gpus:
                 continue
-            for gpu in session.gpus:
-                out[str(gpu.index)] = min(gpu.memory, used // len(session.gpus))
+            for gpu in session.gpus:  # kernels sharing a GPU add up
+                total = out.get(str(gpu.index), 0) + used // len(session.gpus)
+                out[str(gpu.index)] = min(gpu.memory, total)
         return out
 
     def stats(self) -> NodeStats:
-        return NodeStats(self.utilization(), self.memory_used())
+        return NodeStats(self.utilization(), self.memory_used(), self.sharing.cell_seconds())
 
     # one session
 
@@ -298,12 +330,19 @@ class NodeService:
         if placed.owner is not None:
             spec = replace(spec, user=placed.owner)
         self._check_placement(placed, spec)
+        shared = placed.request.gpu_mem if placed.request.shared else None
+        if shared and spec.kind != "kernel":
+            await self._report_end(placed.id, "a shared GPU runs resident kernels only")
+            raise ConflictError(
+                "a shared GPU runs resident kernels (%%hwrun --keep, the Remote GPU kernel): "
+                "ask for a whole GPU for a command (leave out --shared)"
+            )
         try:
             limits = self.limits.resolve(placed.request) if self.runner.enforces_limits else None
         except HwschedError as exc:
             await self._report_end(placed.id, str(exc))  # its GPUs go back at once
             raise
-        lease = await self._lease_for(spec, placed, limits)
+        lease = None if shared else await self._lease_for(spec, placed, limits)
         if lease is not None:
             warm = await self._start_in_lease(lease, spec, placed)
             if warm is not None:
@@ -320,8 +359,11 @@ class NodeService:
             limits=limits,
             cache=self.cache,
             host=placed.host,
+            shared_mem=shared,
         )
         self.sessions[session.id] = session
+        if shared:
+            self.sharing.add(session)
         loop = asyncio.get_running_loop()
         session.starting = loop.create_future()
         try:
@@ -346,6 +388,7 @@ class NodeService:
         the error itself if it is one of ours, else one that gives the reason."""
         reason = session.end_reason or f"the node could not start the session: {exc}"
         self.sessions.pop(session.id, None)
+        self.sharing.remove(session.id)
         await self._teardown(session)
         await self._report_end(session.id, reason)
         return exc if isinstance(exc, HwschedError) else UnavailableError(reason)
@@ -374,9 +417,10 @@ class NodeService:
         if session is None:
             return False
         session.end_reason = reason
+        self.sharing.remove(session_id)
         if session.starting is not None and not session.starting.done():
             await asyncio.shield(session.starting)
-        kept = warm and await self._keep_warm(session)
+        kept = warm and not session.shared_mem and await self._keep_warm(session)
         if not kept:
             await self._teardown(session)
         self.log.info("session %s ended: %s", session_id, reason)

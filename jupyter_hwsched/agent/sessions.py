@@ -131,6 +131,8 @@ class NodeSession:
     #: the session whose directories, mount and container these are: itself, or the first
     #: session of the warm lease it runs in (see warm.py)
     home: str = ""
+    #: a resident kernel sharing its GPU: the GPU memory it asked for (see sharing.py)
+    shared_mem: int | None = None
 
     @property
     def uid(self) -> int:

@@ -26,6 +26,7 @@ kernel message goes straight from the ZMQ socket to the websocket.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -73,6 +74,7 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
     pending_bytes = 0  # bytes of kernel messages waiting for the client to catch up
     holding = False  # whether this connection holds the session paused
     binary: bool | None = None  # whether kernel messages pass untouched (see _binary)
+    _sharing: Any = False  # (node, session) if the kernel shares a GPU; False: not looked up
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -102,7 +104,13 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
         self._pass_on(stream, outgoing_msg)
 
     def handle_incoming_message(self, incoming_msg: Any) -> None:
-        """A client's message for the kernel. In the binary protocol with no message types
+        """A client's message for the kernel; a shared kernel's cell waits for its turn on
+        the GPU first (sharing.py)."""
+        if not self._held_for_gpu(incoming_msg):
+            self.forward(incoming_msg)
+
+    def forward(self, incoming_msg: Any) -> None:
+        """A client's message to the kernel. In the binary protocol with no message types
         filtered, its frames are signed and sent at once, rather than queued on the channel's
         stream for the event loop's next turn (what jupyter_server's own path does)."""
         allowed = self.multi_kernel_manager.allowed_message_types
@@ -122,6 +130,55 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
             except zmq.Again:
                 pass
         stream.send_multipart(message)
+
+    # kernels sharing a GPU (sharing.py)
+
+    def _shared(self) -> tuple[Any, Any] | None:
+        """The node and the session, if this kernel shares a GPU (looked up once)."""
+        if self._sharing is False:
+            node, session = self._session()
+            sharing = session is not None and session.shared_mem
+            self._sharing = (node, session) if sharing else None
+        found: tuple[Any, Any] | None = self._sharing or None
+        return found
+
+    def _held_for_gpu(self, incoming_msg: Any) -> bool:
+        """Whether a message of a shared kernel waits for the GPU (it goes on later)."""
+        shared = self._shared()
+        if shared is None:
+            return False
+        node, session = shared
+        if isinstance(incoming_msg, bytes | bytearray | memoryview):
+            channel, frames = deserialize_msg_from_ws_v1(incoming_msg)  # type: ignore[no-untyped-call]
+            header = json.loads(bytes(frames[0])) if frames else {}
+        else:
+            message = json.loads(incoming_msg)
+            channel, header = message.get("channel"), message.get("header") or {}
+        kind = header.get("msg_type")
+        if channel == "shell" and kind == "execute_request":
+            return not node.sharing.execute(session.id, self, incoming_msg, header)
+        if channel == "control" and kind == "interrupt_request":
+            node.sharing.interrupted(session.id)
+        return False
+
+    def say(self, parent: dict[str, Any], text: str) -> None:
+        """A line in the output of the cell that ``parent`` asked for (stderr)."""
+        self._emit("iopub", "stream", {"name": "stderr", "text": text + "\n"}, parent)
+
+    def abort(self, parent: dict[str, Any]) -> None:
+        """Answer a cell that will not run, as a kernel answers one it aborts."""
+        self._emit("iopub", "status", {"execution_state": "busy"}, parent)
+        self._emit("iopub", "status", {"execution_state": "idle"}, parent)
+        self._emit("shell", "execute_reply", {"status": "aborted", "execution_count": None}, parent)
+
+    def _emit(
+        self, channel: str, kind: str, content: dict[str, Any], parent: dict[str, Any]
+    ) -> None:
+        """A message of the agent's own to the client, in order with the kernel's."""
+        if self.channels.get(channel) is None:
+            return  # no client on that channel now
+        message = self.session.msg(kind, content, parent=parent)
+        self.handle_outgoing_message(channel, self.session.serialize(message))
 
     def _pass_on(self, stream: Any, outgoing_msg: Any) -> None:
         """A kernel message to the client: in the binary protocol with nothing to filter, its

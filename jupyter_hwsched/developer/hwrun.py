@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         request = request_from_args(args)
+        if request.shared:
+            raise RequestError(
+                "--shared is for kernels kept resident on a share of a GPU (%%hwrun --keep, "
+                "the Remote GPU kernel); a command gets whole GPUs: leave out --shared"
+            )
         settings = HwschedClient()
         code = asyncio.run(run_command(settings, request, command, progress))
         say(f"command exited with status {code}; GPU released")

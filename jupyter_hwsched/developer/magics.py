@@ -217,6 +217,11 @@ class HwschedMagics(Magics):
 
     def _run_cell(self, args: Any, cell: str) -> RemoteResult | None:
         request = request_from_args(args)
+        if request.shared and not (args.keep or self.kept is not None):
+            raise UsageError(
+                "--shared keeps a kernel resident on a share of a GPU: add --keep "
+                "(%%hwrun --keep --shared --gpu-mem 20G)"
+            )
         settings = self.settings()
         settings.check()
         prelude = pack(self.namespace(), names(args.push)) if args.push else None

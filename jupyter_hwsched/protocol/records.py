@@ -493,9 +493,15 @@ class NodeStats:
 
     utilization: dict[str, float] = field(default_factory=dict)  # percent busy
     memory_used: dict[str, int] = field(default_factory=dict)  # bytes
+    #: seconds each shared kernel's cells have run, by session id (agent/sharing.py)
+    cell_seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"utilization": self.utilization, "memory_used": self.memory_used}
+        return {
+            "utilization": self.utilization,
+            "memory_used": self.memory_used,
+            "cell_seconds": self.cell_seconds,
+        }
 
     @classmethod
     def from_json(cls, stats: Any) -> NodeStats:
@@ -505,9 +511,13 @@ class NodeStats:
             if not isinstance(per_gpu, dict) or not all(is_number(v) for v in per_gpu.values()):
                 raise RequestError(f"field 'stats.{key}' must map GPU indices to {unit}")
             found[key] = per_gpu
+        cells = stats.get("cell_seconds", {})
+        if not isinstance(cells, dict) or not all(is_number(v) for v in cells.values()):
+            raise RequestError("field 'stats.cell_seconds' must map session ids to seconds")
         return cls(
             {k: float(v) for k, v in found["utilization"].items()},
             {k: int(v) for k, v in found["memory_used"].items()},
+            {str(k): float(v) for k, v in cells.items()},
         )
 
 

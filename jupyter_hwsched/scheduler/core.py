@@ -205,10 +205,16 @@ class Scheduler(LoggingConfigurable):
         node.last_seen, node.stats = now, stats
         node.warm = warm or set()
         node.leases = leases or []
+        cells = stats.get("cell_seconds") or {}
         for s in self.live.values():
             if s.node == name and s.holding:
                 load = sum((node.utilization(i) or 0.0) for i in s.gpu_ids) / 100.0
-                if load:
+                ran = cells.get(s.id)
+                if s.request.shared and ran is not None and ran != s.cell_seconds:
+                    s.cell_seconds = float(ran)  # the GPU time a shared kernel is charged
+                    s.busy = s.cell_seconds
+                    self.store.save_session(s)
+                elif load and not s.request.shared:
                     s.busy += load * elapsed
                     self.store.save_session(s)
         self.store.touch_node(node)

@@ -73,6 +73,7 @@ class Session:
     notebook: str = ""  # the notebook the work comes from, where it comes from one
     owner: Identity | None = None  # the verified account it runs as (pools with identities)
     job: str = ""  # its Slurm job, where Slurm places sessions
+    cell_seconds: float = 0.0  # a shared kernel's cells' run time, as its node reports it
 
     @property
     def live(self) -> bool:
@@ -83,8 +84,11 @@ class Session:
         return self.state in HOLDING_STATES
 
     def allocated_seconds(self, now: float) -> float:
+        """GPU-seconds charged: held time, or for a kernel sharing a GPU, its cells' time."""
         if self.placed is None:
             return 0.0
+        if self.request.shared:
+            return self.cell_seconds
         return len(self.gpu_ids) * max(0.0, (self.ended or now) - self.placed)
 
     def expected_end(self, default_runtime: float) -> float:
@@ -113,6 +117,7 @@ class Session:
             "notebook": self.notebook,
             "owner": json.dumps(self.owner.to_json()) if self.owner else "",
             "slurm_job": self.job,
+            "cell_seconds": self.cell_seconds,
         }
 
     @classmethod
@@ -138,6 +143,7 @@ class Session:
             notebook=row.get("notebook") or "",
             owner=Identity.from_json(json.loads(row["owner"])) if row.get("owner") else None,
             job=row.get("slurm_job") or "",
+            cell_seconds=row.get("cell_seconds") or 0.0,
         )
 
 

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     secret_hash    TEXT NOT NULL DEFAULT '',
     notebook       TEXT NOT NULL DEFAULT '',
     owner          TEXT NOT NULL DEFAULT '', -- JSON Identity, verified; '' without identities
-    slurm_job      TEXT NOT NULL DEFAULT ''  -- its Slurm job, where Slurm places sessions
+    slurm_job      TEXT NOT NULL DEFAULT '', -- its Slurm job, where Slurm places sessions
+    cell_seconds   REAL NOT NULL DEFAULT 0   -- a shared kernel's cells' run time
 );
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions(state);
 CREATE INDEX IF NOT EXISTS sessions_ended ON sessions(ended);
@@ -58,6 +59,7 @@ MIGRATIONS = [
     ("sessions", "notebook", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "owner", "TEXT NOT NULL DEFAULT ''"),
     ("sessions", "slurm_job", "TEXT NOT NULL DEFAULT ''"),
+    ("sessions", "cell_seconds", "REAL NOT NULL DEFAULT 0"),
 ]
 
 

@@ -92,7 +92,10 @@ class RemoteGpuProvisioner(LocalProvisioner):
         )
         if self.asked is None:
             return own
-        return replace(own, gpus=self.asked.gpus, gpu_type=self.asked.gpu_type)
+        asked = self.asked
+        if asked.shared:  # the run asks for a share of a GPU rather than the spec's GPUs
+            return replace(own, gpus=1, gpu_type=asked.gpu_type, gpu_mem=asked.gpu_mem, shared=True)
+        return replace(own, gpus=asked.gpus, gpu_type=asked.gpu_type)
 
     def phase(self, phase: str, info: SessionRecord) -> None:
         """Progress, in the server log and for the server extension: queued with position,

@@ -82,7 +82,14 @@ class RunsHandler(HwschedAPIHandler):
         path = body.get("path")
         if not isinstance(path, str) or not path.strip("/"):
             raise RequestError("field 'path' must be the notebook's path")
-        self.reply(self.runs.start(path, body.get("gpus", 1), body.get("gpu_type")), status=202)
+        started = self.runs.start(
+            path,
+            body.get("gpus", 1),
+            body.get("gpu_type"),
+            body.get("gpu_mem"),
+            body.get("shared", False),
+        )
+        self.reply(started, status=202)
 
 
 class RunHandler(HwschedAPIHandler):

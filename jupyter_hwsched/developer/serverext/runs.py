@@ -55,8 +55,19 @@ class RunService:
         self.root_dir = os.path.abspath(root_dir)
         self.runs: dict[str, Run] = {}
 
-    def start(self, path: str, gpus: Any, gpu_type: Any = None) -> dict[str, Any]:
-        request = make_request(gpus=gpus, gpu_type=gpu_type or None)  # RequestError: a 400
+    def start(
+        self,
+        path: str,
+        gpus: Any,
+        gpu_type: Any = None,
+        gpu_mem: Any = None,
+        shared: Any = False,
+    ) -> dict[str, Any]:
+        """Start a notebook's kernel on pooled GPUs: whole ones, or (``shared``) ``gpu_mem``
+        of one GPU whose cells take turns with other kernels'."""
+        request = make_request(  # RequestError: a 400
+            gpus=gpus, gpu_type=gpu_type or None, gpu_mem=gpu_mem or None, shared=shared
+        )
         path = path.strip("/")
         run = Run(str(uuid.uuid4()), path, request)
         run.task = asyncio.create_task(self._start(run))

@@ -54,7 +54,7 @@ class CellGate(LoggingConfigurable):
         help="Cells of kernels sharing a GPU that may compute at once.",
     )
     slice_after = Float(
-        60.0,
+        5.0,
         min=0.0,
         config=True,
         help="Seconds a cell may keep a shared GPU's other cells waiting; after that the "

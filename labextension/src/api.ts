@@ -65,10 +65,16 @@ export const api = {
   pool: () => requestAPI<IPool>('pool'),
   cancelSession: (id: string) =>
     requestAPI<ISession>(`sessions/${encodeURIComponent(id)}`, { method: 'DELETE' }),
-  startRun: (path: string, gpus: number, gpuType: string) =>
+  startRun: (path: string, gpus: number, gpuType: string, sharedMem = '') =>
     requestAPI<IRun>('runs', {
       method: 'POST',
-      body: JSON.stringify({ path, gpus, gpu_type: gpuType || null })
+      body: JSON.stringify({
+        path,
+        gpus,
+        gpu_type: gpuType || null,
+        gpu_mem: sharedMem || null,
+        shared: Boolean(sharedMem)
+      })
     }),
   run: (id: string) => requestAPI<IRun>(`runs/${encodeURIComponent(id)}`),
   endRun: (id: string) =>

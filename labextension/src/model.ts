@@ -73,7 +73,12 @@ export interface IPool {
 export interface IGpuRequest {
   gpus: number;
   gpu_type: string;
+  /** A share of one GPU with this much memory ("20G"), for a kernel whose cells take turns
+   * with other kernels' on that GPU; empty or absent: whole GPUs. */
+  shared_mem?: string;
 }
+
+const MEMORY = /^\s*\d+(\.\d+)?\s*[KMGT]?(i?B)?\s*$/i;
 
 export const METADATA_KEY = 'hwsched';
 /** The most GPUs one request may ask for: the protocol's MAX_GPUS_PER_REQUEST (a Python test
@@ -127,12 +132,18 @@ export function formatBytes(bytes: number): string {
 }
 
 /** Why a GPU request cannot be sent, or null when it can. */
-export function checkGpuRequest(gpus: unknown, gpuType: unknown): string | null {
+export function checkGpuRequest(gpus: unknown, gpuType: unknown, sharedMem: unknown = ''): string | null {
   if (typeof gpus !== 'number' || !Number.isInteger(gpus) || gpus < 1 || gpus > MAX_GPUS) {
     return `The GPU count must be a whole number from 1 to ${MAX_GPUS}.`;
   }
   if (typeof gpuType !== 'string' || !/^[A-Za-z0-9_.|-]*$/.test(gpuType)) {
     return 'The GPU type must be a model such as A100, A100-80GB or A100|H100, or empty for any.';
+  }
+  if (typeof sharedMem !== 'string' || (sharedMem !== '' && !MEMORY.test(sharedMem))) {
+    return 'The share of a GPU is its memory, such as 20G or 512M, or empty for whole GPUs.';
+  }
+  if (sharedMem !== '' && gpus !== 1) {
+    return 'A share is of one GPU: ask for 1 GPU, or leave the share empty for whole GPUs.';
   }
   return null;
 }
@@ -142,16 +153,24 @@ export function requestFromMetadata(value: unknown): IGpuRequest | null {
   if (!value || typeof value !== 'object') {
     return null;
   }
-  const meta = value as { gpus?: unknown; gpu_type?: unknown };
+  const meta = value as { gpus?: unknown; gpu_type?: unknown; shared_mem?: unknown };
   const gpuType = meta.gpu_type === undefined || meta.gpu_type === null ? '' : meta.gpu_type;
-  if (checkGpuRequest(meta.gpus, gpuType) !== null) {
+  const shared = meta.shared_mem === undefined || meta.shared_mem === null ? '' : meta.shared_mem;
+  if (checkGpuRequest(meta.gpus, gpuType, shared) !== null) {
     return null;
   }
-  return { gpus: meta.gpus as number, gpu_type: gpuType as string };
+  const request: IGpuRequest = { gpus: meta.gpus as number, gpu_type: gpuType as string };
+  if (shared) {
+    request.shared_mem = (shared as string).trim();
+  }
+  return request;
 }
 
 /** "1 GPU", "2 x A100". */
 export function describeRequest(request: IGpuRequest): string {
+  if (request.shared_mem) {
+    return `${request.shared_mem} of a shared ${request.gpu_type || 'GPU'}`;
+  }
   if (request.gpu_type) {
     return `${request.gpus} x ${request.gpu_type}`;
   }

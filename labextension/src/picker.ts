@@ -20,6 +20,7 @@ import {
 class PickerBody extends Widget implements Dialog.IBodyWidget<IGpuRequest> {
   private count: HTMLInputElement;
   private type: HTMLInputElement;
+  private shared: HTMLInputElement;
 
   constructor(current: IGpuRequest, models: string[]) {
     super();
@@ -42,6 +43,13 @@ class PickerBody extends Widget implements Dialog.IBodyWidget<IGpuRequest> {
       option.value = model;
       list.appendChild(option);
     }
+    this.shared = document.createElement('input');
+    this.shared.name = 'shared_mem';
+    this.shared.placeholder = 'whole GPUs';
+    this.shared.value = current.shared_mem ?? '';
+    this.shared.title =
+      'A share of one GPU with this much memory (e.g. 20G): the kernel keeps its state and ' +
+      'memory there, and its cells take turns with other kernels on that GPU';
     const row = (text: string, input: HTMLElement) => {
       const label = document.createElement('label');
       label.textContent = text;
@@ -51,11 +59,21 @@ class PickerBody extends Widget implements Dialog.IBodyWidget<IGpuRequest> {
     const note = document.createElement('p');
     note.className = 'jp-hwsched-Picker-note';
     note.textContent = 'Kept in this notebook; change it with "Choose GPUs for This Notebook".';
-    this.node.append(row('GPUs', this.count), row('GPU type', this.type), list, note);
+    this.node.append(
+      row('GPUs', this.count),
+      row('GPU type', this.type),
+      row('Share of one GPU (memory)', this.shared),
+      list,
+      note
+    );
   }
 
   getValue(): IGpuRequest {
-    return { gpus: Number(this.count.value), gpu_type: this.type.value.trim() };
+    const value: IGpuRequest = { gpus: Number(this.count.value), gpu_type: this.type.value.trim() };
+    if (this.shared.value.trim()) {
+      value.shared_mem = this.shared.value.trim();
+    }
+    return value;
   }
 }
 
@@ -75,7 +93,11 @@ export async function pickGpus(panel: NotebookPanel, runLabel = 'Run'): Promise<
   if (!result.button.accept || result.value === null) {
     return null;
   }
-  const problem = checkGpuRequest(result.value.gpus, result.value.gpu_type);
+  const problem = checkGpuRequest(
+    result.value.gpus,
+    result.value.gpu_type,
+    result.value.shared_mem ?? ''
+  );
   if (problem) {
     await showErrorMessage('GPU request', problem);
     return null;

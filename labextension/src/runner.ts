@@ -62,7 +62,8 @@ export class GpuRun {
       this.run = await api.startRun(
         this.panel.context.path,
         this.request.gpus,
-        this.request.gpu_type
+        this.request.gpu_type,
+        this.request.shared_mem ?? ''
       );
       if (this.cancelled) {
         return false; // cancel() came while the request was on its way; release below

@@ -149,6 +149,22 @@ describe('GPU requests', () => {
     expect(requestFromMetadata(undefined)).toBeNull();
   });
 
+  it('takes a share of one GPU by its memory', () => {
+    expect(checkGpuRequest(1, '', '20G')).toBeNull();
+    expect(checkGpuRequest(1, 'A100', '512M')).toBeNull();
+    expect(checkGpuRequest(2, '', '20G')).toMatch(/A share is of one GPU/);
+    expect(checkGpuRequest(1, '', 'lots')).toMatch(/such as 20G/);
+    expect(requestFromMetadata({ gpus: 1, gpu_type: '', shared_mem: '20G' })).toEqual({
+      gpus: 1,
+      gpu_type: '',
+      shared_mem: '20G'
+    });
+    expect(requestFromMetadata({ gpus: 2, shared_mem: '20G' })).toBeNull();
+    expect(describeRequest({ gpus: 1, gpu_type: '', shared_mem: '20G' })).toBe(
+      '20G of a shared GPU'
+    );
+  });
+
   it('describes a request', () => {
     expect(describeRequest({ gpus: 1, gpu_type: '' })).toBe('1 GPU');
     expect(describeRequest({ gpus: 4, gpu_type: '' })).toBe('4 GPUs');

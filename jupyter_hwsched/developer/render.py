@@ -36,6 +36,15 @@ def _memory(gpu: dict[str, Any]) -> str:
     return (f"{gib:.1f}G" if gib >= 1 else f"{round(int(used) / 1024**2)}M") + f"/{total}"
 
 
+def _holder(gpu: dict[str, Any]) -> str:
+    """Who holds a GPU; for one that resident kernels share, how many and how much."""
+    tenants = gpu.get("shared_by") or []
+    if not tenants:
+        return str(gpu.get("holder") or "free")
+    promised = sum(int(t.get("gpu_mem") or 0) for t in tenants)
+    return f"{gpu.get('holder')} (shared by {len(tenants)}, {format_memory(promised)} promised)"
+
+
 def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
     now = float(pool.get("time") or time.time())
     rows = [["NODE", "GPU", "MODEL", "MEMORY", "UTIL", "HELD BY", "SESSION", "FOR"]]
@@ -54,7 +63,7 @@ def render_pool(pool: dict[str, Any], me: str | None = None) -> str:
                     model,
                     _memory(gpu),
                     "-" if util is None else f"{util:.0f}%",
-                    gpu.get("holder") or "free",
+                    _holder(gpu),
                     gpu.get("session") or "-",
                     _ago(gpu.get("since"), now),
                 ]

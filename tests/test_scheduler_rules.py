@@ -274,3 +274,14 @@ def test_a_shared_request_is_one_gpu_with_its_memory() -> None:
         make_request(gpus=1, shared=True)
     with pytest.raises(RequestError, match="--shared asks for a share of one GPU, not 2"):
         make_request(gpus=2, gpu_mem="10G", shared=True)
+
+
+def test_a_shared_kernel_is_charged_its_cells_time_to_the_last_report(sched: Scheduler) -> None:
+    sid = sched.submit(make_request(gpus=1, gpu_mem="10G", shared=True), "u", "h")["id"]
+    sched.mark_running(sid, "a")
+    sched.heartbeat("a", [sid], {"cell_seconds": {sid: 2.5}})
+    sched.end(sid, "released by the client")
+    # the node's next heartbeat carries the final figure of the session it no longer runs
+    sched.heartbeat("a", [], {"cell_seconds": {sid: 3.25}})
+    [row] = usage_report(sched, 0)
+    assert row["gpu_seconds_allocated"] == 3.25  # cell time, not the time it was held

@@ -180,6 +180,7 @@ class NodeService:
         except HwschedError as exc:
             self.log.warning("heartbeat failed: %s", exc)
             return
+        self.sharing.reported(stats.cell_seconds)
         for session_id in reply.end:
             reason = reply.reasons.get(session_id) or "ended by the scheduler"
             await self.end_session(session_id, reason, tell_scheduler=False)

@@ -71,6 +71,8 @@ class SharedGpus(LoggingConfigurable):
         self.channels: dict[str, Channel] = {}  # a session's latest client connection
         self.last_cell: dict[str, dict[str, Any]] = {}  # its latest cell's request header
         self.over_since: dict[str, float] = {}
+        #: ended sessions' final cell time, until a heartbeat has carried it
+        self.unreported: dict[str, float] = {}
 
     # sessions
 
@@ -79,8 +81,11 @@ class SharedGpus(LoggingConfigurable):
 
     def remove(self, session_id: str) -> None:
         """The session ended: its cells leave the gate and the next ones run."""
-        self.sessions.pop(session_id, None)
+        if self.sessions.pop(session_id, None) is None:
+            return
         self._answer_waiting(session_id, "the session ended before the cell could run")
+        self.unreported[session_id] = round(self.gate.charged(session_id), 3)
+        self.gate.cell_seconds.pop(session_id, None)
         self.channels.pop(session_id, None)
         self.last_cell.pop(session_id, None)
         self.over_since.pop(session_id, None)
@@ -126,6 +131,12 @@ class SharedGpus(LoggingConfigurable):
         """A kernel went idle after an execute request: the cell is done."""
         if session_id in self.sessions:
             self.gate.finish(session_id, msg_id)
+            self.log.debug(
+                "cell %s of session %s done; its cells have run %.3f s",
+                msg_id,
+                session_id,
+                self.gate.charged(session_id),
+            )
 
     def _told(self, event: str, cell: Cell, detail: Any) -> None:
         held = cell.payload if isinstance(cell.payload, Held) else None
@@ -197,5 +208,13 @@ class SharedGpus(LoggingConfigurable):
                 )
 
     def cell_seconds(self) -> dict[str, float]:
-        """Seconds each shared kernel's cells have run: the GPU time its user is charged."""
-        return {sid: round(self.gate.charged(sid), 3) for sid in self.sessions}
+        """Seconds each shared kernel's cells have run (the GPU time its user is charged),
+        the sessions that ended since the last heartbeat included, with their final figure."""
+        live = {sid: round(self.gate.charged(sid), 3) for sid in self.sessions}
+        return {**self.unreported, **live}
+
+    def reported(self, sent: dict[str, float]) -> None:
+        """A heartbeat carried these figures: the ended sessions among them are done."""
+        for sid in sent:
+            if sid not in self.sessions:
+                self.unreported.pop(sid, None)

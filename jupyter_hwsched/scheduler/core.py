@@ -217,6 +217,12 @@ class Scheduler(LoggingConfigurable):
                 elif load and not s.request.shared:
                     s.busy += load * elapsed
                     self.store.save_session(s)
+        for sid, ran in cells.items():  # a shared kernel that ended: its final cell time
+            if sid not in self.live:
+                ended = self.store.session(sid)
+                if ended is not None and ended.node == name and ended.request.shared:
+                    ended.cell_seconds = ended.busy = float(ran)
+                    self.store.save_session(ended)
         self.store.touch_node(node)
         reported = set(live)
         changed = False

@@ -200,3 +200,40 @@ def test_a_kernel_over_its_memory_is_warned_then_stopped_alone(
 
     asyncio.run(scenario())
     shared_pool.assert_clean(timeout=60)
+
+
+def test_a_kept_hwrun_cell_shares_the_gpu_and_waits_its_turn(
+    shared_pool: Pool, specs: KernelSpecManager, workspace: Path
+) -> None:
+    """``%%hwrun --keep --shared``: the magic's kernel (JSON websocket protocol, where the
+    Remote GPU kernel speaks the binary one) takes its turn on the same GPU."""
+    from test_magic_e2e import Notebook, text
+
+    use(shared_pool)
+
+    async def scenario() -> None:
+        async with Kernel("shared-20g", specs, workspace) as a:
+            await a.run("import time")
+            busy = asyncio.create_task(a.run(f"time.sleep({SLICE_AFTER + 14}); print('a')"))
+            notebook = await asyncio.to_thread(Notebook, shared_pool, workspace)
+            try:
+                cell = "%%hwrun --keep --shared --gpu-mem 20G\nprint('magic')"
+                ran = await asyncio.to_thread(notebook.run, cell)
+                assert ran["status"] == "ok", ran
+                assert text(ran["outputs"]).strip() == "magic"
+                assert "waiting for the GPU: 1 cell ahead" in text(ran["outputs"], "stderr")
+                [gpu] = shared_pool.pool()["nodes"][0]["gpus"]
+                assert len(gpu["shared_by"]) == 2
+                await asyncio.to_thread(notebook.run, "%hwrun --release")
+                # a share of a GPU is for a kernel that stays: a one-off cell is refused
+                refused = await asyncio.to_thread(
+                    notebook.run, "%%hwrun --shared --gpu-mem 20G\nprint(1)"
+                )
+                assert refused["status"] == "error"
+                assert "add --keep" in refused["reply"]["evalue"], refused
+            finally:
+                await asyncio.to_thread(notebook.close)
+            assert (await busy)[1].strip() == "a"
+
+    asyncio.run(scenario())
+    shared_pool.assert_clean(timeout=60)

@@ -30,7 +30,8 @@ bigger pool never waits longer):
   placed wait all day, since that is one cell. p95 and the maximum are printed too.
 * *lost min/dev* is developer-minutes per developer per day spent waiting for a GPU or for a
   cold start (kernel start and state rebuild) before a cell could run.
-* *held util* is cell wall time over the GPU time held; *pool util* is cell wall time over
+* *held util* is cell wall time over the GPU time held (a GPU is held while any session holds
+  it or a share of it); *pool util* is cell wall time over
   the pool's GPU time from the first request to the last release. Cell wall time is the
   trace's run time at a GPU's full speed.
 * Memory: each developer's kernel peaks at a GPU memory drawn from LogNormal(median
@@ -236,6 +237,7 @@ class Replay:
         self.gates: dict[str, CellGate] = {}
         self.work: dict[tuple[str, int], GpuWork] = {}
         self.cell_of: dict[Cell, tuple[int, float, float]] = {}  # dev, request, placement wait
+        self.tenants: dict[tuple[str, int], tuple[int, float]] = {}  # sessions on a GPU, since
         self.shared = self.policy in SHARED
 
     # plumbing
@@ -259,9 +261,19 @@ class Replay:
         self._collect()
 
     def release(self, session_id: str) -> None:
+        record = self.sched.record(session_id)
         self.sched.end(session_id, "done")
-        self.held += self.now() - self.placed_at.pop(session_id)
+        self.placed_at.pop(session_id)
+        self._occupy(record.node or "", record.gpu_ids, -1)
         self._collect()
+
+    def _occupy(self, node: str, gpu_ids: list[int], change: int) -> None:
+        """Count the GPU time held: a GPU is held while any session holds it (or a share)."""
+        for gpu in gpu_ids:
+            count, since = self.tenants.get((node, gpu), (0, self.now()))
+            if count:
+                self.held += self.now() - since
+            self.tenants[(node, gpu)] = (count + change, self.now())
 
     def _collect(self) -> None:
         """Hand each session the last scheduling pass placed to its waiter."""
@@ -273,6 +285,8 @@ class Replay:
         for sid, when in placed:
             _, on_placed = self.queued.pop(sid)
             self.placed_at[sid] = when
+            record = self.sched.record(sid)
+            self._occupy(record.node or "", record.gpu_ids, +1)
             on_placed(sid)
 
     def wait_seen(self, wait: float) -> None:
@@ -627,9 +641,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[0.0, 10.0, 30.0],
         help="per run: the rebuild costs to show",
     )
-    p.add_argument(
-        "--slice-after", type=float, default=5.0, help="shared GPUs: time slicing after"
-    )
+    p.add_argument("--slice-after", type=float, default=5.0, help="shared GPUs: time slicing after")
     p.add_argument("--target-wait", type=float, default=5.0, help="wait target, seconds")
     p.add_argument("--percentile", type=float, default=99.0, help="percentile held to target")
     p.add_argument(

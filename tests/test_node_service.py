@@ -259,3 +259,37 @@ def test_work_runs_as_the_verified_owner_whatever_the_request_claims(tmp_path: P
         assert (session.uid, session.gid, session.spec.user) == (4321, 4321, owner)
 
     run(tmp_path, scenario, allow_root=False)  # and root is not allowed here at all
+
+
+def test_a_kernels_gpu_memory_on_real_gpus_is_nvmls_figure_for_its_processes(
+    tmp_path: Path,
+) -> None:
+    """What a shared kernel is held to on a real GPU: NVML's per-process memory, summed over
+    the processes of its container (here NVML and the container are stand-ins)."""
+
+    class Nvml(SimulatedInventory):
+        simulated = False
+
+        def process_memory(self) -> dict[int, int]:
+            return {10: 5 * 2**30, 11: 3 * 2**30, 99: 40 * 2**30}  # 99: someone else's
+
+    class Runner(HostRunner):
+        def owns(self, container_id: str, pid: int) -> bool:
+            return container_id == "c1" and pid in (10, 11)
+
+    node = NodeService(
+        node_name=NODE,
+        inventory=Nvml("1xA100-80GB", NODE),
+        runner=Runner(single_user=True),
+        scheduler=SchedulerClient("http://127.0.0.1:1", "t"),
+        kernels=StandInKernels(),
+        state_dir=tmp_path,
+        sshfs_options=[],
+        labels=[],
+    )
+    session = replace(
+        NodeSession("s", "", NODE, None, [], tmp_path, node.runner, []),  # type: ignore[arg-type]
+        container_id="c1",
+    )
+    assert node.gpu_memory_of(session) == 8 * 2**30
+    assert node.gpu_memory_of(replace(session, container_id="c2")) == 0

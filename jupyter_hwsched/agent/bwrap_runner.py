@@ -212,6 +212,10 @@ class BwrapRunner(Runner):
         cgroup = self._cgroups.get(container_id)
         return cgroup.cpu_seconds() if cgroup else None
 
+    def owns(self, container_id: str, pid: int) -> bool:
+        cgroup = self._cgroups.get(container_id)
+        return cgroup is not None and pid in cgroup.pids()
+
     def memory_bytes(self, container_id: str) -> int | None:
         cgroup = self._cgroups.get(container_id)
         return cgroup.memory_bytes() if cgroup else None

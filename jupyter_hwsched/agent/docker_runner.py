@@ -307,6 +307,15 @@ class DockerRunner(Runner):
                 continue
         return None
 
+    def owns(self, container_id: str, pid: int) -> bool:
+        """A container's processes are in its cgroup, whose path names the container: under
+        cgroupfs ``/docker/ID``, under systemd ``docker-ID.scope``."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                return container_id in f.read()
+        except OSError:
+            return False
+
     def memory_bytes(self, container_id: str) -> int | None:
         """From the container's cgroup (v2 memory.current, or v1 memory.usage_in_bytes)."""
         for path in (

@@ -38,6 +38,11 @@ class GpuInventory:
         """Bytes of memory in use per GPU index, as NVML reports it."""
         return {}
 
+    def process_memory(self) -> dict[int, int]:
+        """Bytes of GPU memory each process uses (by host pid, over all GPUs), as NVML
+        reports it; empty where it cannot tell."""
+        return {}
+
     def close(self) -> None:
         pass
 
@@ -129,6 +134,14 @@ class NvmlInventory(GpuInventory):
 
     def memory_used(self) -> dict[int, int]:
         return self._each(lambda h: int(self.nvml.nvmlDeviceGetMemoryInfo(h).used))
+
+    def process_memory(self) -> dict[int, int]:
+        used: dict[int, int] = {}
+        for processes in self._each(self.nvml.nvmlDeviceGetComputeRunningProcesses).values():
+            for process in processes:
+                if process.usedGpuMemory is not None:  # None: the driver cannot tell
+                    used[process.pid] = used.get(process.pid, 0) + int(process.usedGpuMemory)
+        return used
 
     def close(self) -> None:
         try:

@@ -105,6 +105,11 @@ class Runner(LoggingConfigurable):
         It stands in for GPU load where the GPUs are simulated."""
         return None
 
+    def owns(self, container_id: str, pid: int) -> bool:
+        """Whether a process of the host (by pid) is one of this container's (for NVML's
+        per-process GPU memory); runners that cannot tell say no."""
+        return False
+
     def memory_bytes(self, container_id: str) -> int | None:
         """Memory in use by everything in the environment, if the runner can tell. It stands
         in for GPU memory use where the GPUs are simulated."""

@@ -234,12 +234,17 @@ class NodeService:
             self.sharing.restarted(session.id)
 
     def gpu_memory_of(self, session: NodeSession) -> int | None:
-        """The GPU memory a session uses: on simulated GPUs, its container's memory (what
-        the heartbeats report for its GPU); on real ones NVML's per-process figures are not
-        read yet, so None (the scheduler still counts the GPU's total)."""
-        if not self.inventory.simulated or session.container_id is None:
+        """The GPU memory a session uses: on real GPUs, NVML's per-process figures for its
+        container's processes; on simulated ones its container's memory (what the heartbeats
+        report for its GPU). None where it cannot be told."""
+        if session.container_id is None:
             return None
-        return self.runner.memory_bytes(session.container_id)
+        if self.inventory.simulated:
+            return self.runner.memory_bytes(session.container_id)
+        used = self.inventory.process_memory()
+        if not used:
+            return None
+        return sum(b for pid, b in used.items() if self.runner.owns(session.container_id, pid))
 
     # GPU use
 

@@ -30,8 +30,8 @@ bigger pool never waits longer):
   placed wait all day, since that is one cell. p95 and the maximum are printed too.
 * *lost min/dev* is developer-minutes per developer per day spent waiting for a GPU or for a
   cold start (kernel start and state rebuild) before a cell could run.
-* *held util* is cell wall time over the GPU time held (a GPU is held while any session holds
-  it or a share of it); *pool util* is cell wall time over
+* *cell/held* is cell wall time over the GPU time held (a GPU is held while any session holds
+  it or a share of it); *cell/pool* is cell wall time over
   the pool's GPU time from the first request to the last release. Cell wall time is the
   trace's run time at a GPU's full speed.
 * Memory: each developer's kernel peaks at a GPU memory drawn from LogNormal(median
@@ -580,7 +580,7 @@ def compare(trace: list[Developer], args: argparse.Namespace) -> list[tuple[str,
 
 def render(rows: list[tuple[str, Result]], args: argparse.Namespace) -> str:
     pct = f"p{args.percentile:g}"
-    headers = ["policy", "GPUs", "held util", "pool util", f"{pct} wait", "p95 wait"]
+    headers = ["policy", "GPUs", "cell/held", "cell/pool", f"{pct} wait", "p95 wait"]
     headers += ["max wait", "lost min/dev"]
     table = []
     for name, r in rows:
@@ -704,6 +704,7 @@ def main(argv: list[str] | None = None) -> None:
     print()
     rows = compare(trace, args)
     print(render(rows, args))
+    print("cell: cell wall time from the trace (at a GPU's full speed); held: GPU time held")
     baseline = rows[0][1].gpus
     best = min((r for name, r in rows if name in SHARED), key=lambda r: r.gpus)
     aim = baseline / 6

@@ -3,7 +3,11 @@
 Every figure is printed beside a baseline measured in the same run (interleaved with it, so
 drift of a shared machine hits both alike), and as a ratio against it.
 
-1. **Allocate+release cycles per second over HTTP, durable SQLite state.** The real scheduler
+1. **Allocate+release cycles per second over HTTP, durable SQLite state.** Measured with the
+   scheduler's default ``synchronous=FULL`` (the write-ahead log synced at every commit: a
+   change the scheduler answered for survives a power cut) and beside it ``NORMAL`` (synced
+   at checkpoints only: the last changes may be lost on a power cut), with the file system
+   the state is on printed, since what a sync costs is the disk's. The real scheduler
    (``hwsched scheduler``) runs as a separate process on 127.0.0.1 with its state in a SQLite
    file in a temporary directory, pinned to one CPU core with ``sched_setaffinity`` where the
    platform has it (the client threads are pinned to the other cores, when there are any).
@@ -74,6 +78,13 @@ def main() -> None:
         help="HTTP: concurrent client counts, comma separated (default 1,4)",
     )
     parser.add_argument("--warmup", type=int, default=100, help="HTTP: warm-up cycles")
+    parser.add_argument(
+        "--synchronous",
+        type=lambda text: text.split(","),
+        default=["full", "normal"],
+        help="HTTP: SQLite settings to measure (full: every commit survives a power cut, the "
+        "default; normal: the setting before it)",
+    )
     parser.add_argument("--nodes", type=int, default=1000, help="placement: nodes of 8 GPUs")
     parser.add_argument("--queued", type=int, default=10000, help="placement: queued requests")
     parser.add_argument("--decisions", type=int, default=500, help="placement: decisions timed")

@@ -69,9 +69,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 @contextlib.contextmanager
 def scheduler_process(
-    workdir: Path, token: str, cpus: set[int] | None
+    workdir: Path, token: str, cpus: set[int] | None, synchronous: str = "full"
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Start ``hwsched scheduler`` on 127.0.0.1; yield it and its port; always stop it."""
+    """Start ``hwsched scheduler`` on 127.0.0.1 (``synchronous``: its SQLite setting); yield
+    it and its port; always stop it."""
     cmd = [
         sys.executable,
         "-m",
@@ -82,6 +83,7 @@ def scheduler_process(
         f"--db={workdir / 'sched.sqlite'}",
         "--lease=3600",
         "--node-timeout=3600",
+        f"--SchedulerApp.synchronous={synchronous}",
     ]
     env = dict(os.environ, HWSCHED_TOKEN=token)
     out_path, log_path = workdir / "scheduler.out", workdir / "scheduler.log"
@@ -257,7 +259,30 @@ def run_clients(
     return Throughput(sum(c[0] for c in counts), sum(c[1] for c in counts), elapsed, cpu_used)
 
 
+def file_system(path: Path) -> str:
+    """The file system a path is on, as /proc/mounts names it (type and device)."""
+    best = ("", "?", "?")
+    with open("/proc/mounts") as f:
+        for line in f:
+            device, point, kind = line.split()[:3]
+            inside = str(path).startswith(point.rstrip("/") + "/") or str(path) == point
+            if inside and len(point) >= len(best[0]):
+                best = (point, kind, device)
+    return f"{best[1]} ({best[2]} on {best[0]})"
+
+
 def http_benchmark(args: argparse.Namespace, workdir: Path) -> tuple[str, list[str]]:
+    """Each SQLite setting in turn (``args.synchronous``), its rows labelled with it."""
+    tables, notes = [], [f"state on {file_system(workdir)}"]
+    for mode in args.synchronous:
+        report, more = http_rows(args, workdir / mode, mode)
+        tables.append(f"synchronous={mode.upper()}\n{report}")
+        notes += [n for n in more if n not in notes]
+    return "\n\n".join(tables), notes
+
+
+def http_rows(args: argparse.Namespace, workdir: Path, mode: str) -> tuple[str, list[str]]:
+    workdir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
     server_cpus = {max(allowed)} if allowed else None
@@ -270,7 +295,7 @@ def http_benchmark(args: argparse.Namespace, workdir: Path) -> tuple[str, list[s
     if client_cpus:
         notes.append(f"clients pinned to CPU(s) {','.join(map(str, sorted(client_cpus)))}")
     rows: list[list[str]] = []
-    with scheduler_process(workdir, token, server_cpus) as (proc, port):
+    with scheduler_process(workdir, token, server_cpus, mode) as (proc, port):
         server = psutil.Process(proc.pid)
         admin = Client(port, token)
         try:

@@ -12,7 +12,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from tornado import web
 from tornado.netutil import bind_sockets
-from traitlets import Float, Integer, List, Unicode, default
+from traitlets import Enum, Float, Integer, List, Unicode, default
 
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
@@ -29,7 +29,7 @@ from jupyter_hwsched.scheduler.access import (
 from jupyter_hwsched.scheduler.core import Scheduler, SettingsError
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.slurm.backend import SlurmBackend
-from jupyter_hwsched.scheduler.store import Store
+from jupyter_hwsched.scheduler.store import SYNCHRONOUS, Store
 
 #: after a change Slurm should act on (a job submitted), look this often, for this long
 QUICK_LOOK_INTERVAL, QUICK_LOOK_SECONDS = 0.1, 3.0
@@ -51,6 +51,15 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
     )
     token_file = Unicode("", config=True, help="A file (0600) whose first line is the token.")
     tick_interval = Float(1.0, config=True, help="Seconds between lease and node checks.")
+    synchronous = Enum(
+        list(SYNCHRONOUS),
+        "full",
+        config=True,
+        help="SQLite's synchronous setting for the state: 'full' makes every change the "
+        "scheduler answered for durable across a power cut (the write-ahead log is synced at "
+        "each commit); 'normal' is faster but may lose the last changes on a power cut (not "
+        "on a crash of the process). benchmarks/scheduler.py measures both.",
+    )
     certfile = Unicode(
         "", config=True, help="Host certificate to serve HTTPS with (from 'hwsched pki issue')."
     )
@@ -112,7 +121,7 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
         asyncio.run(self.serve())
 
     async def serve(self, started: asyncio.Future[Any] | None = None) -> None:
-        store = Store(self.db)
+        store = Store(self.db, self.synchronous)
         try:
             scheduler = Scheduler(store, parent=self)
         except SettingsError as exc:

@@ -63,16 +63,24 @@ MIGRATIONS = [
 ]
 
 
+#: SQLite's ``synchronous`` settings the store offers (WAL mode): FULL syncs the log at every
+#: commit, so a commit the scheduler answered for survives a power cut; NORMAL syncs it only
+#: at checkpoints, so the last commits may be lost on a power cut (not on a crash)
+SYNCHRONOUS = ("full", "normal")
+
+
 class Store:
     """One SQLite database; the scheduler is its only writer."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, synchronous: str = "full") -> None:
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         for table, column, definition in MIGRATIONS:
             exists = self.db.execute(
                 "SELECT name FROM sqlite_master WHERE type='table' AND name=?", (table,)

@@ -297,6 +297,35 @@ def test_run_cell_on_gpu_shows_text_and_plot(page: Any, lab: Lab, clean_pool: Po
     wait_for(lambda: clean_pool.held_gpus() == [], 30, "the GPU to go back to the pool")
 
 
+def test_run_on_a_share_of_a_gpu_from_the_picker(page: Any, lab: Lab, clean_pool: Pool) -> None:
+    """The picker's "Share of one GPU": the notebook keeps it, and the run's kernel holds a
+    share of a GPU (by its memory), not a whole one."""
+    code = "import time, os\ntime.sleep(4)\nprint('shared', os.environ['CUDA_VISIBLE_DEVICES'])"
+    name = lab.notebook("shared.ipynb", [code], ONE_GPU)
+    open_notebook(page, lab, name)
+    page.click(".jp-hwsched-PickerButton")
+    page.wait_for_selector(".jp-Dialog .jp-hwsched-Picker")
+    page.fill(".jp-hwsched-Picker input[name='shared_mem']", "20G")
+    shot(page, "11-picker-share-of-a-gpu.png")
+    page.click(".jp-Dialog .jp-mod-accept")
+    label = page.locator(".jp-hwsched-PickerButton")
+    wait_for(lambda: label.inner_text() == "20G of a shared GPU", 30, "the picker's label")
+    cell(page, 0).click()
+    page.click(".jp-NotebookPanel-toolbar [data-command='hwsched:run-cells-on-gpu']")
+
+    def shared() -> list[Any]:
+        return [t for n in clean_pool.pool()["nodes"] for g in n["gpus"] for t in g["shared_by"]]
+
+    [tenant] = wait_for(shared, 120, "the run's kernel to hold a share of a GPU")
+    assert tenant["gpu_mem"] == 20 * 1024**3
+    wait_phase(page, 0, "released")
+    text = cell(page, 0).locator(".jp-OutputArea-output").first.inner_text()
+    assert text.startswith("shared "), text
+    saved = save(page, lab, name)
+    assert saved["metadata"]["hwsched"] == {"gpus": 1, "gpu_type": "", "shared_mem": "20G"}
+    wait_for(lambda: not shared() and clean_pool.held_gpus() == [], 30, "the share to go back")
+
+
 def test_whole_notebook_runs_in_one_kernel_and_stops_at_the_first_error(
     page: Any, lab: Lab, clean_pool: Pool
 ) -> None:

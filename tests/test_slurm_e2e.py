@@ -29,11 +29,24 @@ def slurm(pool: Pool, *argv: str) -> str:
     return pool.slurm.commands.run(list(argv))
 
 
-def session_of(pool: Pool, user: str, state: str) -> dict[str, Any] | None:
-    for s in pool.api("GET", "/api/sessions"):
-        if s["user"] == user and s["state"] == state:
-            return dict(s)
-    return None
+def live(pool: Pool) -> set[str]:
+    return {s["id"] for s in pool.api("GET", "/api/sessions")}
+
+
+def session_of(
+    pool: Pool,
+    user: str,
+    state: str,
+    besides: set[str] = frozenset(),  # type: ignore[assignment]
+) -> dict[str, Any] | None:
+    """The newest live session of ``user`` in ``state``, other than ``besides`` (those that
+    were live before the test started the one it looks for)."""
+    found = [
+        s
+        for s in pool.api("GET", "/api/sessions")
+        if s["user"] == user and s["state"] == state and s["id"] not in besides
+    ]
+    return dict(found[-1]) if found else None
 
 
 def running(pool: Pool, seconds: int, gpus: int = 1, timeout: int = 0) -> subprocess.Popen[str]:
@@ -45,9 +58,17 @@ def running(pool: Pool, seconds: int, gpus: int = 1, timeout: int = 0) -> subpro
     )
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """A test's hwrun that may still run: killed, its pipes closed."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=60)
+
+
 def test_squeue_shows_the_job_while_it_runs_and_sacct_its_gpu_time(slurm_pool: Pool) -> None:
+    before = live(slurm_pool)
     proc = running(slurm_pool, 4)
-    session = wait_for(lambda: session_of(slurm_pool, DEV_USER, "running"), 60, "a session")
+    session = wait_for(lambda: session_of(slurm_pool, DEV_USER, "running", before), 60, "a session")
     jobs = slurm(slurm_pool, "squeue", "--noheader", "--format=%i|%j|%u|%T")
     job = next(line.split("|") for line in jobs.splitlines() if session["id"] in line)
     # a job named for the session, submitted as the verified developer, holding its GPU
@@ -84,13 +105,14 @@ def test_squeue_shows_the_job_while_it_runs_and_sacct_its_gpu_time(slurm_pool: P
 
 
 def test_a_queued_request_shows_slurms_reason_and_expected_start(slurm_pool: Pool) -> None:
+    before = live(slurm_pool)
     holder = running(slurm_pool, 120, gpus=2, timeout=600)
-    held = wait_for(lambda: session_of(slurm_pool, DEV_USER, "running"), 60, "the holder")
+    held = wait_for(lambda: session_of(slurm_pool, DEV_USER, "running", before), 60, "the holder")
     waiter = running(slurm_pool, 1)
     try:
 
         def queued_with_estimate() -> dict[str, Any] | None:
-            s = session_of(slurm_pool, DEV_USER, "queued")
+            s = session_of(slurm_pool, DEV_USER, "queued", before)
             waiting = "Resources" in str(s and s["waiting_for"])
             return s if s and waiting and s.get("estimated_start") else None
 
@@ -110,6 +132,9 @@ def test_a_queued_request_shows_slurms_reason_and_expected_start(slurm_pool: Poo
             timeout=60,
         )
         assert "(Slurm: Resources)" in status.stdout and "placed by Slurm" in status.stdout
+    except BaseException:
+        stop(waiter)
+        raise
     finally:
         # the operator ends it (Ctrl-C would not reach hwrun through runuser)
         slurm_pool.api("DELETE", f"/api/sessions/{held['id']}?reason=ended+by+the+test")
@@ -124,8 +149,9 @@ def test_a_queued_request_shows_slurms_reason_and_expected_start(slurm_pool: Poo
 
 @pytest.mark.parametrize("how", ["node down", "scancel"])
 def test_what_slurm_ends_ends_the_session_with_slurms_reason(slurm_pool: Pool, how: str) -> None:
+    before = live(slurm_pool)
     proc = running(slurm_pool, 120)
-    session = wait_for(lambda: session_of(slurm_pool, DEV_USER, "running"), 60, "a session")
+    session = wait_for(lambda: session_of(slurm_pool, DEV_USER, "running", before), 60, "a session")
     node = slurm_pool.node
     try:
         if how == "node down":
@@ -149,6 +175,9 @@ def test_what_slurm_ends_ends_the_session_with_slurms_reason(slurm_pool: Pool, h
         assert expected in err, err
         ended = slurm_pool.api("GET", f"/api/sessions/{session['id']}")
         assert ended["end_reason"] == expected
+    except BaseException:
+        stop(proc)
+        raise
     finally:
         if how == "node down":
             slurm(slurm_pool, "scontrol", "update", f"nodename={node}", "state=resume")

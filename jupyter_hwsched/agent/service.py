@@ -199,9 +199,19 @@ class NodeService:
             if mount is None or session.container_id is None:
                 continue  # still starting
             if not await loop.run_in_executor(None, mount.responsive):
+                reason = await self._why_ended(session_id)
                 await self.end_session(
-                    session_id, "the connection to the developer's share was lost"
+                    session_id, reason or "the connection to the developer's share was lost"
                 )
+
+    async def _why_ended(self, session_id: str) -> str | None:
+        """The scheduler's reason, if it has ended the session: a share closes because its
+        session ended, and the user should read why it ended, not that the share went."""
+        try:
+            record = await self.scheduler.session(session_id)
+        except HwschedError:
+            return None
+        return record.end_reason if record.state == "ended" else None
 
     async def check_limits(self) -> None:
         """End, alone, every session that went over one of its limits, saying which; and

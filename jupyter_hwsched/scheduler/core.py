@@ -527,7 +527,7 @@ class Scheduler(LoggingConfigurable):
         for s in queued:
             job = seen.jobs.get(s.job)
             if job is not None and job.state == "PENDING":
-                busy = self._compute_busy_reason(s.request)
+                busy = self._busy_reason(s.request)  # once per kind of request and pass
                 self._plan.waiting[s.id] = waiting_words(job, busy)
                 if job.start is not None:
                     self._plan.estimates[s.id] = max(job.start, now)

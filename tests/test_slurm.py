@@ -350,3 +350,17 @@ def test_a_running_sessions_job_that_slurm_requeues_ends_the_session(
     fake.jobs_now["101"] = Job("101", "PENDING", "BeginTime", None, "", 1)
     look(sched)
     assert sched.record(sid).end_reason == "Slurm put job 101 back in its queue (requeued)"
+
+
+def test_a_job_slurm_is_still_ending_is_judged_by_how_it_ends(
+    sched: Scheduler, fake: FakeSlurm
+) -> None:
+    sid = sched.submit(make_request(gpus=1), "ann", "dev-1")["id"]
+    fake.run_job("101", "a", [0])
+    look(sched)
+    fake.jobs_now["101"] = Job("101", "COMPLETING", "None", 1000.0, "a", 1)  # after scancel
+    look(sched)
+    assert sched.record(sid).state == "placed"
+    fake.jobs_now["101"] = Job("101", "CANCELLED", "None", 1000.0, "a", 1)
+    look(sched)
+    assert sched.record(sid).end_reason == "job 101 was cancelled in Slurm"

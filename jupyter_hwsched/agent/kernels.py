@@ -28,10 +28,12 @@ class NodeKernelManager(AsyncMappingKernelManager):
     on_cell_done: Callable[[str, str], None] | None = None
     on_restart: Callable[[str], None] | None = None
 
-    async def _async_restart_kernel(self, kernel_id: str, now: bool = False) -> None:
+    async def _async_restart_kernel(self, kernel_id: str, now: bool = False) -> Any:
+        """jupyter_server's restart (its answer: a future of the new kernel's first reply),
+        the gate of shared GPUs told first."""
         if self.on_restart is not None:
             self.on_restart(kernel_id)
-        await super()._async_restart_kernel(kernel_id, now=now)  # type: ignore[no-untyped-call]
+        return await super()._async_restart_kernel(kernel_id, now=now)  # type: ignore[no-untyped-call]
 
     restart_kernel = _async_restart_kernel  # type: ignore[assignment]
 

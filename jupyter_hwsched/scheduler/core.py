@@ -515,6 +515,8 @@ class Scheduler(LoggingConfigurable):
                 node = down[s.node]
                 why = f"node {s.node} is down in Slurm: {node.reason or node.state}"
                 self.end(s.id, why, False, drain=True)
+            elif job is not None and job.state == "COMPLETING":
+                continue  # Slurm is ending it: the next look says how (cancelled, time limit)
             elif job is None or not job.active or (s.holding and job.state != "RUNNING"):
                 self.end(s.id, end_words(job, s.job, s.node or ""), False, drain=True)
             elif s.state == "queued" and s.job in seen.allocations:

@@ -96,7 +96,6 @@ _END_WORDS = {
     "DEADLINE": "job {job} reached its deadline in Slurm",
     "PENDING": "Slurm put job {job} back in its queue (requeued)",
     "SUSPENDED": "job {job} was suspended by Slurm",
-    "COMPLETING": "job {job} is ending in Slurm",
 }
 
 

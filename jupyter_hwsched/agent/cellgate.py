@@ -106,6 +106,10 @@ class CellGate(LoggingConfigurable):
             self._admit(gpu)
         return dropped
 
+    def drop_waiting(self, session: str) -> list[Cell]:
+        """A kernel's waiting cells leave the gate (an interrupt); they are returned."""
+        return self._drop(lambda c: c.session == session)
+
     def tick(self) -> None:
         """Time slicing: on a GPU whose every running cell has run ``slice_after`` seconds,
         the next waiting cell runs beside them."""

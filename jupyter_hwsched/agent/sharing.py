@@ -95,7 +95,12 @@ class SharedGpus(LoggingConfigurable):
         self._answer_waiting(session_id, "the kernel restarted before the cell could run")
 
     def _answer_waiting(self, session_id: str, why: str) -> None:
-        for cell in self.gate.forget(session_id):
+        self._answer(self.gate.forget(session_id), why)
+
+    @staticmethod
+    def _answer(cells: list[Cell], why: str) -> None:
+        """Cells held here that will not run: each is told why and answered as aborted."""
+        for cell in cells:
             held = cell.payload
             if isinstance(held, Held):
                 held.channel.say(held.header, f"{PREFIX}{why}")
@@ -121,11 +126,7 @@ class SharedGpus(LoggingConfigurable):
 
     def interrupted(self, session_id: str) -> None:
         """An interrupt of a kernel: its cells still waiting do not run."""
-        for cell in self.gate._drop(lambda c: c.session == session_id):
-            held = cell.payload
-            if isinstance(held, Held):
-                held.channel.say(held.header, f"{PREFIX}interrupted while waiting for the GPU")
-                held.channel.abort(held.header)
+        self._answer(self.gate.drop_waiting(session_id), "interrupted while waiting for the GPU")
 
     def cell_done(self, session_id: str, msg_id: str) -> None:
         """A kernel went idle after an execute request: the cell is done."""

@@ -67,12 +67,16 @@ async def wait_run(jp_fetch: Any, run_id: str, done: Any, timeout: float = 120) 
 
 
 def hold_every_gpu(pool: Pool) -> list[str]:
-    return [
+    """Two sessions of another user that hold both GPUs. Under Slurm a session is placed
+    when Slurm starts its job, so wait for that: until then the holders queue too."""
+    holders = [
         pool.api("POST", "/api/sessions", {"request": {"gpus": 1}, "user": "other", "host": "h"})[
             "id"
         ]
         for _ in range(2)
     ]
+    wait_for(lambda: len(pool.held_gpus()) == 2, 60, "the other user's sessions to hold both GPUs")
+    return holders
 
 
 async def test_cancelling_a_queued_run_leaves_nothing(

@@ -69,10 +69,12 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 @contextlib.contextmanager
 def scheduler_process(
-    workdir: Path, token: str, cpus: set[int] | None, synchronous: str = "full"
+    workdir: Path, token: str, cpus: set[int] | None, mode: str = "full+group"
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Start ``hwsched scheduler`` on 127.0.0.1 (``synchronous``: its SQLite setting); yield
-    it and its port; always stop it."""
+    """Start ``hwsched scheduler`` on 127.0.0.1 (``mode``: its SQLite ``synchronous`` setting
+    and how it commits, ``group`` or ``each`` write, as in ``full+group``); yield it and its
+    port; always stop it."""
+    synchronous, _, commits = mode.partition("+")
     cmd = [
         sys.executable,
         "-m",
@@ -84,6 +86,7 @@ def scheduler_process(
         "--lease=3600",
         "--node-timeout=3600",
         f"--SchedulerApp.synchronous={synchronous}",
+        f"--SchedulerApp.group_commit={commits != 'each'}",
     ]
     env = dict(os.environ, HWSCHED_TOKEN=token)
     out_path, log_path = workdir / "scheduler.out", workdir / "scheduler.log"
@@ -272,11 +275,13 @@ def file_system(path: Path) -> str:
 
 
 def http_benchmark(args: argparse.Namespace, workdir: Path) -> tuple[str, list[str]]:
-    """Each SQLite setting in turn (``args.synchronous``), its rows labelled with it."""
+    """Each way of writing the state in turn (``args.modes``), its rows labelled with it."""
     tables, notes = [], [f"state on {file_system(workdir)}"]
-    for mode in args.synchronous:
+    for mode in args.modes:
         report, more = http_rows(args, workdir / mode, mode)
-        tables.append(f"synchronous={mode.upper()}\n{report}")
+        synchronous, _, commits = mode.partition("+")
+        how = "one commit per event-loop turn" if commits != "each" else "a commit per write"
+        tables.append(f"synchronous={synchronous.upper()}, {how}\n{report}")
         notes += [n for n in more if n not in notes]
     return "\n\n".join(tables), notes
 

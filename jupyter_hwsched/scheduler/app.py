@@ -12,7 +12,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from tornado import web
 from tornado.netutil import bind_sockets
-from traitlets import Enum, Float, Integer, List, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, List, Unicode, default
 
 from jupyter_hwsched.protocol import settings as env
 from jupyter_hwsched.protocol.appconfig import ConfigFileApp
@@ -26,6 +26,7 @@ from jupyter_hwsched.scheduler.access import (
     end_revoked,
     end_unowned,
 )
+from jupyter_hwsched.scheduler.commits import GroupCommit
 from jupyter_hwsched.scheduler.core import Scheduler, SettingsError
 from jupyter_hwsched.scheduler.handlers import NotFoundHandler, handlers
 from jupyter_hwsched.scheduler.slurm.backend import SlurmBackend
@@ -59,6 +60,14 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
         "scheduler answered for durable across a power cut (the write-ahead log is synced at "
         "each commit); 'normal' is faster but may lose the last changes on a power cut (not "
         "on a crash of the process). benchmarks/scheduler.py measures both.",
+    )
+    group_commit = Bool(
+        True,
+        config=True,
+        help="Commit the state once per turn of the event loop, for every request of that "
+        "turn, and answer each request once its changes are committed (see "
+        "scheduler/commits.py); False commits each write as it is made, which syncs more "
+        "often for the same durability. benchmarks/scheduler.py measures both.",
     )
     certfile = Unicode(
         "", config=True, help="Host certificate to serve HTTPS with (from 'hwsched pki issue')."
@@ -134,10 +143,11 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
             else None
         )
         authenticate = Authenticator(self.token, verifier)
+        commits = GroupCommit(store, scheduler.load, self.log) if self.group_commit else None
         if verifier is not None:
             end_unowned(scheduler)
         app = web.Application(
-            handlers(scheduler, authenticate), default_handler_class=NotFoundHandler
+            handlers(scheduler, authenticate, commits), default_handler_class=NotFoundHandler
         )
         tls = server_context(self.certfile, self.keyfile) if self.certfile else None
         server = limited_server(app, self.server_limits(), ssl_options=tls)
@@ -164,6 +174,8 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
         await stop.wait()
         ticker.cancel()
         server.stop()
+        if commits is not None:
+            commits.close()
         store.close()
 
     async def tick_loop(self, scheduler: Scheduler, tick: Callable[[], None]) -> None:

@@ -137,23 +137,29 @@ class Scheduler(LoggingConfigurable):
         self._asked: set[str] = set()  # the jobs that view covers
         #: the wake-up of the loop that asks Slurm (app.py): a change it should see soon
         self.wake: Callable[[], None] = lambda: None
-        self.nodes: dict[str, Node] = {n.name: n for n in store.nodes()}
-        self.live: dict[str, Session] = {s.id: s for s in store.live_sessions()}
-        # the scheduler was away, not the nodes and clients: give each a full period to speak
-        start = self.clock()
-        for node in self.nodes.values():
-            node.last_seen = max(node.last_seen, start)
-        for s in self.live.values():
-            s.lease_expires = max(s.lease_expires, start + self.lease_seconds)
         # GPUs of sessions the scheduler ended, until their node confirms the teardown
         self.draining: dict[str, tuple[str, list[int]]] = {}
+        self.wait_histogram = WaitHistogram()
+        self.load(grace=True)
+
+    def load(self, grace: bool = False) -> None:
+        """Take the working set from the store: at start, and after a commit failed (the
+        working set then holds changes the store does not). ``grace``: the scheduler was
+        away, not the nodes and clients, so give each a full period to speak."""
+        self.nodes: dict[str, Node] = {n.name: n for n in self.store.nodes()}
+        self.live: dict[str, Session] = {s.id: s for s in self.store.live_sessions()}
+        start = self.clock()
+        if grace:
+            for node in self.nodes.values():
+                node.last_seen = max(node.last_seen, start)
+            for s in self.live.values():
+                s.lease_expires = max(s.lease_expires, start + self.lease_seconds)
         self._seq = max((s.seq for s in self.live.values()), default=0)
         self._usage: dict[str, float] = {}  # decayed GPU-seconds of ended sessions, at _usage_at
-        self._usage_at = self.clock()
+        self._usage_at = start
         horizon = self._usage_at - 10 * self.fair_share_half_life
-        for s in store.ended_since(horizon):
+        for s in self.store.ended_since(horizon):
             self._add_usage(s.user, s.allocated_seconds(self._usage_at), s.ended or self._usage_at)
-        self.wait_histogram = WaitHistogram()
         self._plan = Plan()
         self._positions: dict[str, int] = {}
         self._busy_reasons: dict[tuple[Any, ...], str] = {}

@@ -25,12 +25,21 @@ from jupyter_hwsched.protocol.version import check_protocol
 from jupyter_hwsched.scheduler import access
 from jupyter_hwsched.scheduler.access import Authenticator
 from jupyter_hwsched.scheduler.accounting import metrics_text, usage_report
+from jupyter_hwsched.scheduler.commits import GroupCommit
 from jupyter_hwsched.scheduler.core import Scheduler
 
 
 class SchedulerHandler(JsonHandler):
     scheduler: Scheduler
+    commits: GroupCommit | None = None  # None: every write is committed as it is made
     surface = "this scheduler"
+
+    async def reply(self, data: Any, status: int = 200) -> None:
+        """Answer once every change made so far is durable (see commits.py): nobody reads,
+        or is told of, a change a power cut could still take back."""
+        if self.commits is not None:
+            await self.commits.durable()
+        self.write_json(data, status)
 
     def shown(self, view: dict[str, Any]) -> dict[str, Any]:
         """A session's view as this caller may see it."""
@@ -38,22 +47,22 @@ class SchedulerHandler(JsonHandler):
 
 
 class NodesHandler(SchedulerHandler):
-    def get(self) -> None:
-        self.write_json(self.scheduler.node_list())
+    async def get(self) -> None:
+        await self.reply(self.scheduler.node_list())
 
 
 class NodeHandler(SchedulerHandler):
-    def put(self, name: str) -> None:
+    async def put(self, name: str) -> None:
         access.require_node(self.who(), name, "register")
         node = NodeRegistration.from_json(self.json_body())
         check_protocol(node.protocol, f"node {name}", self.surface)
         gpus = [g.to_json() for g in node.gpus]
         self.scheduler.register_node(name, node.url, gpus, node.share, node.labels)
-        self.write_json({"name": name})
+        await self.reply({"name": name})
 
 
 class HeartbeatHandler(SchedulerHandler):
-    def post(self, name: str) -> None:
+    async def post(self, name: str) -> None:
         access.require_node(self.who(), name, "send the heartbeat of")
         beat = Heartbeat.from_json(self.json_body())
         end = self.scheduler.heartbeat(
@@ -63,16 +72,16 @@ class HeartbeatHandler(SchedulerHandler):
             set(beat.warm),
             [lease.to_json() for lease in beat.leases],
         )
-        self.write_json({"end": end, "reasons": self.scheduler.end_reasons(end)})
+        await self.reply({"end": end, "reasons": self.scheduler.end_reasons(end)})
 
 
 class SessionsHandler(SchedulerHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
         everything = self.get_argument("all", "") in ("1", "true")
         views = self.scheduler.sessions(live_only=not everything)
-        self.write_json([self.shown(v) for v in views])
+        await self.reply([self.shown(v) for v in views])
 
-    def post(self) -> None:
+    async def post(self) -> None:
         asked = SessionSubmission.from_json(self.json_body())
         owner = access.submitter(self.who(), asked, self.scheduler.user_max_priority)
         session = self.scheduler.submit(
@@ -83,46 +92,46 @@ class SessionsHandler(SchedulerHandler):
             notebook=asked.notebook,
             owner=owner,
         )
-        self.write_json(session, status=201)
+        await self.reply(session, status=201)
 
 
 class SessionHandler(SchedulerHandler):
-    def get(self, session_id: str) -> None:
+    async def get(self, session_id: str) -> None:
         session = self.scheduler.find(session_id)
         if not access.may_read(self.who(), session):
             access.require_manager(self.who(), session, "read")
-        self.write_json(self.scheduler.describe(session_id))
+        await self.reply(self.scheduler.describe(session_id))
 
-    def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str) -> None:
         session = self.scheduler.find(session_id)
         if not self.who().is_node(session.node):  # the node reports a session it ended
             access.require_manager(self.who(), session, "end")
         reason = self.get_argument("reason", "released by the client")
-        self.write_json(self.scheduler.end(session_id, reason[:500]))
+        await self.reply(self.scheduler.end(session_id, reason[:500]))
 
 
 class RenewHandler(SchedulerHandler):
-    def post(self, session_id: str) -> None:
+    async def post(self, session_id: str) -> None:
         access.require_manager(self.who(), self.scheduler.find(session_id), "renew")
-        self.write_json(self.scheduler.renew(session_id))
+        await self.reply(self.scheduler.renew(session_id))
 
 
 class RunningHandler(SchedulerHandler):
-    def post(self, session_id: str) -> None:
+    async def post(self, session_id: str) -> None:
         node = text_field(self.body_object(), "node")
         access.require_node(self.who(), node, "report sessions running on")
-        self.write_json(self.scheduler.mark_running(session_id, node))
+        await self.reply(self.scheduler.mark_running(session_id, node))
 
 
 class PoolHandler(SchedulerHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
         pool = self.scheduler.pool()
         pool["queue"] = [self.shown(v) for v in pool["queue"]]
-        self.write_json(pool)
+        await self.reply(pool)
 
 
 class UsageHandler(SchedulerHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
         try:
             window = float(self.get_argument("since", str(7 * 24 * 3600)))
         except ValueError:
@@ -130,11 +139,11 @@ class UsageHandler(SchedulerHandler):
         if not (math.isfinite(window) and window >= 0):
             raise RequestError("'since' must be a number of seconds, 0 or more")
         since = self.scheduler.clock() - window
-        self.write_json({"since": since, "users": usage_report(self.scheduler, since)})
+        await self.reply({"since": since, "users": usage_report(self.scheduler, since)})
 
 
 class MetricsHandler(SchedulerHandler):
-    def get(self) -> None:
+    async def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(metrics_text(self.scheduler))
 
@@ -152,9 +161,9 @@ class NotFoundHandler(JsonHandler):
 
 
 def handlers(
-    scheduler: Scheduler, authenticate: Authenticator
+    scheduler: Scheduler, authenticate: Authenticator, commits: GroupCommit | None = None
 ) -> list[tuple[str, type, dict[str, Any]]]:
-    kw = {"scheduler": scheduler, "authenticate": authenticate}
+    kw = {"scheduler": scheduler, "authenticate": authenticate, "commits": commits}
     name = f"({NODE_NAME_PATTERN})"
     sid = f"({SESSION_ID_PATTERN})"
     return [

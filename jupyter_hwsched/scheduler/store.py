@@ -3,14 +3,21 @@
 The scheduler keeps its working set in memory and writes every change through to here before
 it answers, so a restarted scheduler loads exactly the state it had. Structured columns hold
 JSON; every statement binds its parameters.
+
+Each write commits at once, unless the store has ``on_dirty`` set: then the first write opens
+a transaction, ``on_dirty`` is called, and whoever set it commits later with ``commit()``
+(the scheduler's service commits once per turn of its event loop, for every request of that
+turn, before it answers any of them: see :mod:`.commits`).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+from jupyter_hwsched.protocol.errors import UnavailableError
 from jupyter_hwsched.scheduler.model import LIVE_STATES, Node, Session
 
 SCHEMA = """
@@ -69,6 +76,10 @@ MIGRATIONS = [
 SYNCHRONOUS = ("full", "normal")
 
 
+class StoreFailure(UnavailableError):
+    """The state could not be written (a full disk); what was not committed is rolled back."""
+
+
 class Store:
     """One SQLite database; the scheduler is its only writer."""
 
@@ -91,13 +102,51 @@ class Store:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self.db.executescript(SCHEMA)
 
+        #: called when a write opens a transaction; ``None``: every write commits at once
+        self.on_dirty: Callable[[], None] | None = None
+        #: called when a write or commit failed and was rolled back: the working set may
+        #: hold changes the store does not
+        self.on_failure: Callable[[StoreFailure], None] | None = None
+
     def close(self) -> None:
+        self.commit()
         self.db.close()
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
+        try:
+            if self.on_dirty is not None and not self.db.in_transaction:
+                self.db.execute("BEGIN")
+                self.on_dirty()
+            return self.db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
+
+    def commit(self) -> None:
+        """Make the open transaction durable (with ``synchronous=full``); a failure rolls it
+        back and raises StoreFailure."""
+        if not self.db.in_transaction:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: sqlite3.Error) -> StoreFailure:
+        """Roll back what was not committed, and say so."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        failure = StoreFailure(
+            f"the scheduler could not write its state ({exc}); nothing was changed: try "
+            "again once its operator has made room on its disk"
+        )
+        if self.on_failure is not None:
+            self.on_failure(failure)
+        return failure
 
     # nodes
 
     def save_node(self, node: Node) -> None:
-        self.db.execute(
+        self._write(
             "INSERT INTO nodes (name, url, gpus, info, registered, last_seen, stats) "
             "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET url=excluded.url, gpus=excluded.gpus, "
@@ -114,7 +163,7 @@ class Store:
         )
 
     def touch_node(self, node: Node) -> None:
-        self.db.execute(
+        self._write(
             "UPDATE nodes SET last_seen=?, stats=? WHERE name=?",
             (node.last_seen, json.dumps(node.stats), node.name),
         )
@@ -141,18 +190,14 @@ class Store:
         row = session.row()
         names = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        cur = self.db.execute(
-            f"INSERT INTO sessions ({names}) VALUES ({marks})", tuple(row.values())
-        )
+        cur = self._write(f"INSERT INTO sessions ({names}) VALUES ({marks})", tuple(row.values()))
         return int(cur.lastrowid or 0)
 
     def save_session(self, session: Session) -> None:
         row = session.row()
         row.pop("id")
         assignments = ", ".join(f"{name}=?" for name in row)
-        self.db.execute(
-            f"UPDATE sessions SET {assignments} WHERE id=?", (*row.values(), session.id)
-        )
+        self._write(f"UPDATE sessions SET {assignments} WHERE id=?", (*row.values(), session.id))
 
     def session(self, session_id: str) -> Session | None:
         row = self.db.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()

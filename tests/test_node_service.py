@@ -63,6 +63,9 @@ class StandInKernels:
     async def shutdown_kernel(self, kernel_id: str) -> None:
         self.stopped.append(kernel_id)
 
+    def kernel_process(self, kernel_id: str) -> None:
+        return None  # no process: a record without a kernel, which is never taken back
+
 
 @dataclass
 class World:

@@ -372,6 +372,14 @@ class DockerRunner(Runner):
                 raise
 
     binds_devices = True
+    survives_agent = True  # containers and their execs belong to the engine, not the agent
+
+    def running(self, container_id: str) -> bool:
+        try:
+            state = self.client.api.inspect_container(container_id)["State"]
+        except self.docker.errors.NotFound:
+            return False
+        return bool(state.get("Running"))  # a paused container is running too
 
     def _init_pid(self, container_id: str) -> int:
         pid = int(self.client.api.inspect_container(container_id)["State"]["Pid"])

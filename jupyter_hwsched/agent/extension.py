@@ -27,7 +27,7 @@ from jupyter_hwsched.agent.handlers import handlers
 from jupyter_hwsched.agent.kernelspecs import CONTAINER_KERNEL
 from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import DEFAULT_OPTIONS
-from jupyter_hwsched.agent.runner import Runner
+from jupyter_hwsched.agent.runner import ExecProcess, Runner
 from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.serving import AGENT_LIMITS, LimitSettings, limit_server
 from jupyter_hwsched.agent.sessions import NodeSession
@@ -201,7 +201,7 @@ class AgentApp(ExtensionApp, LimitSettings):
             kernels: Any = server.kernel_manager  # kernels.NodeKernelManager
             kernels.on_cell_done = self.node.kernel_cell_done
             kernels.on_restart = self.node.kernel_restarted
-            self.node.remove_leftovers()
+            self.node.take_back_sessions()
         except Exception as exc:
             # jupyter_server would log this and serve on without the extension, half-loaded:
             # a node that cannot start says why in one line and exits
@@ -241,6 +241,7 @@ class AgentApp(ExtensionApp, LimitSettings):
         self.node.public_url = self.public_url
         local = serverapp.ip if serverapp.ip not in ("", "0.0.0.0", "::") else "127.0.0.1"
         await self._until_listening(local, serverapp.port)
+        await self.node.finish_taking_back()
         await self.node.register(wait=True)
         self._heartbeat = PeriodicCallback(self.node.heartbeat, self.heartbeat_interval * 1000)
         self._heartbeat.start()
@@ -323,6 +324,16 @@ class ServerKernels:
 
     async def shutdown_kernel(self, kernel_id: str) -> None:
         await self.manager.shutdown_kernel(kernel_id, now=True)
+
+    async def adopt_kernel(self, session: NodeSession, process: ExecProcess) -> None:
+        assert session.kernel_id is not None
+        launch = {"hwsched_session": session, "hwsched_process": process}
+        await self.manager.adopt(session.kernel_id, CONTAINER_KERNEL, launch)
+
+    def kernel_process(self, kernel_id: str) -> ExecProcess | None:
+        km = self.manager._kernels.get(kernel_id)
+        provisioner = getattr(km, "provisioner", None)
+        return getattr(provisioner, "proc", None)
 
     async def evaluate(self, kernel_id: str, code: str, expression: str = "None") -> Any:
         """Run ``code`` silently in a kernel (no output, no history), then the value of

@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from jupyter_client.provisioning.factory import KernelProvisionerFactory as KPF
 from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 
@@ -36,6 +37,52 @@ class NodeKernelManager(AsyncMappingKernelManager):
         return await super()._async_restart_kernel(kernel_id, now=now)  # type: ignore[no-untyped-call]
 
     restart_kernel = _async_restart_kernel  # type: ignore[assignment]
+
+    async def adopt(self, kernel_id: str, kernel_name: str, launch: dict[str, Any]) -> None:
+        """Take back a kernel an earlier agent started (agent/recovery.py): a manager for it
+        under its own id, its connection read from the file the earlier agent wrote, its
+        provisioner (``launch["hwsched_session"]``'s) told the process, then what
+        jupyter_server does once a kernel it started is ready: its activity watched, its
+        death noticed, and restarts as for any other kernel."""
+        session = launch["hwsched_session"]
+        process = launch.pop("hwsched_process")
+        if kernel_id in self:
+            raise RuntimeError(f"kernel {kernel_id} is already known")
+        km = self.kernel_manager_factory(
+            connection_file=str(session.base / f"agent-kernel-{kernel_id}.json"),
+            parent=self,
+            log=self.log,
+            kernel_name=kernel_name,
+            kernel_spec_manager=self.kernel_spec_manager,
+        )
+        km.load_connection_file()
+        km.kernel_id = kernel_id
+        km.provisioner = KPF.instance(parent=self).create_provisioner_instance(
+            kernel_id, km.kernel_spec, parent=km
+        )
+        km.provisioner.session = session
+        km.provisioner.proc = process
+        km.provisioner.pid = process.pid
+        km.provisioner.connection_info = km.get_connection_info()
+        km._launch_args = dict(launch)  # what a restart starts it with again
+        km._attempted_start = True
+        km.ready.set_result(None)
+        if await km.provisioner.poll() is not None:
+            raise RuntimeError("the kernel process has exited")
+        self._kernels[kernel_id] = km
+        self._kernel_connections[kernel_id] = 0
+        km.execution_state = "idle"
+        self._kernel_ports[kernel_id] = km.ports
+        self.start_watching_activity(kernel_id)
+        self.add_restart_callback(
+            kernel_id,
+            lambda: self._handle_kernel_died(kernel_id),  # type: ignore[no-untyped-call]
+            "dead",
+        )
+        km.autorestart = True
+        km.start_restarter()
+        if not self._initialized_culler:
+            self.initialize_culler()  # type: ignore[no-untyped-call]
 
     def start_watching_activity(self, kernel_id: str) -> None:
         kernel = self._kernels[kernel_id]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 
+from jupyter_hwsched.agent import recovery
 from jupyter_hwsched.agent.relay import may_pause, running
 from jupyter_hwsched.agent.runner import ExecProcess
 from jupyter_hwsched.protocol.errors import RequestError
@@ -100,6 +101,7 @@ class ContainerProvisioner(LocalProvisioner):
         finally:
             may_pause(self.session)
         self.pid = self.proc.pid
+        recovery.update_kernel(self.session, self.proc)  # a restart: the record names it
         return self.connection_info
 
     @property

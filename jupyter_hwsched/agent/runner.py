@@ -150,6 +150,15 @@ class Runner(LoggingConfigurable):
         """Kill everything in the environment but what keeps it alive (blocking)."""
         raise NotImplementedError
 
+    #: whether a session's environment and what runs in it outlive the agent (a restarted
+    #: agent can take them back: recovery.py); False where they die with it (bubblewrap's
+    #: --die-with-parent, the host runner's children)
+    survives_agent = False
+
+    def running(self, container_id: str) -> bool:
+        """Whether the environment still exists and runs (paused counts as running)."""
+        return False
+
     def remove_session(self, session_id: str, node: str) -> None:
         """Remove whatever environment of this session exists, found by its labels."""
         found = self.containers(node).get(session_id)

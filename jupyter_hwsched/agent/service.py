@@ -21,12 +21,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from jupyter_hwsched.agent import recovery
 from jupyter_hwsched.agent.authorizer import secret_hash
 from jupyter_hwsched.agent.cache import NodeCache
 from jupyter_hwsched.agent.gpus import GpuInventory
 from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import mounts_under, unmount
-from jupyter_hwsched.agent.runner import Runner
+from jupyter_hwsched.agent.runner import ExecProcess, Runner
 from jupyter_hwsched.agent.sessions import NodeSession, gpu_devices
 from jupyter_hwsched.agent.sharing import SharedGpus
 from jupyter_hwsched.agent.warm import MODULE_FILES, WarmLease, unvalidated
@@ -61,6 +62,12 @@ class KernelHost(Protocol):
 
     async def evaluate(self, kernel_id: str, code: str, expression: str = "None") -> Any:
         """Run ``code`` silently in a kernel, then read back the literal ``expression``."""
+
+    async def adopt_kernel(self, session: NodeSession, process: ExecProcess) -> None:
+        """Take back the session's kernel, which an earlier agent started (recovery.py)."""
+
+    def kernel_process(self, kernel_id: str) -> ExecProcess | None:
+        """The kernel's process, where it runs."""
 
 
 class NodeService:
@@ -102,34 +109,112 @@ class NodeService:
         self.public_url = ""
         self.sessions: dict[str, NodeSession] = {}
         self.leases: dict[str, WarmLease] = {}  # by lease id; see warm.py
+        #: sessions an earlier agent started: the kernels to take back, by session id,
+        #: and why the others were not taken back (see recovery.py)
+        self._adopting: dict[str, ExecProcess] = {}
+        self._not_taken_back: dict[str, str] = {}
         self._cpu_samples: dict[str, tuple[float, float]] = {}
 
     # the node as a whole
 
+    def take_back_sessions(self) -> None:
+        """At start: take back the sessions an earlier agent left running, where all their
+        parts still live (recovery.py), then remove every other container and mount of
+        ours. Their kernels are taken back by ``finish_taking_back``, once serving."""
+        for record in recovery.records(self.state_dir):
+            try:
+                found = recovery.take_back(
+                    record,
+                    node=self.node_name,
+                    runner=self.runner,
+                    state_dir=self.state_dir,
+                    sshfs_options=self.sshfs_options,
+                    cache=self.cache,
+                )
+            except (KeyError, TypeError, ValueError, HwschedError) as exc:
+                found = f"the node agent restarted and could not read its record: {exc!r}"
+            session_id = str(record.get("id"))
+            if isinstance(found, str):
+                self.log.warning("not taking back session %s: %s", session_id, found)
+                self._not_taken_back[session_id] = found
+                continue
+            session, kernel = found
+            self.sessions[session.id] = session
+            if kernel is not None:
+                self._adopting[session.id] = kernel
+            if session.shared_mem:
+                self.sharing.add(session)
+            self.log.info("taking back session %s (%s)", session.id, session.spec.kind)
+        self.remove_leftovers()
+
+    async def finish_taking_back(self) -> None:
+        """Take back the kernels of the sessions taken back; end those whose kernel cannot
+        be, and tell the scheduler of the sessions not taken back."""
+        adopting, self._adopting = self._adopting, {}
+        for session_id, process in adopting.items():
+            session = self.sessions.get(session_id)
+            if session is None:
+                continue
+            try:
+                await self.kernels.adopt_kernel(session, process)
+            except Exception as exc:
+                session.kernel_id = None  # not the manager's: nothing of it to shut down
+                await self.end_session(
+                    session_id,
+                    f"the node agent restarted and could not take the kernel back: {exc}",
+                )
+                continue
+            self.log.info("took back session %s and its kernel %s", session_id, session.kernel_id)
+        lost, self._not_taken_back = self._not_taken_back, {}
+        for session_id, reason in lost.items():
+            await self._report_end(session_id, reason)
+
+    def _record(self, session: NodeSession) -> None:
+        """Write the running session down, for an agent that starts after this one stops."""
+        kernel = self.kernels.kernel_process(session.kernel_id) if session.kernel_id else None
+        try:
+            recovery.save(session, kernel)
+        except OSError as exc:
+            self.log.warning("session %s: no record kept: %s", session.id, exc)
+
     def remove_leftovers(self) -> None:
-        """At start no session is live: remove every container and mount of ours."""
+        """Remove every container and mount of ours but the live sessions' (taken back)."""
+        keep = {s.home or s.id for s in self.sessions.values()}
+        kept_containers = {s.container_id for s in self.sessions.values()}
         for session_id, container_id in self.runner.containers(self.node_name).items():
+            if container_id in kept_containers:
+                continue
             self.log.warning("removing leftover container of session %s", session_id)
             self.runner.remove(container_id)
         state = self.state_dir
         # sessions' cached trees and in-memory /tmp first: the trees lie over the shares
         places = (state / "sessions", state / "mnt")
-        stuck_views = self.cache.remove_leftovers() if self.cache else []
+        kept = [place / name for place in places for name in keep]
+
+        def leftover(point: str) -> bool:
+            return not any(Path(point).is_relative_to(k) for k in kept)
+
+        stuck_views = self.cache.remove_leftovers(frozenset(keep)) if self.cache else []
         if stuck_views:
             raise UnavailableError(f"cannot unmount leftover cached trees {stuck_views}")
-        for point in [p for place in places for p in mounts_under(place)]:
+        for point in [p for place in places for p in mounts_under(place) if leftover(p)]:
             self.log.warning("unmounting leftover %s", point)
             unmount(point)
-        stuck = [p for place in places for p in mounts_under(place)]
+        stuck = [p for place in places for p in mounts_under(place) if leftover(p)]
         if stuck:
             # never walk into a live mount: that is a developer's disk
             raise UnavailableError(f"cannot unmount leftover shares {stuck}; unmount them by hand")
-        shutil.rmtree(state / "sessions", ignore_errors=True)
-        for leftover in (state / "mnt").glob("*"):
+        if (state / "sessions").is_dir():
+            for child in (state / "sessions").iterdir():
+                if child.name not in keep:
+                    shutil.rmtree(child, ignore_errors=True)
+        for empty in (state / "mnt").glob("*"):
+            if empty.name in keep:
+                continue
             try:
-                leftover.rmdir()  # empty mount points only
+                empty.rmdir()  # empty mount points only
             except OSError as exc:
-                self.log.warning("leaving %s: %s", leftover, exc)
+                self.log.warning("leaving %s: %s", empty, exc)
         # only root walks to the shares' mounts, unless the runner reads what it binds as the
         # developer (bubblewrap): then anyone may pass, but nobody may list the sessions there
         mode = 0o711 if self.runner.binds_as_developer else 0o700
@@ -396,6 +481,7 @@ class NodeService:
             raise failure from exc
         finally:
             session.starting.set_result(None)
+        self._record(session)
         self.log.info("session %s running (%s) for uid %d", session.id, spec.kind, session.uid)
         return session
 
@@ -414,6 +500,7 @@ class NodeService:
         if session.torn_down:
             return
         session.torn_down = True
+        recovery.forget(session)
         if session.kernel_id:
             try:
                 await self.kernels.shutdown_kernel(session.kernel_id)
@@ -499,6 +586,7 @@ class NodeService:
         except Exception as exc:
             self.log.warning("session %s cannot be kept warm: %s", session.id, exc)
             return False
+        recovery.forget(session)  # a lease is not taken back by a restarted agent
         session.gpus, session.command = [], None
         session.home = session.home or session.id
         lease = WarmLease(lease_id, session, session.host, time.time() + spec.keep_warm)
@@ -603,6 +691,7 @@ class NodeService:
             raise failure from exc
         finally:
             session.starting.set_result(None)
+        self._record(session)
         self.log.info(
             "session %s running (%s) in warm lease %s%s",
             session.id,

@@ -27,8 +27,9 @@ from jupyter_hwsched.agent.cache.view import (
     mount_overlay,
     unmount_overlay,
 )
-from jupyter_hwsched.agent.mount import mounts_under
+from jupyter_hwsched.agent.mount import mounted, mounts_under
 from jupyter_hwsched.protocol.cache_manifest import CacheManifest, expand_home
+from jupyter_hwsched.protocol.errors import UnavailableError
 
 
 @dataclass
@@ -113,13 +114,31 @@ class NodeCache(LoggingConfigurable):
         """Where sessions' views and their mounts live."""
         return self.root / "views"
 
-    def remove_leftovers(self) -> list[str]:
-        """Unmount and remove the views of sessions a previous agent left; the mounts that
-        would not go."""
-        stuck = [p for p in mounts_under(self.views) if not unmount_overlay(Path(p))]
-        if not stuck:
-            shutil.rmtree(self.views, ignore_errors=True)
+    def remove_leftovers(self, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Unmount and remove the views of sessions a previous agent left, but those of the
+        sessions in ``keep`` (taken back: recovery.py); the mounts that would not go."""
+        kept = [self.views / name for name in keep]
+        stuck = [
+            p
+            for p in mounts_under(self.views)
+            if not any(Path(p).is_relative_to(k) for k in kept) and not unmount_overlay(Path(p))
+        ]
+        if not stuck and self.views.is_dir():
+            for child in self.views.iterdir():
+                if child.name not in keep:
+                    shutil.rmtree(child, ignore_errors=True)
         return stuck
+
+    def take_back(
+        self, host: str, user: str, uid: int, directory: Path, binds: dict[str, str]
+    ) -> SessionCache:
+        """What a session an earlier agent started uses of the cache, its views still
+        mounted (its copying is not resumed)."""
+        missing = [target for target in binds if not mounted(target)]
+        if missing:
+            raise UnavailableError(f"views no longer mounted: {', '.join(missing)}")
+        store = self._store(store_name(host, user, uid))
+        return SessionCache(store, directory, dict(binds))
 
     @property
     def root(self) -> Path:

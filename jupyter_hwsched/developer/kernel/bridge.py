@@ -161,6 +161,8 @@ class KernelBridge:
     async def _reconnect(self) -> bool:
         """After a dropped connection: try again for ``reconnect_for`` seconds."""
         self.connected.clear()
+        if self.ws is not None:
+            self.ws.close()  # dropped by the other end; closed here too, or tornado warns
         self.ws = None
         deadline = time.monotonic() + self.reconnect_for
         delay = 0.1

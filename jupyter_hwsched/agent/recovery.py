@@ -1,0 +1,243 @@
+"""A restarted node agent takes its live sessions back instead of killing them.
+
+While a session runs, the agent keeps a record of it beside its files
+(``sessions/ID/session.json``, root's alone): the start spec, the GPUs, the container, the
+share's ``sshfs`` process and the kernel's process, each process by pid *and* start time (a
+pid alone may by then name another process). An agent that starts reads the records and
+takes back every session whose parts all still live:
+
+* its container runs (only runners whose environments outlive the agent: Docker's belong to
+  the engine; bubblewrap's sandboxes and the host runner's processes die with the agent);
+* its share is still mounted, by the same ``sshfs`` process;
+* for a kernel, the same kernel process runs, and its connection file is there: the agent's
+  kernel manager takes it back by its id (``NodeKernelManager.adopt``), and the developer's
+  side, which reconnects for a while after a dropped connection, finds it at the same
+  address.
+
+A command is not taken back: its output was a stream to the agent that died, and its client
+was told the connection to the node was lost. A session that is not taken back is torn down
+with the other leftovers, and its end is reported with the reason. The scheduler then
+reconciles: the agent's first heartbeat names the sessions it runs, and the scheduler ends
+on the node whatever it ended meanwhile (a client that went away while the agent was down
+still loses its session by its lease).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from jupyter_hwsched.agent.cache import NodeCache
+from jupyter_hwsched.agent.limits import LimitCounters, Limits
+from jupyter_hwsched.agent.mount import SshfsMount, mounted
+from jupyter_hwsched.agent.runner import ExecProcess, Runner
+from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.protocol.errors import HwschedError
+from jupyter_hwsched.protocol.records import GpuRecord, StartSpec
+
+RECORD = "session.json"
+VERSION = 1
+
+
+class AdoptedProcess:
+    """A process an earlier agent started, known by pid and start time; what the agent uses
+    of ``subprocess.Popen`` (``poll``, ``wait``, ``kill``). It is not the agent's child: its
+    exit status is not known, and reads as 255 (as for an exec whose engine went away)."""
+
+    def __init__(self, pid: int, started: float) -> None:
+        self.pid = pid
+        self.started = started
+        self.returncode: int | None = None
+
+    @staticmethod
+    def start_time(pid: int) -> float | None:
+        try:
+            return float(psutil.Process(pid).create_time())
+        except (psutil.Error, ValueError):
+            return None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                proc = psutil.Process(self.pid)
+                gone = proc.create_time() != self.started or proc.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                gone = True
+            if gone:
+                self.returncode = 255
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.02)
+        return code
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, 9)
+
+
+class AdoptedExec(ExecProcess):
+    """A kernel process an earlier agent started in a container."""
+
+    def __init__(self, process: AdoptedProcess, exec_id: str) -> None:
+        self.process = process
+        super().__init__(process.pid, exec_id)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    @exit_code.setter
+    def exit_code(self, value: int | None) -> None:
+        pass  # known from the process itself
+
+
+def _process(pid: int | None) -> dict[str, Any] | None:
+    started = AdoptedProcess.start_time(pid) if pid else None
+    return {"pid": pid, "started": started} if started is not None else None
+
+
+def save(session: NodeSession, kernel: ExecProcess | None) -> None:
+    """Write down a running session (root's alone; replaced whole, never half-written)."""
+    sshfs = session.mount.process if session.mount is not None else None
+    record = {
+        "version": VERSION,
+        "id": session.id,
+        "secret_hash": session.secret_hash,
+        "node": session.node,
+        "spec": session.spec.to_json(),
+        "gpus": [g.to_json() for g in session.gpus],
+        "container_id": session.container_id,
+        "sshfs": _process(sshfs.pid if sshfs is not None else None),
+        "kernel_id": session.kernel_id,
+        "kernel": ({**(_process(kernel.pid) or {}), "exec_id": kernel.exec_id} if kernel else None),
+        "started": session.started,
+        "home": session.home,
+        "host": session.host,
+        "shared_mem": session.shared_mem,
+        "limits": asdict(session.limits) if session.limits else None,
+        "counters": asdict(session.counters),
+        "cached": (
+            {"directory": str(session.cached.directory), "binds": session.cached.binds}
+            if session.cached is not None
+            else None
+        ),
+    }
+    path = session.base / RECORD
+    part = path.with_suffix(".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(record, out)
+    os.replace(part, path)
+
+
+def update_kernel(session: NodeSession, kernel: ExecProcess) -> None:
+    """The session's kernel was started again (a restart): its record names the new one."""
+    if (session.base / RECORD).exists():
+        save(session, kernel)
+
+
+def forget(session: NodeSession) -> None:
+    """The session ends (or is kept warm, which a restarted agent does not take back)."""
+    with contextlib.suppress(FileNotFoundError):
+        (session.base / RECORD).unlink()
+
+
+def records(state_dir: Path) -> list[dict[str, Any]]:
+    """What a previous agent wrote down; unreadable records are left to the leftovers."""
+    found = []
+    for path in sorted((state_dir / "sessions").glob(f"*/{RECORD}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("version") == VERSION:
+            found.append(record)
+    return found
+
+
+def take_back(
+    record: dict[str, Any],
+    *,
+    node: str,
+    runner: Runner,
+    state_dir: Path,
+    sshfs_options: list[str],
+    cache: NodeCache | None,
+) -> tuple[NodeSession, ExecProcess | None] | str:
+    """The session and its kernel process, rebuilt from its record; or why it cannot be."""
+    spec = StartSpec.from_json(record["spec"])
+    if record.get("node") != node:
+        return f"it ran on node {record.get('node')}, not {node}"
+    if not runner.survives_agent:
+        return (
+            f"the node agent restarted, and its runner ({type(runner).__name__}) stops a "
+            "session's processes with the agent"
+        )
+    if spec.kind != "kernel":
+        return (
+            "the node agent restarted: a command's output went to the agent that stopped, so "
+            "the command cannot be taken back"
+        )
+    container = record.get("container_id") or ""
+    if not container or not runner.running(container):
+        return "the node agent restarted, and the session's container was gone"
+    session = NodeSession(
+        id=record["id"],
+        secret_hash=record["secret_hash"],
+        node=node,
+        spec=spec,
+        gpus=[GpuRecord.from_json(g) for g in record["gpus"]],
+        state_dir=state_dir,
+        runner=runner,
+        sshfs_options=list(sshfs_options),
+        container_id=container,
+        kernel_id=record.get("kernel_id"),
+        started=float(record["started"]),
+        limits=Limits(**record["limits"]) if record.get("limits") else None,
+        counters=LimitCounters(**record.get("counters", {})),
+        cache=cache,
+        host=record.get("host", ""),
+        home=record.get("home", ""),
+        shared_mem=record.get("shared_mem"),
+    )
+    if runner.roots_at_share:
+        sshfs = record.get("sshfs") or {}
+        process = AdoptedProcess(int(sshfs.get("pid") or 0), float(sshfs.get("started") or 0))
+        if spec.share is None or not mounted(session.mountpoint) or process.poll() is not None:
+            return "the node agent restarted, and the session's share was no longer mounted"
+        session.mount = SshfsMount(
+            spec.share, session.mountpoint, session.base / "keys", session.sshfs_options
+        )
+        session.mount.process = process  # type: ignore[assignment]
+    cached = record.get("cached")
+    if cached and cache is not None:
+        try:
+            session.cached = cache.take_back(
+                session.host,
+                spec.user.name,
+                spec.user.uid,
+                Path(cached["directory"]),
+                dict(cached["binds"]),
+            )
+        except HwschedError as exc:
+            return f"the node agent restarted, and the session's cached trees were not: {exc}"
+    kernel = record.get("kernel") or {}
+    process = AdoptedProcess(int(kernel.get("pid") or 0), float(kernel.get("started") or 0))
+    connection = session.base / f"agent-kernel-{session.kernel_id}.json"
+    if not session.kernel_id or process.poll() is not None or not connection.exists():
+        return "the node agent restarted, and the session's kernel had stopped"
+    return session, AdoptedExec(process, str(kernel.get("exec_id", "")))

@@ -1,0 +1,172 @@
+"""A node agent killed with ``kill -9`` and started again takes its live sessions back
+(agent/recovery.py): a Remote GPU kernel keeps its state and its GPU, and the developer's
+side reconnects to it; what cannot be taken back (a command, whose output went to the agent
+that died; a kernel whose container went meanwhile) is torn down and ends with the reason.
+The Docker runner: its containers belong to the engine, not to the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Pool, Service, wait_for
+from jupyter_client.manager import AsyncKernelManager
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    from conftest import _need_e2e
+
+    _need_e2e()
+    # a node is down after 30 s of silence: room for an agent to start again
+    the_pool = Pool(tmp_path_factory.mktemp("restart"), node_timeout=30.0)
+    try:
+        yield the_pool
+    finally:
+        the_pool.stop()
+
+
+def restart_agent(pool: Pool, meanwhile: Callable[[], None] = lambda: None) -> Service:
+    """``kill -9`` the node agent, do ``meanwhile``, then start it again as before (same
+    port, same state directory)."""
+    old = pool.services[1]
+    old.proc.send_signal(signal.SIGKILL)
+    old.proc.wait()
+    meanwhile()
+    again = pool.agent_service(pool.node, pool.agent_port, "2xA100-80GB", pool.agent_args, "agent")
+    pool.services[1] = again
+    again.wait_line("HWSCHED_AGENT_READY")
+    return again
+
+
+def running_session(pool: Pool) -> dict[str, Any]:
+    [session] = [s for s in pool.api("GET", "/api/sessions") if s["state"] == "running"]
+    return dict(session)
+
+
+async def run(kc: Any, code: str) -> str:
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    reply = await kc.execute_interactive(code, timeout=120, output_hook=hook)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(out)
+
+
+def test_a_kernel_keeps_its_state_through_an_agent_restart(pool: Pool, workspace: Path) -> None:
+    pool.assert_clean()
+
+    async def scenario() -> None:
+        os.environ.update(
+            HWSCHED_URL=pool.url,
+            HWSCHED_TOKEN=pool.token,
+            HWSCHED_SHARE_SOCKET=pool.share_socket,
+        )
+        km = AsyncKernelManager(kernel_name="hwsched-remote")
+        await km.start_kernel(cwd=str(workspace))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=120)
+            await run(kc, "import os\nx = 41\npid = os.getpid()")
+            [held] = pool.held_gpus()
+            before = running_session(pool)
+            [container] = pool.containers()
+            mounts = pool.mounts()
+
+            restart_agent(pool)
+            # the same session, container, mount and GPU; the kernel's state is intact
+            assert pool.containers() == [container]
+            assert pool.mounts() == mounts
+            out = await run(kc, "print(x + 1, os.getpid() == pid)")
+            assert out.split() == ["42", "True"]
+            after = running_session(pool)
+            assert after["id"] == before["id"] and after["state"] == "running"
+            assert pool.held_gpus() == [held]
+            log = pool.services[1].log.read_text()
+            assert f"took back session {before['id']}" in log
+
+            # what jupyter_server does for any kernel works for one taken back: a restart
+            await km.restart_kernel()
+            await kc.wait_for_ready(timeout=120)
+            assert (await run(kc, "print('x' in globals())")).strip() == "False"
+
+            # and a second kill -9 finds the restarted kernel's process in the record
+            restart_agent(pool)
+            assert (await run(kc, "y = 1; print(y + 1)")).strip() == "2"
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+
+    asyncio.run(scenario())
+    pool.assert_clean(timeout=60)
+
+
+def test_a_command_ends_cleanly_with_the_reason(pool: Pool, workspace: Path) -> None:
+    pool.assert_clean()
+    proc = pool.popen_hwrun(
+        ["--gpu", "1", "--", "python3", "-c", "import time\nwhile True: time.sleep(0.1)"],
+        cwd=str(workspace),
+    )
+    try:
+        running = lambda: [s for s in pool.api("GET", "/api/sessions") if s["state"] == "running"]  # noqa: E731
+        [session] = wait_for(running, 60, "the command to run")
+        restart_agent(pool)
+        _, said = proc.communicate(timeout=120)
+        assert proc.returncode != 0
+        last = said.strip().splitlines()[-1]
+        assert "node" in last, said  # one line that says the node went away
+        pool.assert_clean(timeout=60)
+        [ended] = [s for s in pool.api("GET", "/api/sessions?all=1") if s["id"] == session["id"]]
+        assert ended["state"] == "ended"
+        assert ended["end_reason"], ended
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_kernel_whose_container_went_is_ended_with_the_reason(
+    pool: Pool, workspace: Path
+) -> None:
+    pool.assert_clean()
+
+    async def scenario() -> str:
+        os.environ.update(
+            HWSCHED_URL=pool.url,
+            HWSCHED_TOKEN=pool.token,
+            HWSCHED_SHARE_SOCKET=pool.share_socket,
+        )
+        km = AsyncKernelManager(kernel_name="hwsched-remote")
+        await km.start_kernel(cwd=str(workspace))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=120)
+            session = running_session(pool)
+            [container] = pool.containers()
+
+            def remove_container() -> None:
+                subprocess.run(["docker", "rm", "-f", container], check=True, capture_output=True)
+
+            restart_agent(pool, remove_container)
+            return str(session["id"])
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    session_id = asyncio.run(scenario())
+    pool.assert_clean(timeout=60)
+    [ended] = [s for s in pool.api("GET", "/api/sessions?all=1") if s["id"] == session_id]
+    assert "container was gone" in (ended["end_reason"] or ""), ended

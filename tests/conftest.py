@@ -188,3 +188,25 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
         service.stop()
         log = (work / "scheduler.log").read_text()
         assert "Traceback" not in log, log[-3000:]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault matrix (rows of the modules that keep ``FAULT_ROWS``), printed at the end
+    of the run, and appended to the file HWSCHED_FAULT_TABLE names, if any."""
+    rows = [
+        row
+        for name, module in sorted(sys.modules.items())
+        if name.startswith("test_")
+        for row in getattr(module, "FAULT_ROWS", [])
+    ]
+    if not rows:
+        return
+    head = ["fault", "pool", "user saw", "left", "GPU back (s)", "work"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(str(row[k]) for k in head) + " |" for row in rows]
+    terminalreporter.write_sep("=", "fault matrix")
+    for line in lines:
+        terminalreporter.write_line(line)
+    if os.environ.get("HWSCHED_FAULT_TABLE"):
+        with open(os.environ["HWSCHED_FAULT_TABLE"], "a") as out:
+            out.write("\n".join(lines) + "\n")

@@ -16,16 +16,19 @@ import http.client
 import json
 import os
 import secrets
+import selectors
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -521,3 +524,231 @@ class UnixHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(self.path)
+
+
+# load: many concurrent hwrun sessions, each streaming numbered lines, while status is polled
+
+#: the agent's arguments for the host runner (sessions as plain processes on this machine)
+HOST_RUNNER_ARGS = (
+    "--AgentApp.runner_class=jupyter_hwsched.agent.host_runner.HostRunner",
+    "--HostRunner.single_user=True",
+)
+
+#: what each session of a load runs (``python -c``): it signs in at the barrier folder, waits
+#: until ``sessions`` have (none when the pool cannot run them all at once) or the load is
+#: called off (a file ``abort``: a session failed first), then prints 1..``lines``, one line
+#: per write, flushed
+_NUMBERED_LINES = """\
+import os, sys, time
+folder, sessions, lines = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if sessions:
+    open(os.path.join(folder, "in-" + os.urandom(8).hex()), "w").close()
+    deadline = time.monotonic() + 600
+    while True:
+        names = os.listdir(folder)
+        if "abort" in names:
+            sys.exit("called off: another session failed before all had started")
+        if len(names) >= sessions:
+            break
+        if time.monotonic() > deadline:
+            sys.exit("the other sessions never started")
+        time.sleep(0.05)
+for i in range(1, lines + 1):
+    print(i, flush=True)
+"""
+
+
+def numbering_problem(output: str, lines: int) -> str | None:
+    """What is wrong with ``output``, which should be the lines 1..``lines`` in order, each
+    ended by a newline: the first line lost, duplicated or out of order, or a cut end. None
+    when it is exactly right."""
+    got = output.split("\n")
+    if got[-1] != "":
+        return f"the output ends inside a line: {got[-1][-40:]!r}"
+    got.pop()
+    for expected, line in enumerate(got, 1):
+        if line == str(expected):
+            continue
+        if not line.isdigit():
+            return f"line {expected} is {line[:40]!r}, not a number"
+        if int(line) < expected:
+            return f"line {expected} is {line}: duplicated or out of order"
+        return f"line {expected} is {line}: line(s) {expected}..{int(line) - 1} lost or reordered"
+    if len(got) != lines:
+        return f"{len(got)} lines, not {lines}: the last {lines - len(got)} lost"
+    return None
+
+
+class StatusPoller:
+    """A client that polls the scheduler's status (``GET /api/pool``, what ``hwsched status``
+    shows) in a thread on one keep-alive connection, timing each call."""
+
+    def __init__(self, pool: Pool, gap: float = 0.05) -> None:
+        self.pool = pool
+        self.gap = gap
+        self.calls: list[tuple[float, float]] = []  # (start, seconds) of each good call
+        self.failures: list[str] = []
+        self.peak_held = 0  # the most GPUs held at once, as status showed them
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-poller", daemon=True)
+
+    def __enter__(self) -> StatusPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        host, port = self.pool.url.split("//")[1].rsplit(":", 1)
+        return http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def _run(self) -> None:
+        conn = self._connect()
+        headers = {"Authorization": f"token {self.pool.token}"}
+        try:
+            while not self._stop.is_set():
+                start = time.perf_counter()
+                try:
+                    conn.request("GET", "/api/pool", headers=headers)
+                    response = conn.getresponse()
+                    body = response.read()
+                    took = time.perf_counter() - start
+                    if response.status != 200:
+                        raise ValueError(f"HTTP {response.status}: {body[:200]!r}")
+                    status = json.loads(body)
+                    held = sum(1 for n in status["nodes"] for g in n["gpus"] if g["holder"])
+                except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    conn.close()
+                    conn = self._connect()
+                else:
+                    self.calls.append((start, took))
+                    self.peak_held = max(self.peak_held, held)
+                self._stop.wait(self.gap)
+        finally:
+            conn.close()
+
+    def seconds_between(self, start: float, end: float) -> list[float]:
+        """The times of the good calls that started between two ``perf_counter`` readings."""
+        return [took for began, took in self.calls if start <= began <= end]
+
+
+@dataclass
+class LoadRun:
+    """What a load run saw: per session its output, stderr, exit code and when its first and
+    last output arrived (``perf_counter``); the run's start and end."""
+
+    lines: int
+    outputs: list[str]
+    errors: list[str]
+    codes: list[int]
+    first_output: list[float]
+    last_output: list[float]
+    start: float
+    end: float
+
+    def problems(self) -> list[str]:
+        """Each session whose exit code or output is not exactly what it printed."""
+        found = []
+        runs = zip(self.outputs, self.errors, self.codes, strict=True)
+        for i, (out, err, code) in enumerate(runs):
+            problem = numbering_problem(out, self.lines)
+            if code != 0 or problem:
+                found.append(f"session {i}: exit {code}, {problem or 'output right'}; {err[-300:]}")
+        return found
+
+
+def run_load(
+    pool: Pool, sessions: int, lines: int, folder: Path, together: bool, timeout: float = 900
+) -> LoadRun:
+    """``sessions`` concurrent ``hwrun --gpu 1`` commands, each printing 1..``lines``; with
+    ``together`` each waits until all have started (the pool must hold them all at once).
+    ``folder``: an empty folder for the barrier, which every command's argv names."""
+    argv = [
+        "-q", "--gpu", "1", "--", sys.executable, "-c", _NUMBERED_LINES,
+        str(folder), str(sessions if together else 0), str(lines),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    procs = [pool.popen_hwrun(argv, cwd=str(folder)) for _ in range(sessions)]
+    outputs = [bytearray() for _ in procs]
+    errors = [bytearray() for _ in procs]
+    first = [0.0] * sessions
+    last = [0.0] * sessions
+    selector = selectors.DefaultSelector()
+    for i, proc in enumerate(procs):
+        assert proc.stdout is not None and proc.stderr is not None
+        selector.register(proc.stdout.fileno(), selectors.EVENT_READ, (i, outputs[i]))
+        selector.register(proc.stderr.fileno(), selectors.EVENT_READ, (i, errors[i]))
+    deadline = time.monotonic() + timeout
+    abort, checked = folder / "abort", 0.0
+    try:
+        while selector.get_map():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the load did not end within {timeout:.0f} s")
+            if together and time.monotonic() > checked + 0.5 and not abort.exists():
+                checked = time.monotonic()
+                if any(p.poll() for p in procs):
+                    abort.touch()  # one failed: the others would wait at the barrier for nothing
+            for key, _ in selector.select(1.0):
+                i, sink = key.data
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                if sink is outputs[i]:
+                    now = time.perf_counter()
+                    first[i] = first[i] or now
+                    last[i] = now
+                sink += chunk
+        codes = [proc.wait(max(1.0, deadline - time.monotonic())) for proc in procs]
+    finally:
+        selector.close()
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+    return LoadRun(
+        lines,
+        [bytes(o).decode(errors="replace") for o in outputs],
+        [bytes(e).decode(errors="replace") for e in errors],
+        codes,
+        first,
+        last,
+        start,
+        time.perf_counter(),
+    )
+
+
+def load_leftovers(pool: Pool, marker: str) -> dict[str, Any]:
+    """What a load left on any node of the pool: held GPUs, live or queued sessions at the
+    scheduler, sessions at each node's agent, and processes whose command line names
+    ``marker``."""
+    status = pool.pool()
+    held = {
+        n["name"]: [g["index"] for g in n["gpus"] if g["holder"]]
+        for n in status["nodes"]
+        if any(g["holder"] for g in n["gpus"])
+    }
+    at_agents = {}
+    for node in status["nodes"]:
+        listed = call_json(node["url"], "GET", "/hwsched/sessions", pool.token, timeout=30)
+        if listed:
+            at_agents[node["name"]] = [s.get("id") for s in listed]
+    processes = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if marker in cmd and proc.pid != os.getpid():
+            processes.append(f"{proc.pid}: {cmd[:200]}")
+    left = {
+        "held_gpus": held,
+        "queue": [q.get("id") for q in status["queue"]],
+        "live_sessions": [s["id"] for s in pool.api("GET", "/api/sessions")],
+        "agent_sessions": at_agents,
+        "processes": processes,
+    }
+    return {k: v for k, v in left.items() if v}

@@ -261,10 +261,19 @@ class DockerRunner(Runner):
                         on_output("stderr", err)
             except Exception as exc:  # the engine went away; the exit code says the rest
                 self.log.warning("output stream of exec %s broke: %s", exec_id[:12], exc)
+                proc.broken = f"the node's container engine broke the run's output stream ({exc})"
             try:
-                code = api.exec_inspect(exec_id)["ExitCode"]
-            except self.docker.errors.DockerException:
+                for _ in range(20):  # the engine may mark the exec ended just after its stream
+                    info = api.exec_inspect(exec_id)
+                    if not info.get("Running"):
+                        break
+                    time.sleep(0.05)
+                code = None if info.get("Running") else info.get("ExitCode")
+            except Exception as exc:  # the engine is away
                 code = None
+                proc.broken = proc.broken or f"the node's container engine went away ({exc})"
+            if code is None and not proc.broken:
+                proc.broken = "the node's container engine ended the run's output stream early"
             proc.exit_code = 255 if code is None else int(code)
             on_exit(proc.exit_code)
 

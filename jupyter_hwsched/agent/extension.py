@@ -13,6 +13,7 @@ import ast
 import asyncio
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,9 @@ class AgentApp(ExtensionApp, LimitSettings):
         self.handlers.extend(handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(worker_threads(len(self.node.gpus)), "hwsched-agent")
+        )
         limit_server(serverapp, self.server_limits())
         if not self.public_url:
             host = (
@@ -279,6 +283,17 @@ class AgentApp(ExtensionApp, LimitSettings):
             self._share_check.stop()
             self._limit_check.stop()
         await self.node.stop()
+
+
+def worker_threads(gpus: int) -> int:
+    """Threads for the node's blocking work (the event loop's default executor). A session's
+    start (mount, container) and end each hold one for seconds, and the heartbeat's figures and
+    every call's address lookup (tornado resolves in that executor) wait for a free one.
+    Python's default, cores + 4, let the sessions starting on a full two-core node hold every
+    thread for longer than the node timeout: the scheduler took the node for dead and ended all
+    its sessions. So: two per GPU (a start or end, and a command's exec, at once), and room
+    for the periodic checks and the heartbeat besides."""
+    return max(32, 2 * gpus + 16)
 
 
 class ServerKernels:

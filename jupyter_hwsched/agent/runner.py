@@ -56,6 +56,8 @@ class ExecProcess:
         self.pid = pid
         self.exec_id = exec_id
         self.exit_code: int | None = None
+        #: why the process's stream ended other than by its exit (its engine went away)
+        self.broken = ""
 
     def signal(self, signum: int) -> None:
         """Signal the process if it still runs; pid 0 or 1 would hit the wrong processes."""
@@ -156,8 +158,9 @@ class Runner(LoggingConfigurable):
     survives_agent = False
 
     def running(self, container_id: str) -> bool:
-        """Whether the environment still exists and runs (paused counts as running)."""
-        return False
+        """Whether the environment still exists and runs (paused counts as running); a
+        runner that cannot tell says yes."""
+        return True
 
     def remove_session(self, session_id: str, node: str) -> None:
         """Remove whatever environment of this session exists, found by its labels."""

@@ -113,6 +113,7 @@ class NodeService:
         #: and why the others were not taken back (see recovery.py)
         self._adopting: dict[str, ExecProcess] = {}
         self._not_taken_back: dict[str, str] = {}
+        self._strays: set[str] = set()  # containers no session owned at the last check
         self._cpu_samples: dict[str, tuple[float, float]] = {}
 
     # the node as a whole
@@ -270,10 +271,34 @@ class NodeService:
             reason = reply.reasons.get(session_id) or "ended by the scheduler"
             await self.end_session(session_id, reason, tell_scheduler=False)
 
+    def remove_strays(self) -> None:
+        """Remove this node's containers that no live session or lease owned at this check
+        and the one before (a container passes from a lease to its session between two
+        awaits): those whose removal failed while their engine was away (blocking)."""
+        live = list(self.sessions.values())  # copies: this runs in a worker thread
+        kept = [lease.session for lease in list(self.leases.values())]
+        owners = {s.home or s.id for s in live + kept} | {s.id for s in live}
+        try:
+            found = self.runner.containers(self.node_name)
+        except Exception as exc:  # the engine is away: next time
+            self.log.debug("cannot list the node's containers: %s", exc)
+            return
+        strays = {c for sid, c in found.items() if sid not in owners}
+        seen_before, self._strays = self._strays, strays
+        for session_id, container_id in found.items():
+            if container_id in strays & seen_before:
+                self.log.warning("removing the stray container of session %s", session_id)
+                try:
+                    self.runner.remove(container_id)
+                except Exception as exc:
+                    self.log.warning("the stray container %s stays: %s", container_id[:12], exc)
+
     async def check_shares(self) -> None:
         """End, cleanly, every session whose share stopped answering, and every warm lease
-        (its developer closed it)."""
+        (its developer closed it); remove stray containers."""
         loop = asyncio.get_running_loop()
+        if self.runner.survives_agent:
+            await loop.run_in_executor(None, self.remove_strays)
         for lease in list(self.leases.values()):
             mount = lease.session.mount
             idle = not lease.in_use and mount is not None
@@ -350,7 +375,9 @@ class NodeService:
             return {str(k): v for k, v in self.inventory.utilization().items()}
         now = time.monotonic()
         out: dict[str, float] = {}
-        for session_id, session in self.sessions.items():
+        # a copy: this runs in a worker thread while the loop adds and ends sessions
+        sessions = list(self.sessions.items())
+        for session_id, session in sessions:
             used = self.runner.cpu_seconds(session.container_id) if session.container_id else None
             if used is None or not session.gpus:
                 continue
@@ -361,7 +388,7 @@ class NodeService:
             load = (used - before[1]) / (now - before[0]) / len(session.gpus)
             for gpu in session.gpus:
                 out[str(gpu.index)] = round(min(100.0, max(0.0, 100.0 * load)), 1)
-        for gone in set(self._cpu_samples) - set(self.sessions):
+        for gone in set(self._cpu_samples) - {sid for sid, _ in sessions}:
             del self._cpu_samples[gone]
         return out
 
@@ -371,7 +398,7 @@ class NodeService:
         if not self.inventory.simulated:
             return {str(k): v for k, v in self.inventory.memory_used().items()}
         out: dict[str, int] = {}
-        for session in self.sessions.values():
+        for session in list(self.sessions.values()):  # a copy, as in utilization
             used = self.runner.memory_bytes(session.container_id) if session.container_id else None
             if used is None or not session.gpus:
                 continue

@@ -268,6 +268,20 @@ class NodeSession:
         now = self.runner.limit_counters(self.container_id)
         return limit_reason(self.limits, self.counters, now, self.scratch)
 
+    def environment_lost(self) -> str:
+        """One line if the session's container stopped under it (its engine restarted or
+        stopped it), else ``""``."""
+        if self.container_id is None:
+            return ""
+        try:
+            if self.runner.running(self.container_id):
+                return ""
+        except Exception as exc:  # the engine itself is away
+            return f"the node's container engine stopped answering ({exc})"
+        return (
+            "the session's container stopped: the node's container engine restarted or stopped it"
+        )
+
     def _shown(self, root: Path) -> dict[str, str]:
         """The developer's /tmp/NAME paths the run needs, from the share, over the private
         /tmp; a link is refused, as for every directory bound from the share."""
@@ -323,8 +337,10 @@ class NodeSession:
 
         def exited(code: int) -> None:
             if code != 0 and self.end_reason is None:
-                # killed for going over a limit: that, not the exit status, is the news
-                self.end_reason = self.over_limit() or None
+                # killed for going over a limit, or with its container: that, not the exit
+                # status, is the news
+                broken = self.command.broken if self.command is not None else ""
+                self.end_reason = self.over_limit() or broken or self.environment_lost() or None
             on_exit(code)
 
         self.command = self.runner.exec(
@@ -349,13 +365,15 @@ class NodeSession:
                 self.runner.remove_session(self.home or self.id, self.node)  # made, then failed
         except Exception as exc:
             self.runner.log.error("session %s: removing its container failed: %s", self.id, exc)
-        if (
-            self.cached is not None
-            and self.cache is not None
-            and not self.cache.detach(self.cached)
-        ):
-            self.runner.log.error("session %s: a cached tree is still mounted", self.id)
-            return
+        if self.cached is not None and self.cache is not None:
+            try:
+                detached = self.cache.detach(self.cached)
+            except Exception as exc:  # what counts is whether a tree is still mounted
+                self.runner.log.error("session %s: detaching its cache: %s", self.id, exc)
+                detached = not any(mounted(target) for target in self.cached.binds)
+            if not detached:
+                self.runner.log.error("session %s: a cached tree is still mounted", self.id)
+                return
         if self.cached is not None:
             self.runner.log.info("session %s cache: %s", self.id, self.cached.describe())
         if mounted(self.scratch):

@@ -211,8 +211,9 @@ class SharedGpus(LoggingConfigurable):
     def cell_seconds(self) -> dict[str, float]:
         """Seconds each shared kernel's cells have run (the GPU time its user is charged),
         the sessions that ended since the last heartbeat included, with their final figure."""
-        live = {sid: round(self.gate.charged(sid), 3) for sid in self.sessions}
-        return {**self.unreported, **live}
+        # copies: the heartbeat reads this in a worker thread while sessions come and go
+        live = {sid: round(self.gate.charged(sid), 3) for sid in list(self.sessions)}
+        return {**dict(self.unreported), **live}
 
     def reported(self, sent: dict[str, float]) -> None:
         """A heartbeat carried these figures: the ended sessions among them are done."""

@@ -146,14 +146,18 @@ class Scheduler(LoggingConfigurable):
         """Take the working set from the store: at start, and after a commit failed (the
         working set then holds changes the store does not). ``grace``: the scheduler was
         away, not the nodes and clients, so give each a full period to speak."""
+        seen = {n.name: n.last_seen for n in getattr(self, "nodes", {}).values()}
+        leases = {s.id: s.lease_expires for s in getattr(self, "live", {}).values()}
         self.nodes: dict[str, Node] = {n.name: n for n in self.store.nodes()}
         self.live: dict[str, Session] = {s.id: s for s in self.store.live_sessions()}
         start = self.clock()
-        if grace:
-            for node in self.nodes.values():
-                node.last_seen = max(node.last_seen, start)
-            for s in self.live.values():
-                s.lease_expires = max(s.lease_expires, start + self.lease_seconds)
+        for node in self.nodes.values():
+            # when a node was last heard of, and a lease last renewed, is known here even
+            # where it could not be written (a full disk): a node that speaks is not down
+            node.last_seen = max(node.last_seen, start if grace else seen.get(node.name, 0.0))
+        for s in self.live.values():
+            renewed = start + self.lease_seconds if grace else leases.get(s.id, 0.0)
+            s.lease_expires = max(s.lease_expires, renewed)
         self._seq = max((s.seq for s in self.live.values()), default=0)
         self._usage: dict[str, float] = {}  # decayed GPU-seconds of ended sessions, at _usage_at
         self._usage_at = start

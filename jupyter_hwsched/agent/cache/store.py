@@ -72,10 +72,15 @@ class UserStore:
         self.index_file = directory / "index.json"
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
+        #: one save at a time: sessions that end together save from several threads, and
+        #: each writes the same temporary file (and the newest snapshot must land last)
+        self._save_lock = threading.Lock()
         self._on_bytes = on_bytes  # the node-wide byte count, told of every change
         self._dirty = False
         #: the developer's last request to forget (their clock), already carried out
         self.purged_ns = 0
+        #: purged: its directory is gone
+        self.removed = False
         self.objects.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)
         self._load()
@@ -190,15 +195,21 @@ class UserStore:
         return record.size
 
     def save(self) -> None:
-        with self.lock:
-            if not self._dirty:
-                return
-            rows = {path: r.to_json() for path, r in self.records.items()}
-            saved = {"purged_ns": self.purged_ns, "records": rows}
-            self._dirty = False
-        tmp = self.index_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved))
-        os.replace(tmp, self.index_file)
+        with self._save_lock:
+            with self.lock:
+                if not self._dirty:
+                    return
+                rows = {path: r.to_json() for path, r in self.records.items()}
+                saved = {"purged_ns": self.purged_ns, "records": rows}
+                self._dirty = False
+            tmp = self.index_file.with_suffix(".tmp")
+            try:
+                tmp.write_text(json.dumps(saved))
+                os.replace(tmp, self.index_file)
+            except FileNotFoundError:
+                if not self.removed:
+                    raise
+                # purged meanwhile (the operator's DELETE /hwsched/cache): nothing left to keep
 
     def forget_before(self, purge_ns: int) -> int:
         """The developer asked, at ``purge_ns``, that nodes forget their copies: drop them
@@ -217,6 +228,7 @@ class UserStore:
         with self.lock:
             freed = sum(r.size for r in self.records.values())
             self.records.clear()
+            self.removed = True  # a session's fill may still hold the store: it saves nothing
             shutil.rmtree(self.directory, ignore_errors=True)
         self._on_bytes(-freed)
         return freed

@@ -9,6 +9,7 @@ session ended or gone, so a client killed mid-run leaves no share open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -545,14 +546,17 @@ class ShareAgentApp(ConfigFileApp):
         """Shares of a previous run of this agent (it was killed): stop their sshd, drop keys."""
         state = Path(self.state_dir)
         for proc in psutil.process_iter(["cmdline"]):
-            try:
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if "sshd" in cmd and f"{state}/" in cmd and "sshd_config" in cmd:
-                    self.log.warning("stopping a leftover share server: %s", cmd)
-                    for victim in [*proc.children(recursive=True), proc]:
-                        victim.kill()
-            except psutil.Error:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if not ("sshd" in cmd and f"{state}/" in cmd and "sshd_config" in cmd):
                 continue
+            self.log.warning("stopping a leftover share server: %s", cmd)
+            try:
+                victims = [*proc.children(recursive=True), proc]
+            except psutil.Error:
+                continue  # gone already
+            for victim in victims:
+                with contextlib.suppress(psutil.Error):  # gone with its parent
+                    victim.kill()
         for leftover in state.glob("*"):
             shutil.rmtree(leftover, ignore_errors=True)
 

@@ -186,12 +186,14 @@ class Pool:
         identities: bool = False,
         placement: str = "builtin",
         scheduler_args: tuple[str, ...] = (),
+        db: Path | None = None,
     ) -> None:
         """``identities``: TLS with a pool CA made for the pool, and callers with identities:
         the share agent vouches for this machine's users (as machine ``MACHINE``), the node
         signs for itself, and the pool token is the operator's; clients run without it.
         ``placement="slurm"``: sessions are placed by a private Slurm started for the pool
-        (with accounting), whose one node is the pool's node."""
+        (with accounting), whose one node is the pool's node. ``db``: the scheduler's state
+        elsewhere than in the pool's directory."""
         Pool._count += 1
         self.workdir = workdir
         self.agent_args = agent_args
@@ -238,7 +240,7 @@ class Pool:
                     *me,
                     "scheduler",
                     f"--port={self.port}",
-                    f"--db={self.state / 'sched.sqlite'}",
+                    f"--db={db or self.state / 'sched.sqlite'}",
                     f"--lease={lease}",
                     f"--node-timeout={node_timeout}",
                     "--SchedulerApp.tick_interval=0.25",

@@ -359,10 +359,7 @@ def test_the_schedulers_disk_full(
     """Expected: a new request is refused with a line that says why (503); the run under way
     goes on, and its node is not taken for dead; with room again, everything works and
     nothing is left."""
-    pool = Pool(
-        tmp_path_factory.mktemp("sched-disk"),
-        scheduler_args=(f"--db={small_disk / 'sched.sqlite'}",),
-    )
+    pool = Pool(tmp_path_factory.mktemp("sched-disk"), db=small_disk / "sched.sqlite")
     try:
         r = Run(pool, "/")
         r.read(5)
@@ -394,24 +391,36 @@ def test_the_schedulers_disk_full(
         pool.stop()
 
 
-def test_the_nodes_disk_full(tmp_path_factory: pytest.TempPathFactory, small_disk: Path) -> None:
+def test_the_nodes_disk_full(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Expected: a session that cannot start on the node fails with a line that says why,
     its GPU goes back at once, and nothing is left; with room again, runs start."""
+    disks: list[Path] = []
+
+    def small_agent_disk(p: Pool) -> None:  # the agent's state directory: a 16 MiB tmpfs
+        point = p.state / "agent"
+        point.mkdir(mode=0o711)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "hwsched-small", point], check=True
+        )
+        disks.append(point)
+
     pool = Pool(
         tmp_path_factory.mktemp("node-disk"),
-        agent_args=(f"--state-dir={small_disk / 'agent'}", "--NodeCache.enabled=False"),
+        before_agent=small_agent_disk,
+        agent_args=("--NodeCache.enabled=False",),
     )
     try:
-        fill(small_disk)
+        [disk] = disks
+        fill(disk)
         since = time.monotonic()
         failed = pool.hwrun(["--gpu", "1", "--", "true"], cwd="/")
         said = failed.stderr.strip().splitlines()[-1] if failed.stderr.strip() else ""
         assert failed.returncode != 0
-        assert "No space left on device" in said or "disk" in said, failed.stderr
+        assert "No space left on device" in said, failed.stderr
         wait_for(lambda: not pool.held_gpus(), 60, "the GPU to go back")
         back = round(time.monotonic() - since, 1)
         pool.assert_clean(timeout=60)
-        (small_disk / "filler").unlink()
+        (disk / "filler").unlink()
         again = pool.hwrun(["-q", "--gpu", "1", "--", "echo", "ok"], cwd="/")
         assert (again.returncode, again.stdout) == (0, "ok\n"), again.stderr
         pool.assert_clean(timeout=60)
@@ -427,3 +436,5 @@ def test_the_nodes_disk_full(tmp_path_factory: pytest.TempPathFactory, small_dis
         )
     finally:
         pool.stop()
+        for point in disks:
+            subprocess.run(["umount", "-l", point], check=False)

@@ -268,16 +268,21 @@ class NodeSession:
         now = self.runner.limit_counters(self.container_id)
         return limit_reason(self.limits, self.counters, now, self.scratch)
 
-    def environment_lost(self) -> str:
+    def environment_lost(self, wait: float = 0.0) -> str:
         """One line if the session's container stopped under it (its engine restarted or
-        stopped it), else ``""``."""
+        stopped it), else ``""``; ``wait``: seconds to give a container being stopped."""
         if self.container_id is None:
             return ""
-        try:
-            if self.runner.running(self.container_id):
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                if not self.runner.running(self.container_id):
+                    break
+            except Exception as exc:  # the engine itself is away
+                return f"the node's container engine stopped answering ({exc})"
+            if time.monotonic() >= deadline:
                 return ""
-        except Exception as exc:  # the engine itself is away
-            return f"the node's container engine stopped answering ({exc})"
+            time.sleep(0.1)
         return (
             "the session's container stopped: the node's container engine restarted or stopped it"
         )
@@ -340,7 +345,9 @@ class NodeSession:
                 # killed for going over a limit, or with its container: that, not the exit
                 # status, is the news
                 broken = self.command.broken if self.command is not None else ""
-                self.end_reason = self.over_limit() or broken or self.environment_lost() or None
+                # killed by a signal, from outside: its engine may be stopping its container
+                wait = 5.0 if code > 128 else 0.0
+                self.end_reason = self.over_limit() or broken or self.environment_lost(wait) or None
             on_exit(code)
 
         self.command = self.runner.exec(

@@ -58,7 +58,7 @@ async def run_command(
             settings.ca_file,
         )
         while True:
-            message = await ws.read_message()
+            message = await _next_message(ws, session)
             if message is None:
                 reason = await session.why_ended()
                 raise SessionEnded(
@@ -84,6 +84,28 @@ async def run_command(
             # only now: a Ctrl-C during the release must not cut it short
             for sig in FORWARDED_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+
+#: seconds the node's last messages may take to arrive once the scheduler says the session
+#: ended (a command that exits ends its session: its exit status is on its way)
+LAST_WORDS = 5.0
+
+
+async def _next_message(ws: Any, session: RemoteSession) -> Any:
+    """The node's next message; ``None`` once its connection closed, or once the scheduler
+    says the session ended and the node said nothing more (a link to the node that is down
+    closes nothing)."""
+    reading = asyncio.ensure_future(ws.read_message())
+    if not session.ended.is_set():
+        ended = asyncio.ensure_future(session.ended.wait())
+        await asyncio.wait({reading, ended}, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        if reading.done():
+            return reading.result()
+    try:
+        return await asyncio.wait_for(asyncio.shield(reading), LAST_WORDS)
+    except asyncio.TimeoutError:
+        return None
 
 
 def exit_status(code: int) -> int:

@@ -108,6 +108,9 @@ class RemoteSession:
         self.share: ShareClient | None = None
         self.agent: AgentClient | None = None
         self._renewer: asyncio.Task[None] | None = None
+        #: set when a renewal finds the session ended (the node may not be able to say so:
+        #: the link to it is down)
+        self.ended = asyncio.Event()
         self._release_task: asyncio.Future[None] | None = None
 
     @property
@@ -217,6 +220,7 @@ class RemoteSession:
                 await self.scheduler.renew(str(self.id))
             except SessionEnded as exc:
                 self.ended_reason = str(exc)
+                self.ended.set()
                 return
             except HwschedError:
                 continue  # a blip; the next renewal may get through

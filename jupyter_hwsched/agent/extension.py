@@ -24,7 +24,7 @@ from traitlets import Bool, Float, List, Type, Unicode, default
 from jupyter_hwsched.agent.cache import NodeCache
 from jupyter_hwsched.agent.docker_runner import DockerRunner
 from jupyter_hwsched.agent.gpus import discover
-from jupyter_hwsched.agent.handlers import handlers
+from jupyter_hwsched.agent.handlers import handlers, json_not_found
 from jupyter_hwsched.agent.kernelspecs import CONTAINER_KERNEL
 from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import DEFAULT_OPTIONS
@@ -230,6 +230,9 @@ class AgentApp(ExtensionApp, LimitSettings):
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
+        server = self.serverapp
+        assert server is not None, "an extension app is linked to its server"
+        json_not_found(server.web_app, server.base_url)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         asyncio.get_running_loop().set_default_executor(

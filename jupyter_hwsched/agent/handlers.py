@@ -7,7 +7,17 @@ and streams its output (binary frames: one byte 1 or 2 for stdout or stderr, the
 ending with a text frame ``{"exit": code}``; the client sends ``{"signal": N}`` to signal it.
 The output is relayed losslessly with a bound on what the agent holds for a client that does
 not read (``c.CommandRelay.max_unsent_bytes``, 8 MiB): past it the command is paused, blocked
-on its write, until the client reads (see relay.py).
+on its write, until the client reads (see relay.py). A client frame that is not
+``{"signal": N}`` with N a signal, or is over ``COMMAND_MAX_MESSAGE`` bytes, closes the
+stream (1007, or tornado's 1009) with a reason, which hangs up the command as any close does.
+
+``/hwsched/spec``: the OpenAPI description of this API (public, as the scheduler's), from
+:mod:`jupyter_hwsched.protocol.openapi.agent`. Of the Kernel Gateway API that jupyter_server
+serves, two verbs are answered here instead: starting a kernel (403: kernels start with a
+session), and interrupting or restarting one that does not exist (404) or is busy starting,
+restarting or shutting down (409), where jupyter_server says 500. Any other path under
+``/api`` or ``/hwsched`` that no route takes is a JSON 404 (:func:`json_not_found`), not
+jupyter_server's HTML page.
 """
 
 from __future__ import annotations
@@ -17,8 +27,12 @@ import json
 import signal
 from typing import Any
 
+from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.services.kernels.handlers import KernelActionHandler, MainKernelHandler
+from jupyter_server.utils import url_path_join
 from tornado import web, websocket
+from tornado.routing import PathMatches, Rule
 
 from jupyter_hwsched.agent.authorizer import ADMIN, session_of
 from jupyter_hwsched.agent.relay import CommandRelay, OutputWindow
@@ -26,9 +40,14 @@ from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol.errors import ForbiddenError, NotFoundError, RequestError
 from jupyter_hwsched.protocol.handler import ErrorMapping
+from jupyter_hwsched.protocol.openapi.agent import SPEC_PATH, agent_spec
 from jupyter_hwsched.protocol.records import SESSION_ID_PATTERN, StartSpec
 
 STREAM_CODES = {"stdout": 1, "stderr": 2}
+#: the largest frame a command's client may send (it sends only {"signal": N})
+COMMAND_MAX_MESSAGE = 4096
+#: jupyter_server's route of a kernel id
+KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
 
 
 def node_of(handler: web.RequestHandler) -> NodeService:
@@ -219,11 +238,19 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
                 await asyncio.wait([last], timeout=0.5)
         self.close(1000)
 
+    @property
+    def max_message_size(self) -> int:
+        return COMMAND_MAX_MESSAGE
+
     def on_message(self, message: str | bytes) -> None:
         try:
-            signum = int(json.loads(message)["signal"])
+            body = json.loads(message)
+            signum = body["signal"] if isinstance(body, dict) else None
+            if not isinstance(signum, int) or isinstance(signum, bool):
+                raise ValueError
             signal.Signals(signum)
-        except (ValueError, KeyError, TypeError):
+        except ValueError:  # not JSON, not UTF-8, not an object with a signal's number
+            self.close(1007, 'expected {"signal": N}, N a signal number')
             return
         if self.session.command is not None:
             self.session.command.signal(signum)
@@ -244,11 +271,76 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+class SpecHandler(AgentHandler):
+    """This API's OpenAPI description; public, like the scheduler's."""
+
+    @allow_unauthenticated
+    def get(self) -> None:
+        self.finish(json.dumps(agent_spec(self.base_url)))
+
+
+class KernelsHandler(MainKernelHandler):
+    """``/api/kernels``: the list as jupyter_server gives it; no kernel starts here but a
+    session's (jupyter_server would answer the provisioner's refusal with a 500)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        raise web.HTTPError(
+            403,
+            "a node starts a kernel only for a session the scheduler placed here: ask the "
+            "scheduler for a kernel session, whose client starts it with "
+            "POST /hwsched/sessions/{id}",
+        )
+
+
+class KernelActionsHandler(KernelActionHandler):
+    """Interrupt and restart: a kernel that does not exist is a 404 for both, one that is
+    still starting, restarting or shutting down a 409 (jupyter_server answers both with a
+    500)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, kernel_id: str, action: str) -> None:
+        if kernel_id not in self.kernel_manager:
+            raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
+        ready = getattr(self.kernel_manager.get_kernel(kernel_id), "ready", None)
+        if ready is not None and not ready.done():
+            raise web.HTTPError(
+                409, f"kernel {kernel_id} is starting, restarting or shutting down: try again"
+            )
+        done = super().post(kernel_id, action)
+        if done is not None:
+            await done
+
+
+class NotFoundHandler(ErrorMapping):
+    """What no route takes under ``/api`` or ``/hwsched``: a JSON 404."""
+
+    def check_xsrf_cookie(self) -> None:
+        return None  # nothing here acts on a request, so nothing can be forged
+
+    def prepare(self) -> None:
+        raise NotFoundError(f"no such endpoint: {self.request.method} {self.request.path}")
+
+
+def json_not_found(web_app: web.Application, base_url: str) -> None:
+    """Answer an unknown path under ``/api`` and ``/hwsched`` with a JSON 404, where
+    jupyter_server's catch-all answers an HTML page. Goes last among jupyter_server's own
+    routes, just before that catch-all, so that it shadows none of them."""
+    pattern = url_path_join(base_url, r"(?:api|hwsched)(?:/.*)?")
+    router = web_app.wildcard_router
+    router.rules.insert(len(router.rules) - 1, Rule(PathMatches(pattern), NotFoundHandler))
+
+
 def handlers() -> list[tuple[str, type]]:
     return [
+        (SPEC_PATH, SpecHandler),
         (r"/hwsched/node", NodeHandler),
         (r"/hwsched/cache", CacheHandler),
         (r"/hwsched/sessions", SessionsHandler),
         (rf"/hwsched/sessions/({SESSION_ID_PATTERN})", SessionHandler),
         (rf"/hwsched/sessions/({SESSION_ID_PATTERN})/command", CommandHandler),
+        (r"/api/kernels", KernelsHandler),
+        (rf"/api/kernels/{KERNEL_ID}/(?P<action>restart|interrupt)", KernelActionsHandler),
     ]

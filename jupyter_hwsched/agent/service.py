@@ -114,6 +114,7 @@ class NodeService:
         self._adopting: dict[str, ExecProcess] = {}
         self._not_taken_back: dict[str, str] = {}
         self._strays: set[str] = set()  # containers no session owned at the last check
+        self.ending: dict[str, NodeSession] = {}  # ended, being torn down
         self._cpu_samples: dict[str, tuple[float, float]] = {}
 
     # the node as a whole
@@ -254,7 +255,7 @@ class NodeService:
             reply = await self.scheduler.heartbeat(
                 self.node_name,
                 Heartbeat(
-                    tuple(self.sessions),
+                    (*self.sessions, *self.ending),
                     stats,
                     self.cache.warm_keys() if self.cache else (),
                     tuple(lease.record() for lease in self.leases.values()),
@@ -275,7 +276,7 @@ class NodeService:
         """Remove this node's containers that no live session or lease owned at this check
         and the one before (a container passes from a lease to its session between two
         awaits): those whose removal failed while their engine was away (blocking)."""
-        live = list(self.sessions.values())  # copies: this runs in a worker thread
+        live = [*self.sessions.values(), *self.ending.values()]  # copies: a worker thread
         kept = [lease.session for lease in list(self.leases.values())]
         owners = {s.home or s.id for s in live + kept} | {s.id for s in live}
         try:
@@ -518,7 +519,11 @@ class NodeService:
         reason = session.end_reason or f"the node could not start the session: {exc}"
         self.sessions.pop(session.id, None)
         self.sharing.remove(session.id)
-        await self._teardown(session)
+        self.ending[session.id] = session  # as in end_session
+        try:
+            await self._teardown(session)
+        finally:
+            self.ending.pop(session.id, None)
         await self._report_end(session.id, reason)
         return exc if isinstance(exc, HwschedError) else UnavailableError(reason)
 
@@ -548,11 +553,17 @@ class NodeService:
             return False
         session.end_reason = reason
         self.sharing.remove(session_id)
-        if session.starting is not None and not session.starting.done():
-            await asyncio.shield(session.starting)
-        kept = warm and not session.shared_mem and await self._keep_warm(session)
-        if not kept:
-            await self._teardown(session)
+        # still in the heartbeats until torn down: the scheduler keeps its GPUs, and hears
+        # why it ended from us (a teardown over a dead link takes a while)
+        self.ending[session_id] = session
+        try:
+            if session.starting is not None and not session.starting.done():
+                await asyncio.shield(session.starting)
+            kept = warm and not session.shared_mem and await self._keep_warm(session)
+            if not kept:
+                await self._teardown(session)
+        finally:
+            self.ending.pop(session_id, None)
         self.log.info("session %s ended: %s", session_id, reason)
         if tell_scheduler:
             await self._report_end(session_id, reason)

@@ -22,21 +22,27 @@ Remote GPU kernel's bridge does) gets the kernel's ZMQ frames as they are, behin
 offsets: nothing is parsed or re-encoded on the way, and what the client sends is only signed
 with the kernel's key (``Session.send_raw``). Without rate limit or traceback filtering, a
 kernel message goes straight from the ZMQ socket to the websocket.
+
+What a client sends is checked for its shape before it goes anywhere (:func:`client_message`):
+a frame that is not a kernel message of the connection's protocol (not JSON, a binary offset
+table that points outside the frame, a channel other than shell, control or stdin) closes that
+client's websocket with 1007 and a reason, and the kernel and its other clients go on. To a
+frame over ``websocket_max_message_size`` (tornado's 10 MiB) tornado answers 1009 and drops
+the connection at once, before reading it.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import struct
 from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import zmq
-from jupyter_server.services.kernels.connection.base import (
-    deserialize_msg_from_ws_v1,
-    serialize_msg_to_ws_v1,
-)
+from jupyter_server.services.kernels.connection.base import serialize_msg_to_ws_v1
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from traitlets import Bool, Int
 
@@ -48,6 +54,83 @@ REPLAY = "hwsched_replay"
 #: jupyter_server's binary kernel websocket protocol: the kernel's ZMQ frames, not JSON
 BINARY = "v1.kernel.websocket.jupyter.org"
 DELIM = b"<IDS|MSG>"
+#: the channels a client sends on (iopub only goes the other way)
+CLIENT_CHANNELS = ("shell", "control", "stdin")
+#: the close code of a frame that is not a kernel message (RFC 6455: invalid payload data)
+MALFORMED = 1007
+
+
+class MalformedMessage(ValueError):
+    """A client's frame is not a kernel message; the text says what is wrong (it is sent
+    back as the websocket's close reason, so it stays short)."""
+
+
+def split_v1(message: Any) -> tuple[str, list[bytes]]:
+    """The channel and frames of a message of the binary protocol (what jupyter_server's
+    ``deserialize_msg_from_ws_v1`` reads, with its offset table checked first: a count read
+    from garbage would have it build a list of up to 2**64 offsets)."""
+    if not isinstance(message, bytes):
+        raise MalformedMessage(f"expected a binary frame ({BINARY})")
+    count = int.from_bytes(message[:8], "little")
+    if not 2 <= count <= len(message) // 8 - 1:
+        raise MalformedMessage("bad offset table: wrong number of offsets")
+    offsets = [int.from_bytes(message[8 * i : 8 * i + 8], "little") for i in range(1, count + 1)]
+    if (
+        offsets[0] < 8 * (count + 1)
+        or offsets[-1] > len(message)
+        or any(b < a for a, b in itertools.pairwise(offsets))
+    ):
+        raise MalformedMessage("bad offset table: offsets out of order or past the end")
+    try:
+        channel = message[offsets[0] : offsets[1]].decode()
+    except UnicodeDecodeError:
+        raise MalformedMessage("the channel name is not UTF-8") from None
+    return channel, [message[offsets[i] : offsets[i + 1]] for i in range(1, count - 1)]
+
+
+def _json_object(data: bytes | str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise MalformedMessage(f"the {what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise MalformedMessage(f"the {what} is not a JSON object")
+    return value
+
+
+def _check_channel(channel: Any) -> None:
+    if channel not in CLIENT_CHANNELS:
+        raise MalformedMessage(f"no channel {str(channel)[:40]!r}: use shell, control or stdin")
+
+
+def client_message(message: Any, binary: bool) -> tuple[str, dict[str, Any]]:
+    """The channel and header of a client's frame, once it is known to be a kernel message
+    that jupyter_server can pass on; else :class:`MalformedMessage`. ``binary``: the
+    connection speaks the binary protocol."""
+    if binary:
+        channel, frames = split_v1(message)
+        _check_channel(channel)
+        if len(frames) < 4:
+            raise MalformedMessage("a message needs header, parent, metadata and content")
+        return channel, _json_object(frames[0], "header")
+    if isinstance(message, bytes):  # JSON with binary buffers (jupyter_server's own format)
+        if len(message) < 8:
+            raise MalformedMessage("a binary frame too short for its offset table")
+        count = struct.unpack("!i", message[:4])[0]
+        if not 1 <= count <= len(message) // 4 - 1:
+            raise MalformedMessage("bad offset table: wrong number of offsets")
+        offsets = struct.unpack(f"!{count}I", message[4 : 4 * (count + 1)])
+        if any(not 4 * (count + 1) <= o <= len(message) for o in offsets):
+            raise MalformedMessage("bad offset table: offsets past the end")
+        body = _json_object(message[offsets[0] : offsets[1] if count > 1 else None], "message")
+    else:
+        body = _json_object(message, "message")
+    channel = body.get("channel") or "shell"
+    _check_channel(channel)
+    for part in ("header", "parent_header", "metadata", "content"):
+        if not isinstance(body.get(part), dict):
+            raise MalformedMessage(f"the message's {part} is not a JSON object")
+    return channel, body["header"]
 
 
 class NoDelayConnection(ZMQChannelsWebsocketConnection):
@@ -104,9 +187,15 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
         self._pass_on(stream, outgoing_msg)
 
     def handle_incoming_message(self, incoming_msg: Any) -> None:
-        """A client's message for the kernel; a shared kernel's cell waits for its turn on
-        the GPU first (sharing.py)."""
-        if not self._held_for_gpu(incoming_msg):
+        """A client's message for the kernel, once its shape is checked; a shared kernel's
+        cell waits for its turn on the GPU first (sharing.py)."""
+        try:
+            channel, header = client_message(incoming_msg, self.subprotocol == BINARY)
+        except MalformedMessage as exc:
+            self.log.warning("kernel %s: a client sent a malformed frame: %s", self.kernel_id, exc)
+            self.websocket_handler.close(MALFORMED, f"not a kernel message: {exc}")
+            return
+        if not self._held_for_gpu(channel, header, incoming_msg):
             self.forward(incoming_msg)
 
     def forward(self, incoming_msg: Any) -> None:
@@ -117,7 +206,7 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
         if not self.channels or not self._binary() or allowed:
             super().handle_incoming_message(incoming_msg)
             return
-        channel, frames = deserialize_msg_from_ws_v1(incoming_msg)  # type: ignore[no-untyped-call]
+        channel, frames = split_v1(incoming_msg)  # checked before: client_message
         stream = self.channels.get(channel)
         if stream is None or len(frames) < 4:
             self.log.warning("dropping a message for channel %r of %d frames", channel, len(frames))
@@ -142,18 +231,12 @@ class NoDelayConnection(ZMQChannelsWebsocketConnection):
         found: tuple[Any, Any] | None = self._sharing or None
         return found
 
-    def _held_for_gpu(self, incoming_msg: Any) -> bool:
+    def _held_for_gpu(self, channel: str, header: dict[str, Any], incoming_msg: Any) -> bool:
         """Whether a message of a shared kernel waits for the GPU (it goes on later)."""
         shared = self._shared()
         if shared is None:
             return False
         node, session = shared
-        if isinstance(incoming_msg, bytes | bytearray | memoryview):
-            channel, frames = deserialize_msg_from_ws_v1(incoming_msg)  # type: ignore[no-untyped-call]
-            header = json.loads(bytes(frames[0])) if frames else {}
-        else:
-            message = json.loads(incoming_msg)
-            channel, header = message.get("channel"), message.get("header") or {}
         kind = header.get("msg_type")
         if channel == "shell" and kind == "execute_request":
             return not node.sharing.execute(session.id, self, incoming_msg, header)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -128,10 +129,22 @@ def default_name(request: HardwareRequest, python: str | None) -> str:
     return "-".join(parts)
 
 
+#: what Jupyter takes as a kernelspec's name (and its folder's): no path, no shell syntax
+_NAME_RE = re.compile(r"^[a-z0-9._\-]{1,200}$", re.IGNORECASE)
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name) or name in (".", ".."):
+        raise RequestError(
+            f"--name {name!r} is not a kernelspec name: use letters, digits, '.', '_' and '-'"
+        )
+    return name
+
+
 def install(args: argparse.Namespace, manager: KernelSpecManager) -> str:
     request = request_from_args(args)
     python = check_python(args.python) if args.python else None
-    name = args.name or default_name(request, python)
+    name = check_name(args.name or default_name(request, python))
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / "kernel.json").write_text(
             json.dumps(kernelspec(request, python, name), indent=1)

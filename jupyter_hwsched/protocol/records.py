@@ -19,6 +19,25 @@ from jupyter_hwsched.protocol.request import HardwareRequest
 
 MAX_NAME = 200
 MAX_PATH = 4096
+#: Linux's limit on one argument or environment string of a program (MAX_ARG_STRLEN, less
+#: the NUL), and what the argv and environment of a session's program may come to in all
+#: (well under the kernel's ARG_MAX of a quarter of the stack, 2 MiB with 8 MiB)
+MAX_ARG_BYTES = 128 * 1024 - 1
+MAX_EXEC_BYTES = 1024 * 1024
+#: the largest private key a share grant carries (an RSA-16384 key in OpenSSH's format is
+#: about 12 KiB)
+MAX_KEY = 16 * 1024
+#: what a share's host, its account and its pinned host key look like: nothing that ssh or
+#: sshfs could read as an option (a leading '-') or a shell could expand (in a ProxyCommand)
+SHARE_HOST_PATTERN = r"[A-Za-z0-9:\[][A-Za-z0-9_.:%\[\]\-]{0,253}"
+SHARE_USER_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.@\-]{0,199}\$?"
+HOST_KEY_PATTERN = r"[A-Za-z0-9][A-Za-z0-9@.\-]{0,99} [A-Za-z0-9+/=]{1,16384}( [ -~]{0,200})?"
+#: ids are 32-bit, and (uid_t)-1 means "no change" to the kernel
+MAX_ID = 2**32 - 1
+#: Linux's NGROUPS_MAX
+MAX_GROUPS = 65536
+#: a name in a program's environment: anything but '=' and NUL
+ENV_NAME_PATTERN = r"[^=\x00]{1,1024}"
 #: what session ids and node names look like in URLs (the scheduler's routes, its OpenAPI)
 SESSION_ID_PATTERN = r"[A-Za-z0-9_]{1,64}"
 NODE_NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,200}"
@@ -50,6 +69,44 @@ def text_field(
     if not isinstance(value, str) or (default is None and not value) or len(value) > limit:
         raise RequestError(f"field {name!r} must be a non-empty string of at most {limit}")
     return value
+
+
+def _quoted(value: Any) -> str:
+    """A value in an error message: quoted, and cut short if long."""
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:100]}... ({len(str(value))} characters)"
+
+
+def _control_free(value: str) -> bool:
+    return not any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def checked_path(value: Any, what: str) -> str:
+    """An absolute path as the node will use it: no NUL byte, no '..' (a path that climbs
+    out of the directory it is looked up under), at most MAX_PATH long."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise RequestError(
+            f"{what} must be an absolute path (starting with /), got {_quoted(value)}"
+        )
+    if len(value) > MAX_PATH:
+        raise RequestError(f"{what} is {len(value)} characters long: at most {MAX_PATH}")
+    if "\x00" in value:
+        raise RequestError(f"{what} {_quoted(value)} holds a NUL byte, which no path can")
+    if ".." in value.split("/"):
+        raise RequestError(f"{what} {_quoted(value)} has a '..' in it: give the path without it")
+    return value
+
+
+def _exec_string(value: str, what: str) -> int:
+    """A string that becomes an argument or environment string of a program: its size."""
+    if "\x00" in value:
+        raise RequestError(
+            f"{what} holds a NUL byte, which a program cannot be given: {_quoted(value)}"
+        )
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ARG_BYTES:
+        raise RequestError(f"{what} is {size} bytes long: a program takes at most {MAX_ARG_BYTES}")
+    return size
 
 
 def _strings(value: Any, what: str) -> list[str]:
@@ -135,8 +192,25 @@ class Identity:
                 home=str(user["home"]),
                 groups=tuple(int(g) for g in user.get("groups", [])),
             )
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             raise RequestError("user must give uid, gid, name and home") from None
+
+    def checked(self) -> Identity:
+        """This identity, once it is one a node can run work as (a client's, untrusted)."""
+        ids = (self.uid, self.gid, *self.groups)
+        if not all(0 <= i < MAX_ID for i in ids) or len(self.groups) > MAX_GROUPS:
+            raise RequestError(
+                f"user's uid, gid and groups must be ids from 0 to {MAX_ID - 1} "
+                f"(at most {MAX_GROUPS} groups)"
+            )
+        for what, text in (("user's name", self.name), ("user's group", self.group)):
+            if len(text) > MAX_NAME or not _control_free(text):
+                raise RequestError(
+                    f"{what} must be at most {MAX_NAME} characters, none of them control "
+                    f"characters, got {_quoted(text)}"
+                )
+        checked_path(self.home, "user's home")
+        return self
 
 
 @dataclass(frozen=True)
@@ -177,15 +251,32 @@ class ShareGrant:
             raise RequestError("share must give host, port, user, private_key and host_key")
         try:
             port = int(share["port"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise RequestError("share's port must be a number") from None
+        if not 0 < port < 65536:
+            raise RequestError(f"share's port must be from 1 to 65535, got {port}")
+        for name, pattern, example in (
+            ("host", SHARE_HOST_PATTERN, "a host name or an IP address"),
+            ("user", SHARE_USER_PATTERN, "an account name"),
+            ("host_key", HOST_KEY_PATTERN, "one line 'TYPE BASE64 [COMMENT]'"),
+        ):
+            value = share[name]
+            if not (isinstance(value, str) and re.fullmatch(pattern, value)):
+                raise RequestError(f"share's {name} must be {example}, got {_quoted(value)}")
+        key = share["private_key"]
+        if not isinstance(key, str) or len(key) > MAX_KEY or "\x00" in key:
+            raise RequestError(f"share's private_key must be a key file's text, at most {MAX_KEY}")
+        root = share.get("root") or "/"
+        checked_path(root, "share's root")
+        if not _control_free(root):
+            raise RequestError(f"share's root {_quoted(root)} holds control characters")
         return cls(
-            host=str(share["host"]),
+            host=share["host"],
             port=port,
-            user=str(share["user"]),
-            private_key=str(share["private_key"]),
-            host_key=str(share["host_key"]),
-            root=str(share.get("root") or "/"),
+            user=share["user"],
+            private_key=key,
+            host_key=share["host_key"],
+            root=root,
             cache=CacheManifest.from_json(share["cache"]) if share.get("cache") else None,
             lease=lease_id(share.get("lease") or "", "share's lease"),
         )
@@ -250,15 +341,21 @@ class StartSpec:
         data = _object(data, "the session spec")
         share = data.get("share")
         grant = ShareGrant.from_json(share) if share is not None else None
-        user = Identity.from_json(data.get("user") or {})
+        user = Identity.from_json(data.get("user") or {}).checked()
         env = data.get("env") or {}
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             raise RequestError("env must map names to strings")
-        cwd = data.get("cwd")
-        if not isinstance(cwd, str) or not cwd.startswith("/"):
-            raise RequestError("cwd must be an absolute path")
+        size = 0
+        for name, value in env.items():
+            if not re.fullmatch(ENV_NAME_PATTERN, name):
+                raise RequestError(
+                    f"env: {_quoted(name)} is not a variable name: it must be 1 to 1024 "
+                    "characters, with no '=' and no NUL byte"
+                )
+            size += _exec_string(f"{name}={value}", f"env: variable {name}")
+        cwd = checked_path(data.get("cwd"), "cwd")
         shown = data.get("shown") or []
         if not isinstance(shown, list) or len(shown) > MAX_SHOWN:
             raise RequestError(f"shown must be a list of at most {MAX_SHOWN} paths")
@@ -278,6 +375,12 @@ class StartSpec:
             raise RequestError("kind must be 'kernel' or 'command'")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             raise RequestError("argv must be a non-empty list of strings")
+        size += sum(_exec_string(arg, f"argv[{i}]") for i, arg in enumerate(argv))
+        if size > MAX_EXEC_BYTES:
+            raise RequestError(
+                f"argv and env come to {size} bytes: a session's program takes at most "
+                f"{MAX_EXEC_BYTES}; pass large data in a file"
+            )
         keep_warm = data.get("keep_warm", 0)
         if not isinstance(keep_warm, (int, float)) or not 0 <= keep_warm <= MAX_KEEP_WARM:
             raise RequestError(f"keep_warm must be seconds from 0 to {MAX_KEEP_WARM}")

@@ -87,6 +87,8 @@ class HardwareRequest:
 FIELDS = ("gpus", "gpu_type", "gpu_mem", "timeout", "node", "priority", "mem", "cpus", "shared")
 MAX_CPUS = 4096
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
+#: the longest GPU type or node name a request gives (a node's name is at most this long)
+MAX_TEXT = 200
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=\-]*$")
 
 
@@ -112,6 +114,11 @@ def make_request(
         )
     if gpu_type is not None:
         gpu_type = str(gpu_type).strip() or None
+        if gpu_type and len(gpu_type) > MAX_TEXT:
+            raise RequestError(
+                f"--gpu-type is {len(gpu_type)} characters long: a GPU model name, or "
+                f"alternatives such as A100|H100, takes at most {MAX_TEXT}"
+            )
         for alternative in (gpu_type or "").split("|") if gpu_type else []:
             if not _TYPE_RE.match(alternative.strip()):
                 raise RequestError(
@@ -130,6 +137,11 @@ def make_request(
             raise RequestError(f"--timeout must be a positive number of seconds, got {timeout:g}")
     if node is not None:
         node = str(node).strip() or None
+        if node and len(node) > MAX_TEXT:
+            raise RequestError(
+                f"--node is {len(node)} characters long: a node name or label takes at most "
+                f"{MAX_TEXT}"
+            )
         if node and not _NAME_RE.match(node):
             raise RequestError(f"--node {node!r} is not a node name or label")
     priority = _whole(priority, "--priority", "write e.g. --priority 10")

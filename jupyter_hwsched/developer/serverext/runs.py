@@ -123,7 +123,7 @@ class RunService:
             run.state = "ended"
         view = run.view()
         registry.forget(run_id)
-        del self.runs[run_id]
+        self.runs.pop(run_id, None)  # gone already if another end came in meanwhile
         return view
 
     async def end_all(self) -> None:

@@ -195,6 +195,9 @@ def take_back(
     container = record.get("container_id") or ""
     if not container or not runner.running(container):
         return "the node agent restarted, and the session's container was gone"
+    # the agent that stopped may have paused it (a client that fell behind: relay.py); the
+    # new one has no reader behind, and would never let it go on
+    runner.resume(container)
     session = NodeSession(
         id=record["id"],
         secret_hash=record["secret_hash"],

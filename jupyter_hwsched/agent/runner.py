@@ -58,9 +58,11 @@ class ExecProcess:
         self.exit_code: int | None = None
         #: why the process's stream ended other than by its exit (its engine went away)
         self.broken = ""
+        self.signalled = 0  # the last signal the agent sent it (its client's Ctrl-C, say)
 
     def signal(self, signum: int) -> None:
         """Signal the process if it still runs; pid 0 or 1 would hit the wrong processes."""
+        self.signalled = signum
         if self.exit_code is None and self.pid > 1:
             try:
                 os.kill(self.pid, signum)

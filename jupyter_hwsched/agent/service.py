@@ -133,8 +133,8 @@ class NodeService:
                     sshfs_options=self.sshfs_options,
                     cache=self.cache,
                 )
-            except (KeyError, TypeError, ValueError, HwschedError) as exc:
-                found = f"the node agent restarted and could not read its record: {exc!r}"
+            except Exception as exc:  # a bad record, or an engine or mount that fails to say
+                found = f"the node agent restarted and could not take the session back: {exc!r}"
             session_id = str(record.get("id"))
             if isinstance(found, str):
                 self.log.warning("not taking back session %s: %s", session_id, found)

@@ -344,10 +344,15 @@ class NodeSession:
             if code != 0 and self.end_reason is None:
                 # killed for going over a limit, or with its container: that, not the exit
                 # status, is the news
-                broken = self.command.broken if self.command is not None else ""
-                # killed by a signal, from outside: its engine may be stopping its container
-                wait = 5.0 if code > 128 else 0.0
-                self.end_reason = self.over_limit() or broken or self.environment_lost(wait) or None
+                command = self.command
+                broken = command.broken if command is not None else ""
+                # SIGTERM or SIGKILL that nobody here sent: its engine may be stopping its
+                # container, which it then says within moments
+                foreign = code in (128 + 9, 128 + 15) and not (command and command.signalled)
+                wait = 5.0 if foreign else 0.0
+                reason = self.over_limit() or broken or self.environment_lost(wait)
+                if reason and self.end_reason is None:  # an end meanwhile says it better
+                    self.end_reason = reason
             on_exit(code)
 
         self.command = self.runner.exec(

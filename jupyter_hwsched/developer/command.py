@@ -98,8 +98,10 @@ async def _next_message(ws: Any, session: RemoteSession) -> Any:
     reading = asyncio.ensure_future(ws.read_message())
     if not session.ended.is_set():
         ended = asyncio.ensure_future(session.ended.wait())
-        await asyncio.wait({reading, ended}, return_when=asyncio.FIRST_COMPLETED)
-        ended.cancel()
+        try:
+            await asyncio.wait({reading, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
         if reading.done():
             return reading.result()
     try:

@@ -143,7 +143,11 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
             else None
         )
         authenticate = Authenticator(self.token, verifier)
-        commits = GroupCommit(store, scheduler.load, self.log) if self.group_commit else None
+        commits = (
+            GroupCommit(store, lambda: scheduler.load(replan=False), self.log)
+            if self.group_commit
+            else None
+        )
         if verifier is not None:
             end_unowned(scheduler)
         app = web.Application(

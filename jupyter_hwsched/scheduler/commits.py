@@ -38,7 +38,8 @@ class GroupCommit:
         self.commits = 0
         self.failures = 0
         self._pending: asyncio.Future[None] | None = None
-        self._reloading = False
+        self._reload_due = False  # a reload is scheduled
+        self._failing = False  # since the last commit that worked
         store.on_dirty = self._dirty
         store.on_failure = self._failed
 
@@ -54,10 +55,20 @@ class GroupCommit:
             return
         try:
             self.store.commit()
-        except StoreFailure:
-            return  # _failed has told the waiters
+        except Exception as exc:
+            if done is self._pending:  # _failed did not tell the waiters (not a StoreFailure)
+                self._pending = None
+                done.set_exception(exc)
+                done.exception()
+            # nothing is half-done between turns: reload now, before anyone reads the
+            # rolled-back changes from memory
+            self._reload()
+            return
         self._pending = None
         self.commits += 1
+        if self._failing:
+            self._failing = False
+            self.log.warning("the scheduler's state can be written again")
         done.set_result(None)
 
     def _failed(self, failure: StoreFailure) -> None:
@@ -69,17 +80,21 @@ class GroupCommit:
         if done is not None and not done.done():
             done.set_exception(failure)
             done.exception()  # retrieved: a turn with no waiter must not log it again
-        self.log.error("the scheduler's state could not be written; reloading it from the store")
-        if not self._reloading:
-            self._reloading = True
+        if not self._failing:  # once, not at every failed turn of a full disk
+            self._failing = True
+            self.log.error("%s; reloading the scheduler's state from the store", failure)
+        if not self._reload_due:
+            self._reload_due = True
             asyncio.get_running_loop().call_soon(self._reload)
 
     def _reload(self) -> None:
-        self._reloading = False
+        """The working set from the store, without placing anything (placing writes, and a
+        full disk would fail it again at once: the next tick places)."""
+        self._reload_due = False
         try:
             self.reload()
-        except StoreFailure:
-            pass  # still failing; the next change tries again
+        except Exception as exc:  # the store cannot be read either: the next tick tries
+            self.log.error("reloading the scheduler's state failed: %s", exc)
 
     async def durable(self) -> None:
         """Return once every change made so far is committed; raise StoreFailure if its
@@ -88,7 +103,11 @@ class GroupCommit:
             await asyncio.shield(self._pending)
 
     def close(self) -> None:
-        """Commit what is left (the service stops)."""
+        """Commit what is left (the service stops); a failure is logged, not retried."""
         self.store.on_dirty = None
-        self._commit()
-        self.store.commit()
+        self.store.on_failure = None
+        self._pending = None
+        try:
+            self.store.commit()
+        except StoreFailure as exc:
+            self.log.error("%s", exc)

@@ -142,10 +142,11 @@ class Scheduler(LoggingConfigurable):
         self.wait_histogram = WaitHistogram()
         self.load(grace=True)
 
-    def load(self, grace: bool = False) -> None:
+    def load(self, grace: bool = False, replan: bool = True) -> None:
         """Take the working set from the store: at start, and after a commit failed (the
         working set then holds changes the store does not). ``grace``: the scheduler was
-        away, not the nodes and clients, so give each a full period to speak."""
+        away, not the nodes and clients, so give each a full period to speak. ``replan``:
+        place what can be placed now (which writes)."""
         seen = {n.name: n.last_seen for n in getattr(self, "nodes", {}).values()}
         leases = {s.id: s.lease_expires for s in getattr(self, "live", {}).values()}
         self.nodes: dict[str, Node] = {n.name: n for n in self.store.nodes()}
@@ -167,7 +168,10 @@ class Scheduler(LoggingConfigurable):
         self._plan = Plan()
         self._positions: dict[str, int] = {}
         self._busy_reasons: dict[tuple[Any, ...], str] = {}
-        self.schedule()
+        # an end that was rolled back left a live session: its GPUs are not draining
+        self.draining = {k: v for k, v in self.draining.items() if k not in self.live}
+        if replan:
+            self.schedule()
 
     # nodes
 

@@ -134,7 +134,10 @@ class Store:
     def _failed(self, exc: sqlite3.Error) -> StoreFailure:
         """Roll back what was not committed, and say so."""
         if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:  # SQLite rolled back already, or cannot: nothing more to do
+                pass
         failure = StoreFailure(
             f"the scheduler could not write its state ({exc}); nothing was changed: try "
             "again once its operator has made room on its disk"

@@ -67,7 +67,8 @@ class SchedulerApp(ConfigFileApp, LimitSettings):
         help="Commit the state once per turn of the event loop, for every request of that "
         "turn, and answer each request once its changes are committed (see "
         "scheduler/commits.py); False commits each write as it is made, which syncs more "
-        "often for the same durability. benchmarks/scheduler.py measures both.",
+        "often, and a write that fails then leaves the working set ahead of the store until "
+        "a restart. benchmarks/scheduler.py measures both.",
     )
     certfile = Unicode(
         "", config=True, help="Host certificate to serve HTTPS with (from 'hwsched pki issue')."

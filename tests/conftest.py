@@ -27,9 +27,16 @@ pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Keep each phase's report on the test item (the browser tests screenshot failures)."""
+    """Keep each phase's report on the test item (the browser tests screenshot failures);
+    a failed test that used a pool gets the tails of its services' logs in its report."""
     report = yield
     setattr(item, f"rep_{report.when}", report)
+    if report.failed:
+        # a failure on a pool shows what its services said last: CI keeps no other trace
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, Pool) and value.services:
+                report.sections.append((f"the pool's service logs ({name})", value.log_tails()))
+                break
     return report
 
 

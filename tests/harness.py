@@ -342,6 +342,17 @@ class Pool:
         self._remove_what_agents_left()
         shutil.rmtree(self.state, ignore_errors=True)
 
+    def log_tails(self, lines: int = 40) -> str:
+        """The last lines each of the pool's services logged: what a failure report shows."""
+        parts = []
+        for service in self.services:
+            try:
+                text = service.log.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as exc:
+                text = [f"(its log could not be read: {exc})"]
+            parts.append(f"--- {service.name} ({service.log.name}) ---\n" + "\n".join(text))
+        return "\n".join(parts)
+
     def _remove_what_agents_left(self) -> None:
         """What an agent killed by a test left (its containers, mounts, sshfs and sshd), when
         the test failed before another agent removed it: no test run leaks."""

@@ -101,7 +101,15 @@ class Run:
 
     def finish(self, timeout: float = 180) -> str:
         """Wait for the run to end; its stderr's last line."""
-        out, err = self.proc.communicate(timeout=timeout)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.kill()
+            more = (exc.output or b"").split()
+            raise AssertionError(
+                f"the run did not end within {timeout} s: {len(more)} more lines came after "
+                f"line {len(self.lines)} (the last: {more[-1:]}); it said {exc.stderr!r}"
+            ) from None
         self.lines += [int(x) for x in out.split()]
         said = err.strip().splitlines()
         return said[-1] if said else ""

@@ -25,6 +25,7 @@ its process starts, so each session on such a node starts cold.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -168,9 +169,6 @@ class BwrapRunner(Runner):
         # the node's own programs run with the node's environment, never the developer's
         # (an LD_PRELOAD of theirs must not load into a process that is still root)
         cgroup = self._cgroups[container_id]
-        # the sandbox's options and the session's environment reach bwrap through a file:
-        # the node's own programs run with the node's environment, never the developer's
-        # (an LD_PRELOAD of theirs must not load into a process that is still root)
         options = [*self.sandbox_args(spec, uid, cwd, cgroup), "--clearenv"]
         for name, value in env.items():
             options += ["--setenv", name, value]
@@ -197,7 +195,7 @@ class BwrapRunner(Runner):
             os.close(args_fd)
         handle.exec_id = f"{container_id}-{proc.pid}"
         self._procs[container_id].append(proc)
-        return SandboxProcess(handle, argv)
+        return SandboxProcess(handle, argv, self.log)
 
     def remove(self, container_id: str) -> None:
         cgroup = self._cgroups.pop(container_id, None)
@@ -257,10 +255,11 @@ class SandboxProcess(ExecProcess):
     """A process in a sandbox, signalled as itself: bwrap is its parent, in between, and
     passes no signal on, so a signal goes to the process that runs the command."""
 
-    def __init__(self, outer: ExecProcess, argv: list[str]) -> None:
+    def __init__(self, outer: ExecProcess, argv: list[str], log: logging.Logger) -> None:
         super().__init__(outer.pid, outer.exec_id)
         self.outer = outer
         self.argv = argv
+        self.log = log
 
     @property
     def exit_code(self) -> int | None:
@@ -271,6 +270,7 @@ class SandboxProcess(ExecProcess):
         pass  # the outer process's, set by its reaper
 
     def signal(self, signum: int) -> None:
+        self.signalled = signum
         if self.outer.exit_code is not None:
             return
         target = self.inner()
@@ -279,6 +279,13 @@ class SandboxProcess(ExecProcess):
                 os.kill(target, signum)
             elif signum in (signal.SIGKILL, signal.SIGTERM):
                 os.kill(self.pid, signum)  # the sandbox is not yet up: end its start
+            else:
+                self.log.warning(
+                    "%s: no process runs %s in the sandbox yet: %s not delivered",
+                    self.exec_id,
+                    self.argv[:1],
+                    signal.Signals(signum).name,
+                )
         except ProcessLookupError:
             pass
 

@@ -253,6 +253,11 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
             self.close(1007, 'expected {"signal": N}, N a signal number')
             return
         if self.session.command is not None:
+            self.log.info(
+                "session %s: %s to its command, from its client",
+                self.session.id,
+                signal.Signals(signum).name,
+            )
             self.session.command.signal(signum)
 
     def on_close(self) -> None:

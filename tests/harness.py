@@ -143,6 +143,10 @@ class Service:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
         self.log = log
+        if argv[:1] != ["env"]:
+            # as a daemon started in the background (a shell's '&', a CI harness) or under
+            # nohup has them: what a service starts must not inherit these ignored
+            argv = ["env", "--ignore-signal=INT", "--ignore-signal=HUP", *argv]
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
                 argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

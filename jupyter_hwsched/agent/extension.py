@@ -28,6 +28,7 @@ from jupyter_hwsched.agent.handlers import handlers, json_not_found
 from jupyter_hwsched.agent.kernelspecs import CONTAINER_KERNEL
 from jupyter_hwsched.agent.limits import SessionLimits
 from jupyter_hwsched.agent.mount import DEFAULT_OPTIONS
+from jupyter_hwsched.agent.process import pass_default_signals
 from jupyter_hwsched.agent.runner import ExecProcess, Runner
 from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.serving import AGENT_LIMITS, LimitSettings, limit_server
@@ -168,6 +169,9 @@ class AgentApp(ExtensionApp, LimitSettings):
         return str(Path.home() / ".local" / "state" / "hwsched" / "agent")
 
     def initialize_settings(self) -> None:
+        passed = pass_default_signals()
+        if passed:
+            self.log.info("started ignoring %s: sessions get their default", ", ".join(passed))
         if not self.scheduler_url:
             self.log.critical("set --scheduler-url (or HWSCHED_URL): the node agent needs it")
             self.exit(2)

@@ -14,6 +14,46 @@ import psutil
 from jupyter_hwsched.agent.runner import ExecProcess, ExitCallback, OutputCallback
 
 
+#: signals a session's process must get with their default action, whatever the agent was
+#: started with (SIGPIPE and SIGXFSZ are reset by Popen itself; an ignored SIGCHLD means
+#: something else)
+SESSION_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGALRM,
+    signal.SIGTSTP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The agent's own way of ignoring a signal it was started ignoring."""
+
+
+def pass_default_signals() -> list[str]:
+    """Let the processes the runners start take signals as they expect.
+
+    A signal ignored when a program starts stays ignored in every process it starts: an
+    agent started with SIGINT ignored (by a shell's ``&`` without job control, by a CI
+    harness) starts commands that a client's Ctrl-C cannot interrupt, and one under
+    ``nohup`` commands that a client's hang-up cannot end. Each such signal gets a handler
+    that does nothing instead: the agent goes on ignoring it, and, as with every handler,
+    a program it starts has the default action. Returns the names of the signals changed."""
+    changed: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        return changed  # an agent inside another program (a test's server): its own affair
+    for signum in SESSION_SIGNALS:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, _ignore)
+            changed.append(signal.Signals(signum).name)
+    return changed
+
+
 def start_pumped(
     argv: list[str],
     exec_id: str,

@@ -35,8 +35,6 @@ PROBE = textwrap.dedent(
 
 
 def test_a_session_process_gets_the_default_action_of_what_the_agent_ignores() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["['SIGHUP',", "'SIGINT']", "[]", "alive"], done.stdout

@@ -13,7 +13,6 @@ import psutil
 
 from jupyter_hwsched.agent.runner import ExecProcess, ExitCallback, OutputCallback
 
-
 #: signals a session's process must get with their default action, whatever the agent was
 #: started with (SIGPIPE and SIGXFSZ are reset by Popen itself; an ignored SIGCHLD means
 #: something else)

@@ -1,7 +1,8 @@
 """A node agent killed with ``kill -9`` and started again takes its live sessions back
 (agent/recovery.py): a Remote GPU kernel keeps its state and its GPU, and the developer's
-side reconnects to it; what cannot be taken back (a command, whose output went to the agent
-that died; a kernel whose container went meanwhile) is torn down and ends with the reason.
+side reconnects to it; a command goes on, and its client reads on from its spool on the
+node without a line lost or repeated. What cannot be taken back (a command whose output's
+keeper died; a kernel whose container went meanwhile) is torn down and ends with the reason.
 The Docker runner: its containers belong to the engine, not to the agent."""
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import asyncio
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from harness import Pool, Service, wait_for
 from jupyter_client.manager import AsyncKernelManager
@@ -117,24 +120,99 @@ def test_a_kernel_keeps_its_state_through_an_agent_restart(pool: Pool, workspace
     pool.assert_clean(timeout=60)
 
 
-def test_a_command_ends_cleanly_with_the_reason(pool: Pool, workspace: Path) -> None:
-    pool.assert_clean()
-    proc = pool.popen_hwrun(
-        ["--gpu", "1", "--", "python3", "-c", "import time\nwhile True: time.sleep(0.1)"],
+#: numbered lines on stdout, every tenth also on stderr, then exit 3
+NUMBERS = (
+    "import sys, time\n"
+    "for i in range(1, {n} + 1):\n"
+    " print(i, flush=True)\n"
+    " if i % 10 == 0: print('e', i, file=sys.stderr, flush=True)\n"
+    " time.sleep({gap})\n"
+    "sys.exit(3)"
+)
+
+
+def numbers(pool: Pool, workspace: Path, n: int, gap: float) -> subprocess.Popen[str]:
+    return pool.popen_hwrun(
+        ["-q", "--gpu", "1", "--", "python3", "-c", NUMBERS.format(n=n, gap=gap)],
         cwd=str(workspace),
     )
+
+
+def check_numbers(proc: subprocess.Popen[str], first: list[str], n: int) -> None:
+    """The whole output came, once each and in order, and the exit status too."""
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 3, err
+    assert [int(x) for x in [*first, *out.split()]] == list(range(1, n + 1))
+    assert err.split("\n")[:-1] == [f"e {i}" for i in range(10, n + 1, 10)], err
+
+
+def keepers(pool: Pool) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if "jupyter_hwsched.agent.keeper" in (p.info["cmdline"] or [])
+        and str(pool.state) in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def test_a_command_and_its_output_go_on_through_an_agent_restart(
+    pool: Pool, workspace: Path
+) -> None:
+    pool.assert_clean()
+    proc = numbers(pool, workspace, 200, 0.02)
     try:
-        running = lambda: [s for s in pool.api("GET", "/api/sessions") if s["state"] == "running"]  # noqa: E731
-        [session] = wait_for(running, 60, "the command to run")
-        restart_agent(pool)
+        assert proc.stdout is not None
+        first = [proc.stdout.readline() for _ in range(40)]
+        before = running_session(pool)
+        restart_agent(pool, lambda: time.sleep(1))  # the command goes on meanwhile
+        check_numbers(proc, first, 200)
+        [after] = [s for s in pool.api("GET", "/api/sessions?all=1") if s["id"] == before["id"]]
+        assert after["end_reason"] == "released by the client", after
+        pool.assert_clean(timeout=60)
+        assert not keepers(pool)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_command_that_ended_while_the_agent_was_down_still_says_how(
+    pool: Pool, workspace: Path
+) -> None:
+    pool.assert_clean()
+    proc = numbers(pool, workspace, 60, 0.01)
+    try:
+        assert proc.stdout is not None
+        first = [proc.stdout.readline()]
+        restart_agent(pool, lambda: wait_for(lambda: not keepers(pool), 60, "the run to end"))
+        check_numbers(proc, first, 60)
+        pool.assert_clean(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_command_whose_output_was_lost_ends_with_the_reason(pool: Pool, workspace: Path) -> None:
+    pool.assert_clean()
+    proc = numbers(pool, workspace, 100000, 0.1)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        before = running_session(pool)
+
+        def kill_keeper() -> None:
+            for pid in keepers(pool):
+                os.kill(pid, signal.SIGKILL)
+
+        restart_agent(pool, kill_keeper)
         _, said = proc.communicate(timeout=120)
         assert proc.returncode != 0
         last = said.strip().splitlines()[-1]
-        assert "the connection to the node closed" in last, said
+        assert "the keeper of the command's output had stopped" in last, said
         pool.assert_clean(timeout=60)
-        [ended] = [s for s in pool.api("GET", "/api/sessions?all=1") if s["id"] == session["id"]]
+        [ended] = [s for s in pool.api("GET", "/api/sessions?all=1") if s["id"] == before["id"]]
         assert ended["state"] == "ended"
-        assert ended["end_reason"], ended
     finally:
         if proc.poll() is None:
             proc.kill()

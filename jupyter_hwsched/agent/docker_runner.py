@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -25,6 +26,7 @@ from typing import Any
 from traitlets import List, Unicode, default
 
 from jupyter_hwsched.agent.devices import add_device, remove_device, split_device
+from jupyter_hwsched.agent.keeper import exec_failure
 from jupyter_hwsched.agent.limits import LimitCounters, read_counters
 from jupyter_hwsched.agent.runner import (
     INIT,
@@ -37,6 +39,7 @@ from jupyter_hwsched.agent.runner import (
     ExitCallback,
     OutputCallback,
     Runner,
+    SpooledExec,
 )
 from jupyter_hwsched.protocol.errors import UnavailableError
 
@@ -90,14 +93,6 @@ def _started(pid: int) -> int:
     except OSError:
         return 0
     return int(stat_line.rsplit(")", 1)[1].split()[19])
-
-
-def _exec_failure(message: bytes, program: str) -> bytes:
-    """The engine's "OCI runtime exec failed: ... exec: "X": REASON: unknown", as one line."""
-    text = message.decode(errors="replace").strip()
-    found = re.search(r'exec: "[^"]*": (.*?)(?:: unknown)?$', text)
-    reason = found.group(1) if found else text
-    return f"{program}: cannot start on the node: {reason}\n".encode()
 
 
 class DockerRunner(Runner):
@@ -254,7 +249,7 @@ class DockerRunner(Runner):
                 for out, err in stream:
                     if out and out.startswith(b"OCI runtime exec failed"):
                         # the engine could not start it: say so as the process would
-                        on_output("stderr", _exec_failure(out, argv[0]))
+                        on_output("stderr", exec_failure(out, argv[0]))
                     elif out:
                         on_output("stdout", out)
                     if err:
@@ -279,6 +274,44 @@ class DockerRunner(Runner):
 
         threading.Thread(target=pump, name=f"exec-{exec_id[:12]}", daemon=True).start()
         return proc
+
+    def exec_spooled(
+        self,
+        container_id: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        user: str,
+        spool: Path,
+        limit: int,
+    ) -> SpooledExec | None:
+        socket_path = self.socket_path()
+        if socket_path is None:
+            return None  # the keeper speaks to an engine on a unix socket only
+        exec_id = self.client.api.exec_create(
+            container_id, argv, stdout=True, stderr=True, environment=env, workdir=cwd, user=user
+        )["Id"]
+        spool.mkdir(mode=0o700, exist_ok=True)
+        with open(spool.parent / "keeper.log", "ab") as log:
+            # a session of its own: the keeper and the exec's stream outlive the agent
+            keeper = subprocess.Popen(
+                [sys.executable, "-m", "jupyter_hwsched.agent.keeper", socket_path, exec_id,
+                 str(spool), str(limit), argv[0]],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            pid = self._exec_pid(exec_id)
+        except BaseException:
+            keeper.kill()
+            keeper.wait()
+            raise
+        return SpooledExec(pid, exec_id, spool, keeper)
+
+    def socket_path(self) -> str | None:
+        """The engine's unix socket, where it has one."""
+        url = self.docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return url[len("unix://") :] if url.startswith("unix://") else None
 
     def _exec_pid(self, exec_id: str, timeout: float = 10.0) -> int:
         """The host pid of a started exec. The engine reports 0 until the process exists;

@@ -4,12 +4,17 @@
 ``/hwsched/sessions/{id}``: POST starts a placed session (mount, container, kernel), DELETE
 ends it. ``/hwsched/sessions/{id}/command``: a websocket that runs a command session's command
 and streams its output (binary frames: one byte 1 or 2 for stdout or stderr, then the bytes),
-ending with a text frame ``{"exit": code}``; the client sends ``{"signal": N}`` to signal it.
-The output is relayed losslessly with a bound on what the agent holds for a client that does
-not read (``c.CommandRelay.max_unsent_bytes``, 8 MiB): past it the command is paused, blocked
-on its write, until the client reads (see relay.py). A client frame that is not
-``{"signal": N}`` with N a signal, or is over ``COMMAND_MAX_MESSAGE`` bytes, closes the
-stream (1007, or tornado's 1009) with a reason, which hangs up the command as any close does.
+ending with a text frame ``{"exit": code}``; the client sends ``{"signal": N}`` to signal it,
+and ``{"received": N}`` to say it has N bytes of the output. The output is relayed losslessly
+with a bound on what the agent holds for a client that does not read
+(``c.CommandRelay.max_unsent_bytes``, 8 MiB): past it the command is paused, blocked on its
+write, until the client reads (see relay.py). Where the runner spools a command's output on
+the node (spool.py: Docker's), a client that connects with ``?resume=0`` keeps the output it
+has not acknowledged spooled (past the same bound, the command is paused), and after a
+dropped connection (the agent restarted) connects again with ``?resume=N`` and reads on from
+byte N; without it, the spool drops what was relayed. A client frame that is none of
+these, or is over ``COMMAND_MAX_MESSAGE`` bytes, closes the stream (1007, or tornado's 1009)
+with a reason, which hangs up the command as any close does.
 
 ``/hwsched/spec``: the OpenAPI description of this API (public, as the scheduler's), from
 :mod:`jupyter_hwsched.protocol.openapi.agent`. Of the Kernel Gateway API that jupyter_server
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from typing import Any
+from typing import Any, TypeGuard
 
 from jupyter_server.auth.decorator import allow_unauthenticated, authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
@@ -36,15 +41,17 @@ from tornado.routing import PathMatches, Rule
 
 from jupyter_hwsched.agent.authorizer import ADMIN, session_of
 from jupyter_hwsched.agent.relay import CommandRelay, OutputWindow
+from jupyter_hwsched.agent.runner import SpooledExec
 from jupyter_hwsched.agent.service import NodeService
 from jupyter_hwsched.agent.sessions import NodeSession
+from jupyter_hwsched.agent.spool import trim
 from jupyter_hwsched.protocol.errors import ForbiddenError, NotFoundError, RequestError
 from jupyter_hwsched.protocol.handler import ErrorMapping
 from jupyter_hwsched.protocol.openapi.agent import SPEC_PATH, agent_spec
 from jupyter_hwsched.protocol.records import SESSION_ID_PATTERN, StartSpec
 
 STREAM_CODES = {"stdout": 1, "stderr": 2}
-#: the largest frame a command's client may send (it sends only {"signal": N})
+#: the largest frame a command's client may send ({"signal": N} or {"received": N})
 COMMAND_MAX_MESSAGE = 4096
 #: jupyter_server's route of a kernel id
 KERNEL_ID = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)"
@@ -179,11 +186,21 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
         if session is None or session.spec.kind != "command":
             self.close(4004, f"no command session {session_id} on this node")
             return
-        if session.command is not None:
+        try:
+            resume = int(self.get_query_argument("resume", "-1"))
+        except ValueError:
+            resume = -1
+        command = session.command
+        if command is not None and not (resume >= 0 and isinstance(command, SpooledExec)):
             self.close(4009, "the command of this session has already run")
             return
         self.session = session
-        window = self.window = OutputWindow(CommandRelay(config=self.config).max_unsent_bytes)
+        session_client = session.client
+        session.client = self  # the one its output goes to
+        if session_client is not None:
+            session_client.close(4009, "another connection took this command's output over")
+        relay = CommandRelay(config=self.config)
+        window = self.window = OutputWindow(relay.max_unsent_bytes)
         loop = asyncio.get_running_loop()
 
         def on_output(stream: str, data: bytes) -> None:
@@ -196,7 +213,23 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
         def on_exit(code: int) -> None:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._finish(code)))
 
-        await loop.run_in_executor(None, session.exec_command, on_output, on_exit)
+        def unwanted() -> bool:
+            # a client that does not say what it received cannot read on after a drop
+            return resume < 0 or window.closed
+
+        if command is None:
+            await loop.run_in_executor(
+                None, session.exec_command, on_output, on_exit, relay.max_unsent_bytes, unwanted
+            )
+            node_of(self).record(session)  # now with its command, for a restarted agent
+            return
+        self.log.info(
+            "session %s: its client reads its output again from byte %d", session.id, resume
+        )
+        try:
+            session.relay_output(resume, on_output, on_exit, unwanted)
+        except ValueError as exc:
+            self.close(4010, str(exc))
 
     def _send_output(self, frame: bytes) -> None:
         assert self.window is not None
@@ -245,12 +278,20 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
     def on_message(self, message: str | bytes) -> None:
         try:
             body = json.loads(message)
-            signum = body["signal"] if isinstance(body, dict) else None
-            if not isinstance(signum, int) or isinstance(signum, bool):
+            if not isinstance(body, dict):
+                raise ValueError
+            received = body.get("received")
+            if _natural(received) and len(body) == 1:
+                # the client has the output up to there: the spool need not keep it
+                if isinstance(self.session.command, SpooledExec):
+                    trim(self.session.command.spool, received)
+                return
+            signum = body.get("signal")
+            if not _natural(signum) or len(body) != 1:
                 raise ValueError
             signal.Signals(signum)
         except ValueError:  # not JSON, not UTF-8, not an object with a signal's number
-            self.close(1007, 'expected {"signal": N}, N a signal number')
+            self.close(1007, 'expected {"signal": N}, N a signal number, or {"received": N}')
             return
         if self.session.command is not None:
             self.log.info(
@@ -263,11 +304,18 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
     def on_close(self) -> None:
         if self.window is not None:
             self.window.close()  # a pump waiting for this client goes on (and hangs up)
-        # like ssh: a client that goes away hangs up its command
+        # like ssh: a client that goes away hangs up its command (not one whose output
+        # another connection took over)
         session = getattr(self, "session", None)
-        proc = session.command if session else None
-        if proc is not None:
-            proc.signal(signal.SIGHUP)
+        if session is None or session.client is not self:
+            return
+        session.client = None
+        if session.command is not None:
+            session.command.signal(signal.SIGHUP)
+
+
+def _natural(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

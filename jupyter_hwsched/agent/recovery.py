@@ -14,8 +14,12 @@ takes back every session whose parts all still live:
   side, which reconnects for a while after a dropped connection, finds it at the same
   address.
 
-A command is not taken back: its output was a stream to the agent that died, and its client
-was told the connection to the node was lost. A session that is not taken back is torn down
+* for a command, its output's keeper still runs or has written how the command ended (the
+  Docker runner's commands write their output to a spool on the node through a keeper
+  process of their own: spool.py, keeper.py); the client, which reconnects for a while
+  after a dropped connection, reads on from the byte it had got to.
+
+A session that is not taken back is torn down
 with the other leftovers, and its end is reported with the reason. The scheduler then
 reconciles: the agent's first heartbeat names the sessions it runs, and the scheduler ends
 on the node whatever it ended meanwhile (a client that went away while the agent was down
@@ -35,10 +39,11 @@ from typing import Any
 
 import psutil
 
+from jupyter_hwsched.agent import spool
 from jupyter_hwsched.agent.cache import NodeCache
 from jupyter_hwsched.agent.limits import LimitCounters, Limits
 from jupyter_hwsched.agent.mount import SshfsMount, mounted
-from jupyter_hwsched.agent.runner import ExecProcess, Runner
+from jupyter_hwsched.agent.runner import ExecProcess, Runner, SpooledExec
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol.errors import HwschedError
 from jupyter_hwsched.protocol.records import GpuRecord, StartSpec
@@ -110,6 +115,18 @@ def _process(pid: int | None) -> dict[str, Any] | None:
     return {"pid": pid, "started": started} if started is not None else None
 
 
+def _command(command: ExecProcess | None) -> dict[str, Any] | None:
+    if not isinstance(command, SpooledExec) or command.started is None:
+        return None  # not started yet, or its output goes to this agent alone
+    return {
+        "pid": command.pid,
+        "started": command.started,
+        "exec_id": command.exec_id,
+        "spool": str(command.spool),
+        "keeper": _process(command.keeper.pid),
+    }
+
+
 def save(session: NodeSession, kernel: ExecProcess | None) -> None:
     """Write down a running session (root's alone; replaced whole, never half-written)."""
     sshfs = session.mount.process if session.mount is not None else None
@@ -124,6 +141,7 @@ def save(session: NodeSession, kernel: ExecProcess | None) -> None:
         "sshfs": _process(sshfs.pid if sshfs is not None else None),
         "kernel_id": session.kernel_id,
         "kernel": ({**(_process(kernel.pid) or {}), "exec_id": kernel.exec_id} if kernel else None),
+        "command": _command(session.command),
         "started": session.started,
         "home": session.home,
         "host": session.host,
@@ -187,10 +205,11 @@ def take_back(
             f"the node agent restarted, and its runner ({type(runner).__name__}) stops a "
             "session's processes with the agent"
         )
-    if spec.kind != "kernel":
+    command = record.get("command") or {}
+    if spec.kind == "command" and not command:
         return (
-            "the node agent restarted: a command's output went to the agent that stopped, so "
-            "the command cannot be taken back"
+            "the node agent restarted: the command's output went to the agent that stopped, "
+            "so the command cannot be taken back"
         )
     container = record.get("container_id") or ""
     if not container or not runner.running(container):
@@ -238,6 +257,20 @@ def take_back(
             )
         except HwschedError as exc:
             return f"the node agent restarted, and the session's cached trees were not: {exc}"
+    if spec.kind == "command":
+        keeper = command.get("keeper") or {}
+        kept = AdoptedProcess(int(keeper.get("pid") or 0), float(keeper.get("started") or 0))
+        spooled = Path(str(command["spool"]))
+        if kept.poll() is not None and spool.ended(spooled) is None:
+            return "the node agent restarted, and the keeper of the command's output had stopped"
+        session.command = SpooledExec(
+            int(command["pid"]),
+            str(command["exec_id"]),
+            spooled,
+            kept,
+            started=float(command["started"]),
+        )
+        return session, None
     kernel = record.get("kernel") or {}
     process = AdoptedProcess(int(kernel.get("pid") or 0), float(kernel.get("started") or 0))
     connection = session.base / f"agent-kernel-{session.kernel_id}.json"

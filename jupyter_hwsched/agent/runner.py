@@ -8,11 +8,14 @@ workstation that is also the developer's machine and has no container engine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import psutil
 from traitlets.config import LoggingConfigurable
 
 from jupyter_hwsched.agent.limits import LimitCounters, Limits
@@ -68,6 +71,45 @@ class ExecProcess:
                 os.kill(self.pid, signum)
             except ProcessLookupError:
                 pass
+
+
+class SpooledExec(ExecProcess):
+    """A command whose output a keeper process writes to its spool (agent/spool.py), so that
+    both outlive the agent. Known by pid *and* start time: the agent that signals it may be
+    a later one than the agent that started it, and the pid may by then be another's."""
+
+    def __init__(
+        self, pid: int, exec_id: str, spool: Path, keeper: Any, started: float | None = None
+    ) -> None:
+        super().__init__(pid, exec_id)
+        self.spool = spool
+        self.keeper = keeper  # a Popen, or recovery.AdoptedProcess: poll(), kill()
+        self.started = started if started is not None else _start_time(pid)
+
+    def alive(self) -> bool:
+        return self.pid > 1 and self.started is not None and _start_time(self.pid) == self.started
+
+    def signal(self, signum: int) -> None:
+        self.signalled = signum
+        if self.exit_code is None and self.alive():
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def stop_keeper(self) -> None:
+        """The session is over: its keeper is too (it ends with its exec's stream)."""
+        if self.keeper.poll() is None:
+            self.keeper.kill()
+        with contextlib.suppress(Exception):
+            self.keeper.wait(10)
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, ValueError):
+        return None
 
 
 class Runner(LoggingConfigurable):
@@ -158,6 +200,22 @@ class Runner(LoggingConfigurable):
     #: agent can take them back: recovery.py); False where they die with it (bubblewrap's
     #: --die-with-parent, the host runner's children)
     survives_agent = False
+
+    def exec_spooled(
+        self,
+        container_id: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        user: str,
+        spool: Path,
+        limit: int,
+    ) -> SpooledExec | None:
+        """Start ``argv`` as ``exec`` does, its output written to the spool ``spool`` by a
+        keeper process (at most ``limit`` bytes held) rather than pumped to the agent, so
+        that a restarted agent can take the command back; ``None`` where this runner cannot
+        (its processes die with the agent anyway)."""
+        return None
 
     def running(self, container_id: str) -> bool:
         """Whether the environment still exists and runs (paused counts as running); a

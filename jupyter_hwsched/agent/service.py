@@ -171,7 +171,7 @@ class NodeService:
         for session_id, reason in lost.items():
             await self._report_end(session_id, reason)
 
-    def _record(self, session: NodeSession) -> None:
+    def record(self, session: NodeSession) -> None:
         """Write the running session down, for an agent that starts after this one stops."""
         kernel = self.kernels.kernel_process(session.kernel_id) if session.kernel_id else None
         try:
@@ -509,7 +509,7 @@ class NodeService:
             raise failure from exc
         finally:
             session.starting.set_result(None)
-        self._record(session)
+        self.record(session)
         self.log.info("session %s running (%s) for uid %d", session.id, spec.kind, session.uid)
         return session
 
@@ -729,7 +729,7 @@ class NodeService:
             raise failure from exc
         finally:
             session.starting.set_result(None)
-        self._record(session)
+        self.record(session)
         self.log.info(
             "session %s running (%s) in warm lease %s%s",
             session.id,

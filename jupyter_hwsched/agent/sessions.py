@@ -8,10 +8,13 @@ reverse order, and may be called any number of times.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,9 @@ from jupyter_hwsched.agent.runner import (
     ExitCallback,
     OutputCallback,
     Runner,
+    SpooledExec,
 )
+from jupyter_hwsched.agent.spool import SEGMENT_BYTES, SpoolReader, trim
 from jupyter_hwsched.protocol.errors import RequestError
 from jupyter_hwsched.protocol.records import GpuRecord, StartSpec
 
@@ -133,6 +138,10 @@ class NodeSession:
     home: str = ""
     #: a resident kernel sharing its GPU: the GPU memory it asked for (see sharing.py)
     shared_mem: int | None = None
+    #: which relay of the spooled output is current (relay_output)
+    _relay: object = None
+    #: the connection a command's output goes to (handlers.CommandHandler)
+    client: Any = None
 
     @property
     def uid(self) -> int:
@@ -337,8 +346,83 @@ class NodeSession:
             lambda code: None,
         )
 
-    def exec_command(self, on_output: OutputCallback, on_exit: ExitCallback) -> ExecProcess:
+    @property
+    def spool(self) -> Path:
+        """Where the command's output is spooled (agent/spool.py), where its runner can."""
+        return self.base / f"output-{self.id}"
+
+    def exec_command(
+        self,
+        on_output: OutputCallback,
+        on_exit: ExitCallback,
+        spool_limit: int,
+        unwanted: Callable[[], bool] = lambda: False,
+    ) -> ExecProcess:
+        """Start the command, its output to ``on_output`` from a thread: through its spool
+        where the runner keeps one (a restarted agent can take it back; ``unwanted`` as
+        for ``relay_output``), else directly."""
         assert self.container_id is not None
+        exited = self._command_exited(on_exit)
+        args = (self.container_id, self.spec.argv, self.env(), self.spec.cwd)
+        user = f"{self.uid}:{self.gid}"
+        spooled = self.runner.exec_spooled(*args, user, self.spool, spool_limit)
+        if spooled is None:
+            self.command = self.runner.exec(*args, user, on_output, exited)
+        else:
+            self.command = spooled
+            self.relay_output(0, on_output, exited, unwanted)
+        return self.command
+
+    def relay_output(
+        self,
+        offset: int,
+        on_output: OutputCallback,
+        on_exit: ExitCallback,
+        unwanted: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Hand the spooled output from byte ``offset`` on to ``on_output``, then its end to
+        ``on_exit``, in a thread; a later call (a client that reconnected) takes over from
+        the one before. What was handed on is dropped from the spool while ``unwanted()``
+        (a client that does not acknowledge, or went away); else the client's
+        acknowledgements drop it. ValueError: the output at ``offset`` is no longer
+        spooled."""
+        command = self.command
+        assert isinstance(command, SpooledExec), "only a spooled command is relayed"
+        reader = SpoolReader(command.spool, offset)
+        token = self._relay = object()
+
+        def stopped() -> bool:
+            return self._relay is not token
+
+        dropped = [offset]
+
+        def relay() -> None:
+            frames = reader.frames(stopped)
+            while True:
+                try:
+                    stream, data = next(frames)
+                except StopIteration as stop:
+                    how = stop.value
+                    break
+                on_output(stream, data)
+                if unwanted() and reader.offset - dropped[0] >= SEGMENT_BYTES:
+                    trim(command.spool, reader.offset)
+                    dropped[0] = reader.offset
+            if how is None:
+                return  # taken over by a later connection
+            if command.keeper.poll() is None:  # it exits once it has written the end
+                with contextlib.suppress(Exception):
+                    command.keeper.wait(5)
+            command.broken = str(how.get("broken") or "")
+            code = how.get("code")
+            command.exit_code = 255 if code is None else int(code)
+            on_exit(command.exit_code)
+
+        threading.Thread(target=relay, name=f"relay-{self.id}", daemon=True).start()
+
+    def _command_exited(self, on_exit: ExitCallback) -> ExitCallback:
+        """``on_exit``, once what ended the command is known (the news, where it was not
+        the command's own doing)."""
 
         def exited(code: int) -> None:
             if code != 0 and self.end_reason is None:
@@ -355,16 +439,7 @@ class NodeSession:
                     self.end_reason = reason
             on_exit(code)
 
-        self.command = self.runner.exec(
-            self.container_id,
-            self.spec.argv,
-            self.env(),
-            self.spec.cwd,
-            f"{self.uid}:{self.gid}",
-            on_output,
-            exited,
-        )
-        return self.command
+        return exited
 
     def close(self) -> None:
         """Destroy the container, unmount, remove the session's files (blocking). Each step
@@ -377,6 +452,9 @@ class NodeSession:
                 self.runner.remove_session(self.home or self.id, self.node)  # made, then failed
         except Exception as exc:
             self.runner.log.error("session %s: removing its container failed: %s", self.id, exc)
+        if isinstance(self.command, SpooledExec):
+            self.command.stop_keeper()
+        shutil.rmtree(self.spool, ignore_errors=True)  # a warm lease's files stay: not this
         if self.cached is not None and self.cache is not None:
             try:
                 detached = self.cache.detach(self.cached)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
+import time
 from typing import Any, BinaryIO
 
 from tornado.websocket import WebSocketClosedError
 
 from jupyter_hwsched.developer.session import ProgressCallback, RemoteSession
 from jupyter_hwsched.developer.settings import HwschedClient
-from jupyter_hwsched.protocol.errors import SessionEnded
+from jupyter_hwsched.protocol.errors import HwschedError, SessionEnded
 from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.protocol.websocket import open_websocket
 
@@ -33,57 +35,128 @@ async def run_command(
     session = RemoteSession(settings, request, "command", argv)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
-    ws: Any = None
+    stream = OutputStream(settings, session)
 
     def forward(signum: int) -> None:
         if session.releasing:
             return  # already cleaning up: let it finish, so that nothing is left behind
-        if ws is not None:
+        if stream.ws is not None:
             try:
-                ws.write_message(json.dumps({"signal": signum}))
+                stream.ws.write_message(json.dumps({"signal": signum}))
+                return
             except WebSocketClosedError:
                 pass
-        elif main is not None:
-            main.cancel()  # still queued or starting: give up and release
+        if main is not None:
+            main.cancel()  # still queued or starting, or the node is away: give up, release
 
     for sig in FORWARDED_SIGNALS:
         loop.add_signal_handler(sig, forward, int(sig))
     try:
         placed = await session.acquire(progress)
         assert placed.placement is not None, "an acquired session is placed"
-        ws = await open_websocket(
-            placed.placement.agent_url,
-            f"/hwsched/sessions/{session.id}/command",
-            session.secret,
-            settings.ca_file,
-        )
+        await stream.connect(placed.placement.agent_url)
         while True:
-            message = await _next_message(ws, session)
-            if message is None:
-                reason = await session.why_ended()
-                raise SessionEnded(
-                    f"the session ended: {reason}"
-                    if reason
-                    else "the connection to the node closed before the command ended"
-                )
+            message = await stream.next_message()
             if isinstance(message, bytes):
                 target = out if message[:1] == b"\x01" else err
                 target.write(message[1:])
                 target.flush()
+                stream.got(len(message) - 1)
             else:
                 final = json.loads(message)
                 if "ended" in final:
                     raise SessionEnded(f"the session ended: {final['ended']}")
                 return int(final["exit"])
     finally:
-        if ws is not None:
-            ws.close()
+        stream.close()
         try:
             await session.release()
         finally:
             # only now: a Ctrl-C during the release must not cut it short
             for sig in FORWARDED_SIGNALS:
                 loop.remove_signal_handler(sig)
+
+
+#: seconds a client tries to reach its command's node again after the connection dropped
+#: (a node agent that restarts takes its commands back: agent/recovery.py)
+RECONNECT = 30.0
+#: the client says what it has received at least this often, in bytes; the node's spool
+#: of the output keeps what it has not (agent/spool.py)
+ACK_BYTES = 256 * 1024
+
+
+class OutputStream:
+    """The connection to the node that carries a command's output, connected again (and the
+    output read on from the byte the client got to) when the node's agent restarts."""
+
+    def __init__(self, settings: HwschedClient, session: RemoteSession) -> None:
+        self.settings = settings
+        self.session = session
+        self.ws: Any = None
+        self.agent_url = ""
+        self.received = 0  # bytes of output
+        self.acked = 0
+
+    @property
+    def path(self) -> str:
+        return f"/hwsched/sessions/{self.session.id}/command"
+
+    async def connect(self, agent_url: str) -> None:
+        self.agent_url = agent_url
+        self.ws = await open_websocket(
+            agent_url, f"{self.path}?resume=0", self.session.secret, self.settings.ca_file
+        )  # resume=0: from the start, and this client says what it received
+
+    def got(self, size: int) -> None:
+        self.received += size
+        if self.received - self.acked >= ACK_BYTES and self.ws is not None:
+            self.acked = self.received
+            with contextlib.suppress(WebSocketClosedError):
+                self.ws.write_message(json.dumps({"received": self.received}))
+
+    async def next_message(self) -> Any:
+        """The node's next message; reconnects where the connection dropped before the
+        command ended; SessionEnded once it cannot."""
+        while True:
+            message = await _next_message(self.ws, self.session)
+            if message is not None:
+                return message
+            dropped = self.ws
+            self.ws = None
+            reason = await self.session.why_ended()
+            if reason is None and dropped.close_code in (None, 1001):  # the node went away
+                self.ws = await self._reconnect()
+                if self.ws is not None:
+                    continue
+                reason = await self.session.why_ended()
+            raise SessionEnded(
+                f"the session ended: {reason}"
+                if reason
+                else "the connection to the node closed before the command ended"
+            )
+
+    async def _reconnect(self) -> Any:
+        """The connection again, reading on from what was received; None if the node did
+        not take the command back within RECONNECT seconds, or the session ended."""
+        deadline = time.monotonic() + RECONNECT
+        while time.monotonic() < deadline and not self.session.ended.is_set():
+            try:
+                ws = await open_websocket(
+                    self.agent_url,
+                    f"{self.path}?resume={self.received}",
+                    self.session.secret,
+                    self.settings.ca_file,
+                )
+            except HwschedError:
+                await asyncio.sleep(0.5)
+                continue
+            self.acked = self.received
+            return ws
+        return None
+
+    def close(self) -> None:
+        if self.ws is not None:
+            self.ws.close()
 
 
 #: seconds the node's last messages may take to arrive once the scheduler says the session

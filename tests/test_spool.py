@@ -1,0 +1,116 @@
+"""A command's output spool (agent/spool.py): what the keeper writes, the agent reads, in
+order, from any byte on; bounded by what the client has acknowledged."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from jupyter_hwsched.agent import spool
+from jupyter_hwsched.agent.spool import SpoolReader, SpoolWriter
+
+
+def read_all(directory: Path, offset: int = 0) -> tuple[list[tuple[str, bytes]], dict | None]:
+    frames = SpoolReader(directory, offset).frames(lambda: False)
+    got = []
+    while True:
+        try:
+            got.append(next(frames))
+        except StopIteration as stop:
+            return got, stop.value
+
+
+def joined(frames: list[tuple[str, bytes]]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    for stream, data in frames:
+        out[stream] += data
+    return out
+
+
+def write_lines(writer: SpoolWriter, n: int) -> bytes:
+    everything = b""
+    for i in range(n):
+        stream = "stderr" if i % 7 == 0 else "stdout"
+        data = f"{i}\n".encode() * 50
+        writer.write(stream, data)
+        everything += data
+    return everything
+
+
+def test_output_comes_back_in_order_across_segments_with_its_end(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path / "out", limit=1 << 30)
+    everything = write_lines(writer, 5000)
+    writer.finish(3, "")
+    assert len(spool.segments(tmp_path / "out")) > 1  # it rolled over
+    frames, how = read_all(tmp_path / "out")
+    assert b"".join(d for _, d in frames) == everything
+    assert joined(frames)["stderr"] == b"".join(f"{i}\n".encode() * 50 for i in range(0, 5000, 7))
+    assert how == {"code": 3, "broken": ""}
+
+
+@pytest.mark.parametrize("offset", [0, 1, 149, 150, 151, 1_000_000, 1_500_003])
+def test_reading_on_from_any_byte_gives_exactly_the_rest(tmp_path: Path, offset: int) -> None:
+    writer = SpoolWriter(tmp_path / "out", limit=1 << 30)
+    everything = write_lines(writer, 8000)
+    writer.finish(0, "")
+    spool.trim(tmp_path / "out", offset)  # what the client acknowledged is gone
+    frames, how = read_all(tmp_path / "out", offset)
+    assert b"".join(d for _, d in frames) == everything[offset:]
+    assert how is not None
+
+
+def test_trim_keeps_the_segment_that_holds_the_byte_asked_for(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path / "out", limit=1 << 30)
+    write_lines(writer, 20000)
+    starts = spool.segments(tmp_path / "out")
+    spool.trim(tmp_path / "out", starts[2] - 1)
+    assert spool.segments(tmp_path / "out") == starts[1:]
+    with pytest.raises(ValueError, match="no longer spooled"):
+        SpoolReader(tmp_path / "out", starts[0])
+
+
+def test_a_frame_half_written_is_read_once_whole(tmp_path: Path) -> None:
+    directory = tmp_path / "out"
+    directory.mkdir()
+    frame = spool.HEADER.pack(1, 5) + b"hello"
+    fd = os.open(directory / spool.segment_name(0), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, frame[:7])
+    reader = SpoolReader(directory, 0)
+    assert reader._read() == []
+    os.write(fd, frame[7:])
+    os.close(fd)
+    assert reader._read() == [("stdout", b"hello")]
+
+
+def test_the_writer_waits_past_its_bound_until_the_client_has_read(tmp_path: Path) -> None:
+    directory = tmp_path / "out"
+    writer = SpoolWriter(directory, limit=3 * spool.SEGMENT_BYTES)
+    chunk = b"x" * 65536
+    written = threading.Event()
+    count = [0]
+
+    def produce() -> None:
+        for _ in range(200):  # 12.5 MiB
+            writer.write("stdout", chunk)
+            count[0] += 1
+        written.set()
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    assert not written.wait(1.0)  # held at its bound
+    held = sum(
+        os.path.getsize(directory / spool.segment_name(s)) for s in spool.segments(directory)
+    )
+    assert held <= 3 * spool.SEGMENT_BYTES + len(chunk) + spool.HEADER.size
+    stalled = count[0]
+    # the client reads it all, saying so as it goes: the writer goes on to the end
+    reader = SpoolReader(directory, 0).frames(lambda: False)
+    got = 0
+    while got < 200 * len(chunk):
+        _, data = next(reader)
+        got += len(data)
+        spool.trim(directory, got)
+    assert written.wait(30) and stalled < 200

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import List, Unicode, default
+from traitlets import Bool, List, Unicode, default
 
 from jupyter_hwsched.agent.devices import add_device, remove_device, split_device
 from jupyter_hwsched.agent.keeper import exec_failure
@@ -113,6 +113,14 @@ class DockerRunner(Runner):
     )
     init_binary = Unicode(
         config=True, help="Static init (tini) copied into the base image; empty for none."
+    )
+    spool_commands = Bool(
+        True,
+        config=True,
+        help="Write a command's output to a spool on the node through a keeper process of "
+        "its own (agent/spool.py), so that an agent that restarts takes the command back and "
+        "its client reads on. False: the output streams to the agent alone, and a command "
+        "ends with the agent.",
     )
     keepalive = List(
         Unicode(),
@@ -286,7 +294,7 @@ class DockerRunner(Runner):
         limit: int,
     ) -> SpooledExec | None:
         socket_path = self.socket_path()
-        if socket_path is None:
+        if socket_path is None or not self.spool_commands:
             return None  # the keeper speaks to an engine on a unix socket only
         exec_id = self.client.api.exec_create(
             container_id, argv, stdout=True, stderr=True, environment=env, workdir=cwd, user=user

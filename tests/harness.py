@@ -431,7 +431,8 @@ class Pool:
             conn.close()
 
     def session_processes(self) -> list[str]:
-        """sshd and sshfs processes of this pool, and kernels started in its containers."""
+        """sshd and sshfs processes of this pool, the keepers of its commands' output, and
+        kernels started in its containers."""
         found = []
         for proc in psutil.process_iter(["cmdline", "environ"]):
             try:
@@ -440,7 +441,8 @@ class Pool:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             program = os.path.basename((proc.info["cmdline"] or [""])[0])
-            ours = str(self.state) in cmd and program.startswith(("sshd", "sshfs"))
+            keeper = "jupyter_hwsched.agent.keeper" in cmd
+            ours = str(self.state) in cmd and (keeper or program.startswith(("sshd", "sshfs")))
             if ours or environ.get("HWSCHED_NODE") == self.node:
                 found.append(cmd)
         return found

@@ -10,12 +10,18 @@ import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from test_scheduler_core import Clock, gpus, req
+from tornado import web
+from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 
+from jupyter_hwsched.protocol.errors import SessionEnded
+from jupyter_hwsched.protocol.identity import Principal
 from jupyter_hwsched.scheduler.commits import GroupCommit
 from jupyter_hwsched.scheduler.core import Scheduler
+from jupyter_hwsched.scheduler.handlers import RenewHandler, handlers
 from jupyter_hwsched.scheduler.store import Store, StoreFailure
 
 
@@ -106,6 +112,39 @@ def test_a_full_disk_is_refused_and_rolled_back_to_what_is_on_disk(small_disk: P
         again = sched.submit(req(1), user="d", host="h")["id"]
         await commits.durable()
         assert [sid for sid, _ in on_disk(path)] == [kept, again]
+        commits.close()
+        store.close()
+
+    asyncio.run(main())
+
+
+def test_a_refusal_waits_for_the_change_it_reports(tmp_path: Path) -> None:
+    """A renewal refused because the session ended (410) is answered only once that end is
+    on disk: a power cut cannot bring back a session its client was told had ended."""
+    path = tmp_path / "s.sqlite"
+
+    async def main() -> None:
+        store = Store(path)
+        sched = Scheduler(store, clock=Clock())
+        commits = GroupCommit(store, lambda: sched.load(replan=False))
+        sched.register_node("a", "http://a", gpus(1))
+        sid = sched.submit(req(1), user="u", host="h")["id"]
+        await commits.durable()
+        operator = Principal("operator", "ops")
+        app = web.Application(handlers(sched, lambda token: operator, commits))
+        request = HTTPServerRequest(
+            start_line=RequestStartLine("POST", f"/api/sessions/{sid}/renew", "HTTP/1.1"),
+            headers=HTTPHeaders({"Authorization": "token t", "Host": "scheduler"}),
+            connection=mock.Mock(),
+        )
+        handler = RenewHandler(app, request, scheduler=sched, authenticate=lambda t: operator)
+        handler.commits = commits
+        handler.prepare()
+        sched.end(sid, "ended meanwhile")  # in this turn: its commit is still to come
+        assert on_disk(path) == [(sid, "placed")]
+        with pytest.raises(SessionEnded):
+            await handler.post(sid)
+        assert on_disk(path) == [(sid, "ended")]
         commits.close()
         store.close()
 

@@ -117,6 +117,7 @@ class OutputStream:
     async def next_message(self) -> Any:
         """The node's next message; reconnects where the connection dropped before the
         command ended; SessionEnded once it cannot."""
+        resumed = False
         while True:
             message = await _next_message(self.ws, self.session)
             if message is not None:
@@ -127,8 +128,11 @@ class OutputStream:
             if reason is None and dropped.close_code in (None, 1001):  # the node went away
                 self.ws = await self._reconnect()
                 if self.ws is not None:
+                    resumed = True
                     continue
-                reason = await self.session.why_ended()
+            if reason is None and resumed:
+                # the node is back without the command: it reports why to the scheduler
+                reason = await self._reason_within(LAST_WORDS)
             raise SessionEnded(
                 f"the session ended: {reason}"
                 if reason
@@ -153,6 +157,14 @@ class OutputStream:
             self.acked = self.received
             return ws
         return None
+
+    async def _reason_within(self, seconds: float) -> str | None:
+        deadline = time.monotonic() + seconds
+        while (reason := await self.session.why_ended()) is None:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.25)
+        return reason
 
     def close(self) -> None:
         if self.ws is not None:

@@ -7,10 +7,12 @@ of this API is :mod:`jupyter_hwsched.protocol.openapi`, served at ``/api/spec``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any
 
-from jupyter_hwsched.protocol.errors import NotFoundError, RequestError
+from jupyter_hwsched.protocol.errors import HwschedError, NotFoundError, RequestError
 from jupyter_hwsched.protocol.handler import JsonHandler
 from jupyter_hwsched.protocol.openapi import SPEC
 from jupyter_hwsched.protocol.records import (
@@ -34,6 +36,16 @@ class SchedulerHandler(JsonHandler):
     commits: GroupCommit | None = None  # None: every write is committed as it is made
     surface = "this scheduler"
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each verb's refusal, too, waits for the changes made before it to be durable: a
+        request may change the state and then be refused (a renewal that finds the lease
+        run out ends the session, and says 410)."""
+        super().__init_subclass__(**kwargs)
+        for verb in ("get", "post", "put", "delete"):
+            method = cls.__dict__.get(verb)
+            if method is not None:
+                setattr(cls, verb, _durable_refusals(method))
+
     async def reply(self, data: Any, status: int = 200) -> None:
         """Answer once every change made so far is durable (see commits.py): nobody reads,
         or is told of, a change a power cut could still take back."""
@@ -44,6 +56,21 @@ class SchedulerHandler(JsonHandler):
     def shown(self, view: dict[str, Any]) -> dict[str, Any]:
         """A session's view as this caller may see it."""
         return view if access.may_read_view(self.who(), view) else access.public_view(view)
+
+
+def _durable_refusals(method: Any) -> Any:
+    @functools.wraps(method)
+    async def verb(self: SchedulerHandler, *args: Any, **kwargs: Any) -> None:
+        try:
+            result = method(self, *args, **kwargs)
+            if inspect.isawaitable(result):
+                await result
+        except HwschedError:
+            if self.commits is not None:
+                await self.commits.durable()
+            raise
+
+    return verb
 
 
 class NodesHandler(SchedulerHandler):

@@ -4,6 +4,7 @@ Slurm is in test_slurm_e2e.py."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -364,3 +365,19 @@ def test_a_job_slurm_is_still_ending_is_judged_by_how_it_ends(
     fake.jobs_now["101"] = Job("101", "CANCELLED", "None", 1000.0, "a", 1)
     look(sched)
     assert sched.record(sid).end_reason == "job 101 was cancelled in Slurm"
+
+
+def test_a_job_whose_session_a_failed_commit_took_back_is_cancelled(
+    sched: Scheduler, fake: FakeSlurm
+) -> None:
+    """sbatch runs before the session is on disk; a commit that then fails (a full disk)
+    takes the session back, and the job must not be left holding its GPUs."""
+    kept = sched.submit(make_request(gpus=1), "ann", "dev-1")["id"]
+    store = sched.store
+    store.on_dirty = lambda: None  # writes wait for a commit, as under group commit
+    sched.submit(make_request(gpus=1), "bob", "dev-2")
+    store._failed(sqlite3.OperationalError("database or disk is full"))  # rolled back
+    store.on_dirty = None
+    sched.load(replan=False)
+    assert list(sched.live) == [kept]
+    assert fake.cancelled == ["102"]  # bob's; ann's job, on disk, stays

@@ -139,6 +139,9 @@ class Scheduler(LoggingConfigurable):
         self.wake: Callable[[], None] = lambda: None
         # GPUs of sessions the scheduler ended, until their node confirms the teardown
         self.draining: dict[str, tuple[str, list[int]]] = {}
+        #: Slurm jobs this scheduler submitted whose sessions may not be on disk yet: a
+        #: commit that fails takes the session back, and its job must go too (load)
+        self._submitted: set[str] = set()
         self.wait_histogram = WaitHistogram()
         self.load(grace=True)
 
@@ -170,6 +173,7 @@ class Scheduler(LoggingConfigurable):
         self._busy_reasons: dict[tuple[Any, ...], str] = {}
         # an end that was rolled back left a live session: its GPUs are not draining
         self.draining = {k: v for k, v in self.draining.items() if k not in self.live}
+        self._cancel_rolled_back_jobs()
         if replan:
             self.schedule()
 
@@ -483,15 +487,29 @@ class Scheduler(LoggingConfigurable):
         who = f"{session.user}@{session.host}"
         options = self.slurm.options(session.id, session.request, who, session.owner, nodes)
         job = self.slurm.submit(options)
+        self._submitted.add(job)
         self.log.info("session %s is Slurm job %s (%s)", session.id, job, " ".join(options))
         self.wake()  # Slurm often starts a job at once: look soon
         return job
+
+    def _cancel_rolled_back_jobs(self) -> None:
+        """Cancel the jobs submitted for sessions that a failed commit took back: Slurm
+        holds them, and nothing here knows them any more."""
+        if self.slurm is None or not self._submitted:
+            return
+        known = {s.job for s in self.live.values() if s.job}
+        stray = sorted(self._submitted - known)
+        self._submitted.clear()
+        if stray:
+            self.log.warning("cancelling Slurm jobs whose sessions were not written: %s", stray)
+            self.slurm.cancel(stray)  # Slurm away: said, and their time limit ends them
 
     def _release_job(self, session_id: str) -> None:
         """Cancel an ended session's Slurm job, once its node has torn the session down."""
         if self.slurm is not None:
             ended = self.store.session(session_id)
             if ended is not None and ended.job:
+                self._submitted.discard(ended.job)
                 self.slurm.cancel([ended.job])
 
     def slurm_jobs(self) -> tuple[list[str], set[str]]:

@@ -8,11 +8,12 @@ The Docker runner: its containers belong to the engine, not to the agent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,21 +68,33 @@ async def run(kc: Any, code: str) -> str:
     return "".join(out)
 
 
+@contextlib.asynccontextmanager
+async def remote_kernel(
+    pool: Pool, cwd: Path, now: bool = False
+) -> AsyncIterator[tuple[AsyncKernelManager, Any]]:
+    """A Remote GPU kernel of the pool's, ready, and its client; shut down after."""
+    os.environ.update(
+        HWSCHED_URL=pool.url,
+        HWSCHED_TOKEN=pool.token,
+        HWSCHED_SHARE_SOCKET=pool.share_socket,
+    )
+    km = AsyncKernelManager(kernel_name="hwsched-remote")
+    await km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=120)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=now)
+
+
 def test_a_kernel_keeps_its_state_through_an_agent_restart(pool: Pool, workspace: Path) -> None:
     pool.assert_clean()
 
     async def scenario() -> None:
-        os.environ.update(
-            HWSCHED_URL=pool.url,
-            HWSCHED_TOKEN=pool.token,
-            HWSCHED_SHARE_SOCKET=pool.share_socket,
-        )
-        km = AsyncKernelManager(kernel_name="hwsched-remote")
-        await km.start_kernel(cwd=str(workspace))
-        kc = km.client()
-        kc.start_channels()
-        try:
-            await kc.wait_for_ready(timeout=120)
+        async with remote_kernel(pool, workspace) as (km, kc):
             await run(kc, "import os\nx = 41\npid = os.getpid()")
             [held] = pool.held_gpus()
             before = running_session(pool)
@@ -112,9 +125,6 @@ def test_a_kernel_keeps_its_state_through_an_agent_restart(pool: Pool, workspace
             assert out.split() == ["8", "True"]
             log = pool.services[1].log.read_text()
             assert f"took back session {before['id']}" in log
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel()
 
     asyncio.run(scenario())
     pool.assert_clean(timeout=60)
@@ -225,17 +235,7 @@ def test_a_kernel_whose_container_went_is_ended_with_the_reason(
     pool.assert_clean()
 
     async def scenario() -> str:
-        os.environ.update(
-            HWSCHED_URL=pool.url,
-            HWSCHED_TOKEN=pool.token,
-            HWSCHED_SHARE_SOCKET=pool.share_socket,
-        )
-        km = AsyncKernelManager(kernel_name="hwsched-remote")
-        await km.start_kernel(cwd=str(workspace))
-        kc = km.client()
-        kc.start_channels()
-        try:
-            await kc.wait_for_ready(timeout=120)
+        async with remote_kernel(pool, workspace, now=True):
             session = running_session(pool)
             [container] = pool.containers()
 
@@ -244,9 +244,6 @@ def test_a_kernel_whose_container_went_is_ended_with_the_reason(
 
             restart_agent(pool, remove_container)
             return str(session["id"])
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel(now=True)
 
     session_id = asyncio.run(scenario())
     pool.assert_clean(timeout=60)

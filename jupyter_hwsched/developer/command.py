@@ -14,7 +14,7 @@ from tornado.websocket import WebSocketClosedError
 
 from jupyter_hwsched.developer.session import ProgressCallback, RemoteSession
 from jupyter_hwsched.developer.settings import HwschedClient
-from jupyter_hwsched.protocol.errors import HwschedError, SessionEnded
+from jupyter_hwsched.protocol.errors import ForbiddenError, HwschedError, SessionEnded
 from jupyter_hwsched.protocol.request import HardwareRequest
 from jupyter_hwsched.protocol.websocket import open_websocket
 
@@ -130,8 +130,10 @@ class OutputStream:
                 if self.ws is not None:
                     resumed = True
                     continue
+                resumed = True
             if reason is None and resumed:
-                # the node is back without the command: it reports why to the scheduler
+                # the node is back without the command, or away: it reports why to the
+                # scheduler, or the scheduler ends the session for its silence
                 reason = await self._reason_within(LAST_WORDS)
             raise SessionEnded(
                 f"the session ended: {reason}"
@@ -151,8 +153,10 @@ class OutputStream:
                     self.session.secret,
                     self.settings.ca_file,
                 )
+            except ForbiddenError:
+                return None  # the node is back and does not know the session: not taken back
             except HwschedError:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.5)  # not back yet
                 continue
             self.acked = self.received
             return ws

@@ -8,7 +8,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from jupyter_hwsched.protocol import settings as env
-from jupyter_hwsched.protocol.errors import UnavailableError
+from jupyter_hwsched.protocol.errors import ForbiddenError, UnavailableError
 from jupyter_hwsched.protocol.tls import check_url, client_context, not_trusted
 from jupyter_hwsched.protocol.version import PROTOCOL_HEADER, PROTOCOL_VERSION
 
@@ -41,7 +41,11 @@ async def open_websocket(
         )
     except ssl.SSLCertVerificationError as exc:
         raise not_trusted("the node agent", agent_url, exc) from None
-    except (OSError, HTTPClientError) as exc:
+    except HTTPClientError as exc:
+        if exc.code == 403:  # up, and the token is not one it knows (no such session there)
+            raise ForbiddenError(f"the node agent refused the connection: {exc}") from None
+        raise UnavailableError(f"cannot reach the node agent: {exc}") from None
+    except OSError as exc:
         raise UnavailableError(f"cannot reach the node agent: {exc}") from None
     if subprotocol and ws.selected_subprotocol != subprotocol:
         ws.close()

@@ -44,7 +44,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError
 
-from jupyter_hwsched.protocol.errors import UnavailableError
+from jupyter_hwsched.protocol.errors import ForbiddenError, UnavailableError
 from jupyter_hwsched.protocol.version import __version__
 from jupyter_hwsched.protocol.websocket import open_websocket
 
@@ -171,7 +171,7 @@ class KernelBridge:
                 await self._connect()
                 log.info("reconnected to the remote kernel")
                 return True
-            except UnavailableError as exc:
+            except (UnavailableError, ForbiddenError) as exc:  # not (yet) taken back
                 log.warning("reconnecting to the remote kernel: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)

@@ -32,12 +32,16 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
 import psutil
 from traitlets import Unicode
 
 from jupyter_hwsched.agent.cgroups import SessionCgroup
 from jupyter_hwsched.agent.devices import split_device
+from jupyter_hwsched.agent.keeper import start_keeper
 from jupyter_hwsched.agent.limits import LimitCounters
 from jupyter_hwsched.agent.process import start_pumped
 from jupyter_hwsched.agent.runner import (
@@ -49,6 +53,7 @@ from jupyter_hwsched.agent.runner import (
     ExitCallback,
     OutputCallback,
     Runner,
+    SpooledExec,
 )
 from jupyter_hwsched.protocol.errors import UnavailableError
 
@@ -65,6 +70,11 @@ class BwrapRunner(Runner):
     binds_as_developer = True  # a setuid-mode bwrap opens its sources as the real uid
 
     bwrap = Unicode("bwrap", config=True, help="The bubblewrap program.")
+
+    def takes_back(self, kind: str) -> bool:
+        # a command's sandbox is its keeper's child; a kernel's is the agent's
+        return kind == "command" and self.spool_commands
+
     network = Unicode(
         "none",
         config=True,
@@ -160,28 +170,8 @@ class BwrapRunner(Runner):
         on_output: OutputCallback,
         on_exit: ExitCallback,
     ) -> ExecProcess:
-        spec = self._specs.get(container_id)
-        if spec is None:
-            raise UnavailableError(f"session environment {container_id} is gone")
-        uid, gid = (int(x) for x in user.split(":"))
-        groups = ",".join(str(g) for g in spec.groups if g != gid)
-        # the sandbox's options and the session's environment reach bwrap through a file:
-        # the node's own programs run with the node's environment, never the developer's
-        # (an LD_PRELOAD of theirs must not load into a process that is still root)
-        cgroup = self._cgroups[container_id]
-        options = [*self.sandbox_args(spec, uid, cwd, cgroup), "--clearenv"]
-        for name, value in env.items():
-            options += ["--setenv", name, value]
-        args_fd = _args_file(options)
+        command, args_fd = self._sandboxed(container_id, argv, env, cwd, user)
         try:
-            command = [
-                self.tools["sh"], "-c", _JOIN, "sh", *cgroup.procs_files(), "--",
-                # the developer's real ids, root's effective ones: bwrap makes the mounts as
-                # a setuid-root bwrap would, then becomes the developer, with no capability
-                self.tools["setpriv"], f"--ruid={uid}", f"--rgid={gid}",
-                f"--groups={groups}" if groups else "--clear-groups",
-                "--", self.tools["bwrap"], "--args", str(args_fd), "--", *argv,
-            ]  # fmt: skip
             proc, handle = start_pumped(
                 command,
                 f"{container_id}-pending",
@@ -196,6 +186,72 @@ class BwrapRunner(Runner):
         handle.exec_id = f"{container_id}-{proc.pid}"
         self._procs[container_id].append(proc)
         return SandboxProcess(handle, argv, self.log)
+
+    def exec_spooled(
+        self,
+        container_id: str,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        user: str,
+        spool: Path,
+        limit: int,
+    ) -> SpooledExec | None:
+        """The sandbox as the child of a keeper (keeper.py): ``--die-with-parent`` then ties
+        it to the keeper, and the command outlives the agent."""
+        if not self.spool_commands:
+            return None
+        command, args_fd = self._sandboxed(container_id, argv, env, cwd, user)
+        try:
+            keeper = start_keeper(
+                ["process", str(spool), str(limit), str(args_fd), "--", *command],
+                pass_fds=(args_fd,),
+                env=NODE_ENV,
+            )
+        finally:
+            os.close(args_fd)
+        deadline = time.monotonic() + 30
+        while not (spool / "pid").exists():
+            if keeper.poll() is not None or time.monotonic() > deadline:
+                keeper.kill()
+                keeper.wait()
+                raise UnavailableError("the command's keeper did not start its sandbox")
+            time.sleep(0.005)
+        pid = int((spool / "pid").read_text())
+        return SpooledSandbox(pid, f"{container_id}-{pid}", spool, keeper, argv, self.log)
+
+    def spooled(
+        self, pid: int, exec_id: str, spool: Path, keeper: Any, argv: list[str], started: float
+    ) -> SpooledExec:
+        return SpooledSandbox(pid, exec_id, spool, keeper, argv, self.log, started)
+
+    def _sandboxed(
+        self, container_id: str, argv: list[str], env: dict[str, str], cwd: str, user: str
+    ) -> tuple[list[str], int]:
+        """The command line that runs ``argv`` in the session's sandbox, and the descriptor
+        it reads the sandbox's options from (the caller passes it on, then closes it)."""
+        spec = self._specs.get(container_id)
+        if spec is None:
+            raise UnavailableError(f"session environment {container_id} is gone")
+        uid, gid = (int(x) for x in user.split(":"))
+        groups = ",".join(str(g) for g in spec.groups if g != gid)
+        # the sandbox's options and the session's environment reach bwrap through a file:
+        # the node's own programs run with the node's environment, never the developer's
+        # (an LD_PRELOAD of theirs must not load into a process that is still root)
+        cgroup = self._cgroups[container_id]
+        options = [*self.sandbox_args(spec, uid, cwd, cgroup), "--clearenv"]
+        for name, value in env.items():
+            options += ["--setenv", name, value]
+        args_fd = _args_file(options)
+        command = [
+            self.tools["sh"], "-c", _JOIN, "sh", *cgroup.procs_files(), "--",
+            # the developer's real ids, root's effective ones: bwrap makes the mounts as
+            # a setuid-root bwrap would, then becomes the developer, with no capability
+            self.tools["setpriv"], f"--ruid={uid}", f"--rgid={gid}",
+            f"--groups={groups}" if groups else "--clear-groups",
+            "--", self.tools["bwrap"], "--args", str(args_fd), "--", *argv,
+        ]  # fmt: skip
+        return command, args_fd
 
     def remove(self, container_id: str) -> None:
         cgroup = self._cgroups.pop(container_id, None)
@@ -290,16 +346,59 @@ class SandboxProcess(ExecProcess):
             pass
 
     def inner(self) -> int | None:
-        """The host pid of the process running the command: the first descendant of bwrap
-        whose command line is the one asked for (bwrap's own reaper is not)."""
-        try:
-            children = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return None
-        for child in children:
-            try:
-                if child.cmdline()[: len(self.argv)] == self.argv:
-                    return int(child.pid)
-            except psutil.Error:
-                continue
+        return inner_process(self.pid, self.argv)
+
+
+def inner_process(sandbox: int, argv: list[str]) -> int | None:
+    """The host pid of the process running the command: the first descendant of bwrap
+    (``sandbox``) whose command line is the one asked for (bwrap's own reaper is not)."""
+    try:
+        children = psutil.Process(sandbox).children(recursive=True)
+    except psutil.Error:
         return None
+    for child in children:
+        try:
+            if child.cmdline()[: len(argv)] == argv:
+                return int(child.pid)
+        except psutil.Error:
+            continue
+    return None
+
+
+class SpooledSandbox(SpooledExec):
+    """A command in a sandbox whose keeper spools its output: signalled as itself, found
+    below its bwrap (whose pid, and start time, are the record's)."""
+
+    def __init__(
+        self,
+        pid: int,
+        exec_id: str,
+        spool: Path,
+        keeper: Any,
+        argv: list[str],
+        log: logging.Logger,
+        started: float | None = None,
+    ) -> None:
+        super().__init__(pid, exec_id, spool, keeper, started)
+        self.argv = argv
+        self.log = log
+
+    def signal(self, signum: int) -> None:
+        self.signalled = signum
+        if self.exit_code is not None or not self.alive():
+            return
+        target = inner_process(self.pid, self.argv)
+        try:
+            if target is not None:
+                os.kill(target, signum)
+            elif signum in (signal.SIGKILL, signal.SIGTERM):
+                os.kill(self.pid, signum)  # the sandbox is not yet up: end its start
+            else:
+                self.log.warning(
+                    "%s: no process runs %s in the sandbox yet: %s not delivered",
+                    self.exec_id,
+                    self.argv[:1],
+                    signal.Signals(signum).name,
+                )
+        except ProcessLookupError:
+            pass

@@ -15,18 +15,16 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tarfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, List, Unicode, default
+from traitlets import List, Unicode, default
 
 from jupyter_hwsched.agent.devices import add_device, remove_device, split_device
-from jupyter_hwsched.agent.keeper import exec_failure
+from jupyter_hwsched.agent.keeper import exec_failure, start_keeper
 from jupyter_hwsched.agent.limits import LimitCounters, read_counters
 from jupyter_hwsched.agent.runner import (
     INIT,
@@ -113,14 +111,6 @@ class DockerRunner(Runner):
     )
     init_binary = Unicode(
         config=True, help="Static init (tini) copied into the base image; empty for none."
-    )
-    spool_commands = Bool(
-        True,
-        config=True,
-        help="Write a command's output to a spool on the node through a keeper process of "
-        "its own (agent/spool.py), so that an agent that restarts takes the command back and "
-        "its client reads on. False: the output streams to the agent alone, and a command "
-        "ends with the agent.",
     )
     keepalive = List(
         Unicode(),
@@ -299,15 +289,7 @@ class DockerRunner(Runner):
         exec_id = self.client.api.exec_create(
             container_id, argv, stdout=True, stderr=True, environment=env, workdir=cwd, user=user
         )["Id"]
-        spool.mkdir(mode=0o700, exist_ok=True)
-        with open(spool.parent / "keeper.log", "ab") as log:
-            # a session of its own: the keeper and the exec's stream outlive the agent
-            keeper = subprocess.Popen(
-                [sys.executable, "-m", "jupyter_hwsched.agent.keeper", socket_path, exec_id,
-                 str(spool), str(limit), argv[0]],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                start_new_session=True,
-            )  # fmt: skip
+        keeper = start_keeper(["docker", socket_path, exec_id, str(spool), str(limit), argv[0]])
         try:
             pid = self._exec_pid(exec_id)
         except BaseException:

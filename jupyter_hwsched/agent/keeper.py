@@ -1,11 +1,19 @@
-"""A command's keeper: the process that holds a Docker exec's output stream, apart from the
-agent, and writes it to the command's spool (``agent/spool.py``).
+"""A command's keeper: the process that holds a command's output streams, apart from the
+agent, and writes them to the command's spool (``agent/spool.py``). Two ways:
 
-``python -m jupyter_hwsched.agent.keeper SOCKET EXEC_ID SPOOL LIMIT PROGRAM`` starts the exec
-``EXEC_ID`` (created by the agent) on the Docker Engine at the unix socket ``SOCKET``, writes
-its output to the spool ``SPOOL`` (at most ``LIMIT`` bytes held there), then writes how it
-ended and exits. The agent starts one per command, in a session of its own: an agent that
-stops leaves it running, and the command's output is kept for the agent that starts next.
+``python -m jupyter_hwsched.agent.keeper docker SOCKET EXEC_ID SPOOL LIMIT PROGRAM``
+    starts the exec ``EXEC_ID`` (created by the agent) on the Docker Engine at the unix
+    socket ``SOCKET`` and spools its output (the Docker runner).
+
+``python -m jupyter_hwsched.agent.keeper process SPOOL LIMIT FD -- ARGV...``
+    runs ``ARGV`` as its own child, with the descriptor ``FD`` passed on (-1: none), and
+    spools its stdout and stderr (the bubblewrap runner: the sandbox is then the keeper's
+    child, and ``--die-with-parent`` ties it to the keeper, not to the agent). The child's
+    pid is written to ``SPOOL/pid`` at once.
+
+Either way it holds at most ``LIMIT`` bytes in the spool, then writes how the command ended
+and exits. The agent starts one per command, in a session of its own: an agent that stops
+leaves it running, and the command's output is kept for the agent that starts next.
 
 It speaks the Engine's HTTP API itself, over the socket, and imports nothing but the standard
 library and the spool: it starts at every command's start.
@@ -15,9 +23,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import selectors
 import socket
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +48,27 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(60)
         self.sock.connect(self.socket_path)
+
+
+def start_keeper(
+    args: list[str], pass_fds: tuple[int, ...] = (), env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a keeper (in the agent): in a session of its own, so that it and the command's
+    streams outlive the agent; what it says of itself goes to ``keeper.log`` beside the
+    spool (``args``: as for ``main``; the spool is made here)."""
+    spool = Path(args[3] if args[0] == "docker" else args[1])
+    spool.mkdir(mode=0o700, exist_ok=True)
+    with open(spool.parent / f"keeper-{spool.name}.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jupyter_hwsched.agent.keeper", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            pass_fds=pass_fds,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
 
 
 def exec_failure(message: bytes, program: str) -> bytes:
@@ -117,13 +149,50 @@ def exit_code(socket_path: str, exec_id: str) -> tuple[int | None, str]:
     return None, "the node's container engine ended the run's output stream early"
 
 
+def keep_process(spool: SpoolWriter, argv: list[str], fd: int) -> int:
+    """Run ``argv`` and spool its two streams as they come; its exit status (128+N if a
+    signal N ended it)."""
+    child = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(fd,) if fd >= 0 else (),
+    )
+    if fd >= 0:
+        os.close(fd)
+    part = spool.directory / "pid.part"
+    part.write_text(str(child.pid))
+    os.replace(part, spool.directory / "pid")
+    assert child.stdout is not None and child.stderr is not None
+    streams = selectors.DefaultSelector()
+    streams.register(child.stdout, selectors.EVENT_READ, "stdout")
+    streams.register(child.stderr, selectors.EVENT_READ, "stderr")
+    while streams.get_map():
+        for key, _ in streams.select():
+            data = os.read(key.fd, 65536)
+            if not data:
+                streams.unregister(key.fileobj)
+                continue
+            spool.write(key.data, data, lambda: not spool.directory.exists())
+    code = child.wait()
+    return 128 - code if code < 0 else code
+
+
 def main(argv: list[str]) -> int:
-    socket_path, exec_id, directory, limit, program = argv
+    if argv[0] == "process":
+        directory, limit, fd = argv[1:4]
+        spool = SpoolWriter(Path(directory), int(limit))
+        code = keep_process(spool, argv[argv.index("--") + 1 :], int(fd))
+        if spool.directory.exists():
+            spool.finish(code, "")
+        return 0
+    socket_path, exec_id, directory, limit, program = argv[1:]
     spool = SpoolWriter(Path(directory), int(limit))
     broken = pump(socket_path, exec_id, spool, program)
-    code, lost = exit_code(socket_path, exec_id)
+    got, lost = exit_code(socket_path, exec_id)
     if spool.directory.exists():
-        spool.finish(code, broken or lost)
+        spool.finish(got, broken or lost)
     return 0
 
 

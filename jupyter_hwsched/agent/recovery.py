@@ -6,8 +6,10 @@ share's ``sshfs`` process and the kernel's process, each process by pid *and* st
 pid alone may by then name another process). An agent that starts reads the records and
 takes back every session whose parts all still live:
 
-* its container runs (only runners whose environments outlive the agent: Docker's belong to
-  the engine; bubblewrap's sandboxes and the host runner's processes die with the agent);
+* its runner lets it outlive the agent (``Runner.takes_back``): Docker's containers belong
+  to the engine; a bubblewrap command's sandbox is the child of its keeper, but a bubblewrap
+  kernel's is the agent's, and the host runner's processes are the agent's own; and its
+  container still runs;
 * its share is still mounted, by the same ``sshfs`` process;
 * for a kernel, the same kernel process runs, and its connection file is there: the agent's
   kernel manager takes it back by its id (``NodeKernelManager.adopt``), and the developer's
@@ -200,10 +202,10 @@ def take_back(
     spec = StartSpec.from_json(record["spec"])
     if record.get("node") != node:
         return f"it ran on node {record.get('node')}, not {node}"
-    if not runner.survives_agent:
+    if not runner.takes_back(spec.kind):
         return (
             f"the node agent restarted, and its runner ({type(runner).__name__}) stops a "
-            "session's processes with the agent"
+            f"{spec.kind}'s processes with the agent"
         )
     command = record.get("command") or {}
     if spec.kind == "command" and not command:
@@ -263,12 +265,13 @@ def take_back(
         spooled = Path(str(command["spool"]))
         if kept.poll() is not None and spool.ended(spooled) is None:
             return "the node agent restarted, and the keeper of the command's output had stopped"
-        session.command = SpooledExec(
+        session.command = runner.spooled(
             int(command["pid"]),
             str(command["exec_id"]),
             spooled,
             kept,
-            started=float(command["started"]),
+            spec.argv,
+            float(command["started"]),
         )
         return session, None
     kernel = record.get("kernel") or {}

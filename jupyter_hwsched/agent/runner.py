@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from traitlets import Bool
 from traitlets.config import LoggingConfigurable
 
 from jupyter_hwsched.agent.limits import LimitCounters, Limits
@@ -115,6 +116,15 @@ def _start_time(pid: int) -> float | None:
 class Runner(LoggingConfigurable):
     """Base of the session runners; each method is called by ``NodeSession``."""
 
+    spool_commands = Bool(
+        True,
+        config=True,
+        help="Write a command's output to a spool on the node through a keeper process of "
+        "its own (agent/spool.py), so that an agent that restarts takes the command back and "
+        "its client reads on (the Docker and bubblewrap runners). False: the output streams "
+        "to the agent alone, and a command ends with the agent.",
+    )
+
     #: True: the session's root is the developer's share, mounted on the node. False: the
     #: session runs on the node's own root (the node is the developer's machine).
     roots_at_share = True
@@ -200,6 +210,17 @@ class Runner(LoggingConfigurable):
     #: agent can take them back: recovery.py); False where they die with it (bubblewrap's
     #: --die-with-parent, the host runner's children)
     survives_agent = False
+
+    def spooled(
+        self, pid: int, exec_id: str, spool: Path, keeper: Any, argv: list[str], started: float
+    ) -> SpooledExec:
+        """The handle of a spooled command an earlier agent started (recovery.py)."""
+        return SpooledExec(pid, exec_id, spool, keeper, started)
+
+    def takes_back(self, kind: str) -> bool:
+        """Whether a restarted agent can take back a session of this kind (``kernel`` or
+        ``command``): its processes outlive the agent (recovery.py)."""
+        return self.survives_agent
 
     def exec_spooled(
         self,

@@ -327,26 +327,30 @@ class SandboxProcess(ExecProcess):
 
     def signal(self, signum: int) -> None:
         self.signalled = signum
-        if self.outer.exit_code is not None:
-            return
-        target = self.inner()
-        try:
-            if target is not None:
-                os.kill(target, signum)
-            elif signum in (signal.SIGKILL, signal.SIGTERM):
-                os.kill(self.pid, signum)  # the sandbox is not yet up: end its start
-            else:
-                self.log.warning(
-                    "%s: no process runs %s in the sandbox yet: %s not delivered",
-                    self.exec_id,
-                    self.argv[:1],
-                    signal.Signals(signum).name,
-                )
-        except ProcessLookupError:
-            pass
+        if self.outer.exit_code is None:
+            signal_sandboxed(self.pid, self.argv, signum, self.exec_id, self.log)
 
-    def inner(self) -> int | None:
-        return inner_process(self.pid, self.argv)
+
+def signal_sandboxed(
+    sandbox: int, argv: list[str], signum: int, exec_id: str, log: logging.Logger
+) -> None:
+    """Signal the process that runs ``argv`` in the sandbox of bwrap ``sandbox``: bwrap
+    passes no signal on."""
+    target = inner_process(sandbox, argv)
+    try:
+        if target is not None:
+            os.kill(target, signum)
+        elif signum in (signal.SIGKILL, signal.SIGTERM):
+            os.kill(sandbox, signum)  # the sandbox is not yet up: end its start
+        else:
+            log.warning(
+                "%s: no process runs %s in the sandbox yet: %s not delivered",
+                exec_id,
+                argv[:1],
+                signal.Signals(signum).name,
+            )
+    except ProcessLookupError:
+        pass
 
 
 def inner_process(sandbox: int, argv: list[str]) -> int | None:
@@ -385,20 +389,5 @@ class SpooledSandbox(SpooledExec):
 
     def signal(self, signum: int) -> None:
         self.signalled = signum
-        if self.exit_code is not None or not self.alive():
-            return
-        target = inner_process(self.pid, self.argv)
-        try:
-            if target is not None:
-                os.kill(target, signum)
-            elif signum in (signal.SIGKILL, signal.SIGTERM):
-                os.kill(self.pid, signum)  # the sandbox is not yet up: end its start
-            else:
-                self.log.warning(
-                    "%s: no process runs %s in the sandbox yet: %s not delivered",
-                    self.exec_id,
-                    self.argv[:1],
-                    signal.Signals(signum).name,
-                )
-        except ProcessLookupError:
-            pass
+        if self.exit_code is None and self.alive():
+            signal_sandboxed(self.pid, self.argv, signum, self.exec_id, self.log)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jupyter_hwsched.agent import spool
+from jupyter_hwsched.agent.keeper import start_keeper
 from jupyter_hwsched.agent.spool import SpoolReader, SpoolWriter
 
 
@@ -114,3 +115,17 @@ def test_the_writer_waits_past_its_bound_until_the_client_has_read(tmp_path: Pat
         got += len(data)
         spool.trim(directory, got)
     assert written.wait(30) and stalled < 200
+
+
+def test_a_keeper_spools_a_process_and_says_how_it_ended(tmp_path: Path) -> None:
+    """The keeper's process mode (the bubblewrap runner's): both streams, in order, the
+    child's pid at once, its exit status last; it outlives whoever started it."""
+    directory = tmp_path / "out"
+    script = "echo one; echo two >&2; sleep 0.2; echo three; exit 3"
+    keeper = start_keeper(["process", str(directory), str(1 << 20), "-1", "--", "sh", "-c", script])
+    assert keeper.wait(60) == 0
+    assert int((directory / "pid").read_text()) > 0
+    frames, how = read_all(directory)
+    assert joined(frames) == {"stdout": b"one\nthree\n", "stderr": b"two\n"}
+    assert how == {"code": 3, "broken": ""}
+    assert (tmp_path / "keeper-out.log").read_text() == ""  # it said nothing of itself

@@ -35,7 +35,7 @@ async def run_command(
     session = RemoteSession(settings, request, "command", argv)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
-    stream = OutputStream(settings, session)
+    stream = OutputStream(settings, session, progress)
 
     def forward(signum: int) -> None:
         if session.releasing:
@@ -89,9 +89,12 @@ class OutputStream:
     """The connection to the node that carries a command's output, connected again (and the
     output read on from the byte the client got to) when the node's agent restarts."""
 
-    def __init__(self, settings: HwschedClient, session: RemoteSession) -> None:
+    def __init__(
+        self, settings: HwschedClient, session: RemoteSession, progress: ProgressCallback
+    ) -> None:
         self.settings = settings
         self.session = session
+        self.progress = progress  # told "reconnecting", then "resumed" if the node came back
         self.ws: Any = None
         self.agent_url = ""
         self.received = 0  # bytes of output
@@ -126,8 +129,10 @@ class OutputStream:
             self.ws = None
             reason = await self.session.why_ended()
             if reason is None and dropped.close_code in (None, 1001):  # the node went away
+                self.progress("reconnecting", self.session.record)
                 self.ws = await self._reconnect()
                 if self.ws is not None:
+                    self.progress("resumed", self.session.record)
                     resumed = True
                     continue
                 resumed = True

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 
-from jupyter_hwsched.developer.command import exit_status, run_command
+from jupyter_hwsched.developer.command import RECONNECT, exit_status, run_command
 from jupyter_hwsched.developer.options import add_request_arguments, request_from_args
 from jupyter_hwsched.developer.session import describe_gpus
 from jupyter_hwsched.developer.settings import HwschedClient
@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             say(f"queued, position {info.position}: {info.waiting_for or ''}")
         elif phase == "ready":
             say(f"running on {info.node}, {describe_gpus(info)}")
+        elif phase == "reconnecting":
+            say(
+                f"the connection to {info.node} dropped; waiting up to {RECONNECT:.0f} s for "
+                "its agent to come back"
+            )
+        elif phase == "resumed":
+            say(f"reconnected to {info.node}; the output goes on from where it stopped")
 
     try:
         request = request_from_args(args)

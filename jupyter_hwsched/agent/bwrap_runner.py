@@ -33,6 +33,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ class BwrapRunner(Runner):
             os.close(args_fd)
         handle.exec_id = f"{container_id}-{proc.pid}"
         self._procs[container_id].append(proc)
-        return SandboxProcess(handle, argv, self.log)
+        return SandboxProcess(handle, argv, self.log, self._pids(container_id))
 
     def exec_spooled(
         self,
@@ -206,7 +207,7 @@ class BwrapRunner(Runner):
             keeper = start_keeper(
                 ["process", str(spool), str(limit), str(args_fd), "--", *command],
                 pass_fds=(args_fd,),
-                env=NODE_ENV,
+                env=_keeper_env(),
             )
         finally:
             os.close(args_fd)
@@ -218,12 +219,30 @@ class BwrapRunner(Runner):
                 raise UnavailableError("the command's keeper did not start its sandbox")
             time.sleep(0.005)
         pid = int((spool / "pid").read_text())
-        return SpooledSandbox(pid, f"{container_id}-{pid}", spool, keeper, argv, self.log)
+        exec_id = f"{container_id}-{pid}"
+        return SpooledSandbox(pid, exec_id, spool, keeper, argv, self.log, self._pids(container_id))
 
     def spooled(
-        self, pid: int, exec_id: str, spool: Path, keeper: Any, argv: list[str], started: float
+        self,
+        container_id: str,
+        pid: int,
+        exec_id: str,
+        spool: Path,
+        keeper: Any,
+        argv: list[str],
+        started: float,
     ) -> SpooledExec:
-        return SpooledSandbox(pid, exec_id, spool, keeper, argv, self.log, started)
+        pids = self._pids(container_id)
+        return SpooledSandbox(pid, exec_id, spool, keeper, argv, self.log, pids, started)
+
+    def _pids(self, container_id: str) -> Callable[[], list[int]]:
+        """The processes of a session's sandbox, from its cgroup (once known here)."""
+
+        def pids() -> list[int]:
+            cgroup = self._cgroups.get(container_id)
+            return cgroup.pids() if cgroup is not None else []
+
+        return pids
 
     def _sandboxed(
         self, container_id: str, argv: list[str], env: dict[str, str], cwd: str, user: str
@@ -297,6 +316,13 @@ class BwrapRunner(Runner):
         return found
 
 
+def _keeper_env() -> dict[str, str]:
+    """The node's environment, and where the agent finds its own modules (a development
+    checkout's PYTHONPATH): the keeper is the agent's program, and runs this package."""
+    found = os.environ.get("PYTHONPATH")
+    return {**NODE_ENV, "PYTHONPATH": found} if found else dict(NODE_ENV)
+
+
 def _args_file(options: list[str]) -> int:
     """A descriptor of an unlinked file that holds ``options``, NUL-separated, at its start."""
     with tempfile.TemporaryFile() as out:
@@ -311,11 +337,18 @@ class SandboxProcess(ExecProcess):
     """A process in a sandbox, signalled as itself: bwrap is its parent, in between, and
     passes no signal on, so a signal goes to the process that runs the command."""
 
-    def __init__(self, outer: ExecProcess, argv: list[str], log: logging.Logger) -> None:
+    def __init__(
+        self,
+        outer: ExecProcess,
+        argv: list[str],
+        log: logging.Logger,
+        pids: Callable[[], list[int]],
+    ) -> None:
         super().__init__(outer.pid, outer.exec_id)
         self.outer = outer
         self.argv = argv
         self.log = log
+        self.pids = pids
 
     @property
     def exit_code(self) -> int | None:
@@ -328,15 +361,20 @@ class SandboxProcess(ExecProcess):
     def signal(self, signum: int) -> None:
         self.signalled = signum
         if self.outer.exit_code is None:
-            signal_sandboxed(self.pid, self.argv, signum, self.exec_id, self.log)
+            signal_sandboxed(self.pid, self.argv, signum, self.exec_id, self.log, self.pids)
 
 
 def signal_sandboxed(
-    sandbox: int, argv: list[str], signum: int, exec_id: str, log: logging.Logger
+    sandbox: int,
+    argv: list[str],
+    signum: int,
+    exec_id: str,
+    log: logging.Logger,
+    pids: Callable[[], list[int]],
 ) -> None:
-    """Signal the process that runs ``argv`` in the sandbox of bwrap ``sandbox``: bwrap
-    passes no signal on."""
-    target = inner_process(sandbox, argv)
+    """Signal the process that runs ``argv`` in the sandbox of bwrap ``sandbox`` (bwrap passes
+    no signal on): found below bwrap, else among the session cgroup's processes."""
+    target = inner_process(sandbox, argv) or _in_cgroup(pids(), argv)
     try:
         if target is not None:
             os.kill(target, signum)
@@ -344,9 +382,10 @@ def signal_sandboxed(
             os.kill(sandbox, signum)  # the sandbox is not yet up: end its start
         else:
             log.warning(
-                "%s: no process runs %s in the sandbox yet: %s not delivered",
+                "%s: no process runs %s in the sandbox (%s): %s not delivered",
                 exec_id,
                 argv[:1],
+                _tree(sandbox),
                 signal.Signals(signum).name,
             )
     except ProcessLookupError:
@@ -360,13 +399,38 @@ def inner_process(sandbox: int, argv: list[str]) -> int | None:
         children = psutil.Process(sandbox).children(recursive=True)
     except psutil.Error:
         return None
-    for child in children:
+    return _running(children, argv)
+
+
+def _in_cgroup(pids: list[int], argv: list[str]) -> int | None:
+    """The earliest process among ``pids`` that runs ``argv``."""
+    found = []
+    for pid in pids:
         try:
-            if child.cmdline()[: len(argv)] == argv:
-                return int(child.pid)
+            found.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    found.sort(key=lambda p: (p.create_time(), p.pid))
+    return _running(found, argv)
+
+
+def _running(processes: list[psutil.Process], argv: list[str]) -> int | None:
+    for proc in processes:
+        try:
+            if proc.cmdline()[: len(argv)] == argv:
+                return int(proc.pid)
         except psutil.Error:
             continue
     return None
+
+
+def _tree(sandbox: int) -> str:
+    """What runs below bwrap, for a message."""
+    try:
+        procs = psutil.Process(sandbox).children(recursive=True)
+        return ", ".join(f"{p.pid} {p.cmdline()[:1]}" for p in procs) or "nothing below bwrap"
+    except psutil.Error as exc:
+        return f"bwrap {sandbox}: {exc}"
 
 
 class SpooledSandbox(SpooledExec):
@@ -381,13 +445,15 @@ class SpooledSandbox(SpooledExec):
         keeper: Any,
         argv: list[str],
         log: logging.Logger,
+        pids: Callable[[], list[int]],
         started: float | None = None,
     ) -> None:
         super().__init__(pid, exec_id, spool, keeper, started)
         self.argv = argv
         self.log = log
+        self.pids = pids
 
     def signal(self, signum: int) -> None:
         self.signalled = signum
         if self.exit_code is None and self.alive():
-            signal_sandboxed(self.pid, self.argv, signum, self.exec_id, self.log)
+            signal_sandboxed(self.pid, self.argv, signum, self.exec_id, self.log, self.pids)

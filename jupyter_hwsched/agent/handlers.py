@@ -218,9 +218,16 @@ class CommandHandler(websocket.WebSocketHandler, JupyterHandler):
             return resume < 0 or window.closed
 
         if command is None:
-            await loop.run_in_executor(
-                None, session.exec_command, on_output, on_exit, relay.max_unsent_bytes, unwanted
-            )
+            try:
+                await loop.run_in_executor(
+                    None, session.exec_command, on_output, on_exit, relay.max_unsent_bytes, unwanted
+                )
+            except Exception as exc:  # the engine, the sandbox or the keeper failed to start it
+                reason = f"the node could not start the command: {exc}"
+                self.log.error("session %s: %s", session.id, reason)
+                self.close(1011, reason[:120])  # a close reason holds 123 bytes
+                await node_of(self).end_session(session.id, reason)
+                return
             node_of(self).record(session)  # now with its command, for a restarted agent
             return
         self.log.info(

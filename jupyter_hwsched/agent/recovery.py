@@ -266,6 +266,7 @@ def take_back(
         if kept.poll() is not None and spool.ended(spooled) is None:
             return "the node agent restarted, and the keeper of the command's output had stopped"
         session.command = runner.spooled(
+            container,
             int(command["pid"]),
             str(command["exec_id"]),
             spooled,

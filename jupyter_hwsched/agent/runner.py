@@ -212,7 +212,14 @@ class Runner(LoggingConfigurable):
     survives_agent = False
 
     def spooled(
-        self, pid: int, exec_id: str, spool: Path, keeper: Any, argv: list[str], started: float
+        self,
+        container_id: str,
+        pid: int,
+        exec_id: str,
+        spool: Path,
+        keeper: Any,
+        argv: list[str],
+        started: float,
     ) -> SpooledExec:
         """The handle of a spooled command an earlier agent started (recovery.py)."""
         return SpooledExec(pid, exec_id, spool, keeper, started)

@@ -136,10 +136,11 @@ class OutputStream:
                     resumed = True
                     continue
                 resumed = True
-            if reason is None and resumed:
-                # the node is back without the command, or away: it reports why to the
-                # scheduler, or the scheduler ends the session for its silence
-                reason = await self._reason_within(LAST_WORDS)
+            if reason is None and (resumed or dropped.close_code == 1011):
+                # the node is back without the command, or away, or could not run it: it
+                # reports why to the scheduler, or the scheduler ends the session for its
+                # silence
+                reason = await self._reason_within(LAST_WORDS) or dropped.close_reason
             raise SessionEnded(
                 f"the session ended: {reason}"
                 if reason

@@ -158,6 +158,8 @@ class UserStore:
             os.chmod(part, stat.S_IMODE(before.st_mode) & 0o1777)  # no set-id bits
             os.utime(part, ns=(before.st_atime_ns, before.st_mtime_ns))
             with self.lock:
+                if self.removed:  # purged meanwhile: its directory and its count are gone
+                    raise CopyAborted("the copies were purged")
                 old = self.records.pop(path, None)
                 os.replace(part, target)
                 self.records[path] = Record(

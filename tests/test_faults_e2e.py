@@ -271,7 +271,7 @@ def test_sshfs_killed(pool: Pool, run: Callable[[], Run]) -> None:
 def test_engine_restarted(pool: Pool, run: Callable[[], Run]) -> None:
     kind = kind_of(pool)
     if kind == "bwrap":
-        pytest.skip("bubblewrap has no engine: its sandboxes are the agent's children")
+        pytest.skip("bubblewrap has no engine to restart: its sandboxes are processes of the node")
     r = run()
     if kind == "slurm":
         assert pool.slurm is not None

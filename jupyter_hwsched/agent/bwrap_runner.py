@@ -374,7 +374,7 @@ def signal_sandboxed(
 ) -> None:
     """Signal the process that runs ``argv`` in the sandbox of bwrap ``sandbox`` (bwrap passes
     no signal on): found below bwrap, else among the session cgroup's processes."""
-    target = inner_process(sandbox, argv) or _in_cgroup(pids(), argv)
+    target = inner_process(sandbox) or _in_cgroup(pids())
     try:
         if target is not None:
             os.kill(target, signum)
@@ -392,32 +392,35 @@ def signal_sandboxed(
         pass
 
 
-def inner_process(sandbox: int, argv: list[str]) -> int | None:
-    """The host pid of the process running the command: the first descendant of bwrap
-    (``sandbox``) whose command line is the one asked for (bwrap's own reaper is not)."""
+def inner_process(sandbox: int) -> int | None:
+    """The host pid of the process running the command, below bwrap (``sandbox``): the first
+    descendant that is not bwrap (its reaper in the sandbox's PID namespace is). Not found
+    by its command line, which need not be the one asked for: a launcher on the PATH (a
+    pyenv shim) runs the command under its full path."""
     try:
         children = psutil.Process(sandbox).children(recursive=True)
     except psutil.Error:
         return None
-    return _running(children, argv)
+    return _command_of(children)
 
 
-def _in_cgroup(pids: list[int], argv: list[str]) -> int | None:
-    """The earliest process among ``pids`` that runs ``argv``."""
+def _in_cgroup(pids: list[int]) -> int | None:
+    """The earliest process of the session's cgroup that is not bwrap (which joined it
+    first, as its reaper did)."""
     found = []
     for pid in pids:
         try:
-            found.append(psutil.Process(pid))
+            proc = psutil.Process(pid)
+            found.append((proc.create_time(), pid, proc))
         except psutil.Error:
             continue
-    found.sort(key=lambda p: (p.create_time(), p.pid))
-    return _running(found, argv)
+    return _command_of([proc for _, _, proc in sorted(found, key=lambda f: (f[0], f[1]))])
 
 
-def _running(processes: list[psutil.Process], argv: list[str]) -> int | None:
+def _command_of(processes: list[psutil.Process]) -> int | None:
     for proc in processes:
         try:
-            if proc.cmdline()[: len(argv)] == argv:
+            if proc.name() != "bwrap":
                 return int(proc.pid)
         except psutil.Error:
             continue

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DEV_USER, Pool, call_json, wait_for
+from harness import DEV_USER, Pool, call_json, ctrl_c, wait_for
 from jupyter_client.manager import AsyncKernelManager
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +73,32 @@ def test_the_work_sees_the_developers_files_and_only_its_own_gpus(
     assert seen["mine"] == "the developer's file" and seen["run_dir"]
     assert (dev_workspace / "from-node").read_text() == "written on the node"
     assert not Path("/tmp/private-probe").exists()  # its /tmp was the node's, and is gone
+
+
+def test_ctrl_c_reaches_a_command_that_runs_under_another_name(
+    clean_runner_pool: Pool, workspace: Path
+) -> None:
+    """A launcher (a pyenv shim, ``sh -c 'exec …'``) replaces itself with the real program,
+    whose command line is not the one asked for: the client's Ctrl-C must still reach it."""
+    count = (
+        "import itertools, time\nfor i in itertools.count(): print(i, flush=True); time.sleep(0.1)"
+    )
+    proc = clean_runner_pool.popen_hwrun(
+        ["-q", "--gpu", "1", "--", "sh", "-c", 'exec python3 -u -c "$0"', count],
+        cwd=str(workspace),
+    )
+    try:
+        assert proc.stdout is not None
+        assert [proc.stdout.readline() for _ in range(3)] == ["0\n", "1\n", "2\n"]
+        ctrl_c(proc)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err  # the command's own end: KeyboardInterrupt
+        assert "KeyboardInterrupt" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    clean_runner_pool.assert_clean()
 
 
 def test_a_remote_kernel_lives_its_whole_life_in_the_sandbox(

@@ -132,7 +132,7 @@ def pump(socket_path: str, exec_id: str, spool: SpoolWriter, program: str) -> st
 
 def exit_code(socket_path: str, exec_id: str) -> tuple[int | None, str]:
     """The exec's exit status once the engine has marked it ended."""
-    for _ in range(40):  # the engine may mark the exec ended just after its stream
+    for _ in range(200):  # the engine may mark the exec ended a while after its stream
         try:
             connection = _UnixConnection(socket_path)
             connection.request("GET", f"/exec/{exec_id}/json")

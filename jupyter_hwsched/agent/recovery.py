@@ -45,7 +45,7 @@ from jupyter_hwsched.agent import spool
 from jupyter_hwsched.agent.cache import NodeCache
 from jupyter_hwsched.agent.limits import LimitCounters, Limits
 from jupyter_hwsched.agent.mount import SshfsMount, mounted
-from jupyter_hwsched.agent.runner import ExecProcess, Runner, SpooledExec
+from jupyter_hwsched.agent.runner import ExecProcess, Runner, SpooledExec, start_time
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol.errors import HwschedError
 from jupyter_hwsched.protocol.records import GpuRecord, StartSpec
@@ -63,13 +63,6 @@ class AdoptedProcess:
         self.pid = pid
         self.started = started
         self.returncode: int | None = None
-
-    @staticmethod
-    def start_time(pid: int) -> float | None:
-        try:
-            return float(psutil.Process(pid).create_time())
-        except (psutil.Error, ValueError):
-            return None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -113,7 +106,7 @@ class AdoptedExec(ExecProcess):
 
 
 def _process(pid: int | None) -> dict[str, Any] | None:
-    started = AdoptedProcess.start_time(pid) if pid else None
+    started = start_time(pid) if pid else None
     return {"pid": pid, "started": started} if started is not None else None
 
 

@@ -85,10 +85,10 @@ class SpooledExec(ExecProcess):
         super().__init__(pid, exec_id)
         self.spool = spool
         self.keeper = keeper  # a Popen, or recovery.AdoptedProcess: poll(), kill()
-        self.started = started if started is not None else _start_time(pid)
+        self.started = started if started is not None else start_time(pid)
 
     def alive(self) -> bool:
-        return self.pid > 1 and self.started is not None and _start_time(self.pid) == self.started
+        return self.pid > 1 and self.started is not None and start_time(self.pid) == self.started
 
     def signal(self, signum: int) -> None:
         self.signalled = signum
@@ -106,7 +106,8 @@ class SpooledExec(ExecProcess):
             self.keeper.wait(10)
 
 
-def _start_time(pid: int) -> float | None:
+def start_time(pid: int) -> float | None:
+    """When process ``pid`` started (with its pid, what names one process for good)."""
     try:
         return float(psutil.Process(pid).create_time())
     except (psutil.Error, ValueError):

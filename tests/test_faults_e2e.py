@@ -288,11 +288,13 @@ def test_engine_restarted(pool: Pool, run: Callable[[], Run]) -> None:
 
 
 def test_the_runs_tmp_full(pool: Pool, run: Callable[[], Run]) -> None:
+    # the run stays with its /tmp full for a few of the agent's limit checks (1 s apart): a
+    # full /tmp must not end it
     fill = (
-        "import errno\ntry:\n with open('/tmp/fill', 'wb') as f:\n"
+        "import errno, time\ntry:\n with open('/tmp/fill', 'wb') as f:\n"
         "  while True: f.write(b'x' * 65536)\n"
-        "except OSError as e:\n print('full' if e.errno == errno.ENOSPC else e)\n"
-        "print('after')"
+        "except OSError as e:\n print('full' if e.errno == errno.ENOSPC else e, flush=True)\n"
+        "time.sleep(3)\nprint('after')"
     )
     done = pool.hwrun(["-q", "--gpu", "1", "--", "python3", "-c", fill], cwd="/")
     since = time.monotonic()  # the run's own end

@@ -126,8 +126,10 @@ def test_a_fork_bomb_ends_only_its_own_session(clean: Pool) -> None:
     assert "limit of 64 processes" in line, line
 
 
-def test_a_tmp_filler_ends_only_its_own_session(clean: Pool) -> None:
-    filler = "dd if=/dev/zero of=/tmp/fill bs=1M count=64; sleep 30"
+def test_a_tmp_filler_that_fails_is_told_why_and_ends_only_its_own_session(clean: Pool) -> None:
+    # a full /tmp ends nothing by itself (test_faults_e2e: a run that handles ENOSPC goes
+    # on); a run that fails on it reads why
+    filler = "dd if=/dev/zero of=/tmp/fill bs=1M count=64 && sleep 30"
     done = _beside_a_cotenant(clean, ["--", "sh", "-c", filler])
     assert done.returncode != 0
     line = _one_line_error(done)

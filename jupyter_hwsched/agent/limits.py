@@ -3,10 +3,13 @@
 The operator sets a default for each and, for memory and CPU, the most a user may ask for
 (``--mem``, ``--cpus``); :meth:`SessionLimits.resolve` turns a request into the
 :class:`Limits` a runner enforces, or refuses it with the bound it broke. A session that goes
-over a limit is ended alone, and its user told which limit, in one line
+over the memory or process limit is ended alone, and its user told which limit, in one line
 (:func:`limit_reason`): the container's memory cgroup counts OOM kills, its pids cgroup counts
-forks refused at the process limit, and a full ``/tmp`` (a tmpfs of the limit's size) is seen
-by its free space.
+forks refused at the process limit.
+
+A full ``/tmp`` (a tmpfs of the limit's size) ends nothing: the run's writes fail with ENOSPC,
+as on any machine, and a run that handles it goes on. Only where the run then fails does the
+full ``/tmp`` become the news (:func:`failure_reason`), seen by its free space.
 
 ``/tmp`` lives in memory and its pages count against the session's memory limit too.
 """
@@ -93,8 +96,9 @@ def _size(text: str, setting: str) -> int:
     return value
 
 
-def limit_reason(limits: Limits, before: LimitCounters, now: LimitCounters, tmp: Path) -> str:
-    """One line saying which limit the session went over since ``before``, or ``""``."""
+def limit_reason(limits: Limits, before: LimitCounters, now: LimitCounters) -> str:
+    """One line saying which limit the session went over since ``before``, or ``""``: what
+    ends a session (an OOM kill, a fork refused)."""
     if now.oom_kills > before.oom_kills:
         return (
             f"it went over its memory limit of {format_memory(limits.memory)}: ask for more "
@@ -102,12 +106,19 @@ def limit_reason(limits: Limits, before: LimitCounters, now: LimitCounters, tmp:
         )
     if now.pids_refused > before.pids_refused:
         return f"it reached its limit of {limits.pids} processes and threads: start fewer"
-    if tmp_full(tmp):
-        return (
+    return ""
+
+
+def failure_reason(limits: Limits, before: LimitCounters, now: LimitCounters, tmp: Path) -> str:
+    """Why a run that failed failed, where a limit explains it: :func:`limit_reason`, else a
+    full ``/tmp`` (its writes failed with ENOSPC), else ``""``."""
+    reason = limit_reason(limits, before, now)
+    if not reason and tmp_full(tmp):
+        reason = (
             f"it filled its /tmp ({format_memory(limits.tmp)}): write large files under your "
             "home or project directory instead"
         )
-    return ""
+    return reason
 
 
 def tmp_full(path: Path) -> bool:

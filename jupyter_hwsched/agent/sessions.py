@@ -21,7 +21,7 @@ from typing import Any
 
 from jupyter_hwsched.agent.cache import NodeCache, SessionCache
 from jupyter_hwsched.agent.gpus import driver_libraries
-from jupyter_hwsched.agent.limits import LimitCounters, Limits, limit_reason
+from jupyter_hwsched.agent.limits import LimitCounters, Limits, failure_reason, limit_reason
 from jupyter_hwsched.agent.mount import SshfsMount, mounted, unmount
 from jupyter_hwsched.agent.runner import (
     AGENT_DIR,
@@ -271,11 +271,19 @@ class NodeSession:
         return self.base / "tmp"
 
     def over_limit(self) -> str:
-        """One line naming the limit the session went over, or ``""``."""
+        """One line naming the limit the session went over (one that ends it), or ``""``."""
         if self.limits is None or self.container_id is None:
             return ""
         now = self.runner.limit_counters(self.container_id)
-        return limit_reason(self.limits, self.counters, now, self.scratch)
+        return limit_reason(self.limits, self.counters, now)
+
+    def failure_reason(self) -> str:
+        """Where the run failed: the limit that explains it (a full ``/tmp`` among them), or
+        ``""``."""
+        if self.limits is None or self.container_id is None:
+            return ""
+        now = self.runner.limit_counters(self.container_id)
+        return failure_reason(self.limits, self.counters, now, self.scratch)
 
     def environment_lost(self, wait: float = 0.0) -> str:
         """One line if the session's container stopped under it (its engine restarted or
@@ -434,7 +442,7 @@ class NodeSession:
                 # container, which it then says within moments
                 foreign = code in (128 + 9, 128 + 15) and not (command and command.signalled)
                 wait = 5.0 if foreign else 0.0
-                reason = self.over_limit() or broken or self.environment_lost(wait)
+                reason = self.failure_reason() or broken or self.environment_lost(wait)
                 if reason and self.end_reason is None:  # an end meanwhile says it better
                     self.end_reason = reason
             on_exit(code)

@@ -3,7 +3,8 @@
 side reconnects to it; a command goes on, and its client reads on from its spool on the
 node without a line lost or repeated. What cannot be taken back (a command whose output's
 keeper died; a kernel whose container went meanwhile) is torn down and ends with the reason.
-The Docker runner: its containers belong to the engine, not to the agent."""
+The Docker runner (its containers belong to the engine, not to the agent), and for the kernel
+the bubblewrap runner too (its sandboxes are the children of their keepers)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from harness import Pool, Service, wait_for
+from harness import POOL_KINDS, Pool, Service, wait_for
 from jupyter_client.manager import AsyncKernelManager
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +33,20 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     _need_e2e()
     # a node is down after 30 s of silence: room for an agent to start again
     the_pool = Pool(tmp_path_factory.mktemp("restart"), node_timeout=30.0)
+    try:
+        yield the_pool
+    finally:
+        the_pool.stop()
+
+
+@pytest.fixture(scope="module")
+def bwrap_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    from conftest import _need_e2e
+
+    _need_e2e()
+    the_pool = Pool(
+        tmp_path_factory.mktemp("restart-bwrap"), node_timeout=30.0, **POOL_KINDS["bwrap"]
+    )
     try:
         yield the_pool
     finally:
@@ -90,7 +105,11 @@ async def remote_kernel(
         await km.shutdown_kernel(now=now)
 
 
-def test_a_kernel_keeps_its_state_through_an_agent_restart(pool: Pool, workspace: Path) -> None:
+@pytest.mark.parametrize("runner", ["docker", "bwrap"])
+def test_a_kernel_keeps_its_state_through_an_agent_restart(
+    runner: str, request: pytest.FixtureRequest, workspace: Path
+) -> None:
+    pool: Pool = request.getfixturevalue("pool" if runner == "docker" else "bwrap_pool")
     pool.assert_clean()
 
     async def scenario() -> None:

@@ -19,6 +19,10 @@ searchable by all: see service.py), and runs the work as the developer with no c
 No user namespace is needed. Work as root (for the operator's ``root_users``) runs with every
 capability dropped.
 
+A command's sandbox, and a kernel's, is the child of a keeper (keeper.py) rather than of the
+agent, so that an agent that restarts takes them back (recovery.py); with
+``Runner.spool_commands`` off they die with the agent.
+
 Warm leases keep no sandbox (``binds_devices`` is false): a sandbox's devices are bound when
 its process starts, so each session on such a node starts cold.
 """
@@ -73,8 +77,17 @@ class BwrapRunner(Runner):
     bwrap = Unicode("bwrap", config=True, help="The bubblewrap program.")
 
     def takes_back(self, kind: str) -> bool:
-        # a command's sandbox is its keeper's child; a kernel's is the agent's
-        return kind == "command" and self.spool_commands
+        # a command's sandbox, and a kernel's, is its keeper's child
+        return self.spool_commands
+
+    @property
+    def keeps_kernels(self) -> bool:
+        return bool(self.spool_commands)
+
+    def take_back_environment(self, container_id: str, spec: ContainerSpec) -> None:
+        self._specs[container_id] = spec
+        self._cgroups.setdefault(container_id, SessionCgroup(spec.node, spec.session_id))
+        self._procs.setdefault(container_id, [])
 
     network = Unicode(
         "none",

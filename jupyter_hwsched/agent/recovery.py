@@ -7,11 +7,13 @@ pid alone may by then name another process). An agent that starts reads the reco
 takes back every session whose parts all still live:
 
 * its runner lets it outlive the agent (``Runner.takes_back``): Docker's containers belong
-  to the engine; a bubblewrap command's sandbox is the child of its keeper, but a bubblewrap
-  kernel's is the agent's, and the host runner's processes are the agent's own; and its
-  container still runs;
+  to the engine; a bubblewrap sandbox (a command's or a kernel's) is the child of its keeper,
+  and the runner is told the session's environment again (``take_back_environment``) so that
+  a restart of the kernel can start a new sandbox; the host runner's processes are the
+  agent's own; and its container still runs;
 * its share is still mounted, by the same ``sshfs`` process;
-* for a kernel, the same kernel process runs, and its connection file is there: the agent's
+* for a kernel, the same kernel process runs (under a bubblewrap kernel's keeper, which
+  has spooled what it wrote meanwhile), and its connection file is there: the agent's
   kernel manager takes it back by its id (``NodeKernelManager.adopt``), and the developer's
   side, which reconnects for a while after a dropped connection, finds it at the same
   address.
@@ -45,7 +47,13 @@ from jupyter_hwsched.agent import spool
 from jupyter_hwsched.agent.cache import NodeCache
 from jupyter_hwsched.agent.limits import LimitCounters, Limits
 from jupyter_hwsched.agent.mount import SshfsMount, mounted
-from jupyter_hwsched.agent.runner import ExecProcess, Runner, SpooledExec, start_time
+from jupyter_hwsched.agent.runner import (
+    ContainerSpec,
+    ExecProcess,
+    Runner,
+    SpooledExec,
+    start_time,
+)
 from jupyter_hwsched.agent.sessions import NodeSession
 from jupyter_hwsched.protocol.errors import HwschedError
 from jupyter_hwsched.protocol.records import GpuRecord, StartSpec
@@ -110,7 +118,8 @@ def _process(pid: int | None) -> dict[str, Any] | None:
     return {"pid": pid, "started": started} if started is not None else None
 
 
-def _command(command: ExecProcess | None) -> dict[str, Any] | None:
+def _spooled(command: ExecProcess | None) -> dict[str, Any] | None:
+    """A process whose keeper spools its output: what a later agent needs to take it back."""
     if not isinstance(command, SpooledExec) or command.started is None:
         return None  # not started yet, or its output goes to this agent alone
     return {
@@ -135,8 +144,9 @@ def save(session: NodeSession, kernel: ExecProcess | None) -> None:
         "container_id": session.container_id,
         "sshfs": _process(sshfs.pid if sshfs is not None else None),
         "kernel_id": session.kernel_id,
-        "kernel": ({**(_process(kernel.pid) or {}), "exec_id": kernel.exec_id} if kernel else None),
-        "command": _command(session.command),
+        "kernel": _kernel(kernel),
+        "command": _spooled(session.command),
+        "environment": _environment(session.environment),
         "started": session.started,
         "home": session.home,
         "host": session.host,
@@ -155,6 +165,46 @@ def save(session: NodeSession, kernel: ExecProcess | None) -> None:
     with os.fdopen(fd, "w") as out:
         json.dump(record, out)
     os.replace(part, path)
+
+
+def _kernel(kernel: ExecProcess | None) -> dict[str, Any] | None:
+    if kernel is None:
+        return None
+    return _spooled(kernel) or {**(_process(kernel.pid) or {}), "exec_id": kernel.exec_id}
+
+
+def _environment(spec: ContainerSpec | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    record = asdict(spec)
+    for name in ("root", "scratch", "run_dir"):
+        record[name] = str(record[name])
+    return record
+
+
+def _spec_of(record: dict[str, Any] | None) -> ContainerSpec | None:
+    if not record:
+        return None
+    fields = dict(record)
+    for name in ("root", "scratch", "run_dir"):
+        fields[name] = Path(fields[name])
+    fields["limits"] = Limits(**fields["limits"]) if fields.get("limits") else None
+    return ContainerSpec(**fields)
+
+
+def _kept(runner: Runner, container: str, record: dict[str, Any], argv: list[str]) -> SpooledExec:
+    """The handle of a process an earlier agent started under a keeper."""
+    keeper = record.get("keeper") or {}
+    kept = AdoptedProcess(int(keeper.get("pid") or 0), float(keeper.get("started") or 0))
+    return runner.spooled(
+        container,
+        int(record["pid"]),
+        str(record["exec_id"]),
+        Path(str(record["spool"])),
+        kept,
+        argv,
+        float(record["started"]),
+    )
 
 
 def update_kernel(session: NodeSession, kernel: ExecProcess) -> None:
@@ -209,6 +259,9 @@ def take_back(
     container = record.get("container_id") or ""
     if not container or not runner.running(container):
         return "the node agent restarted, and the session's container was gone"
+    environment = _spec_of(record.get("environment"))
+    if environment is not None:
+        runner.take_back_environment(container, environment)
     # the agent that stopped may have paused it (a client that fell behind: relay.py); the
     # new one has no reader behind, and would never let it go on
     runner.resume(container)
@@ -230,6 +283,7 @@ def take_back(
         host=record.get("host", ""),
         home=record.get("home", ""),
         shared_mem=record.get("shared_mem"),
+        environment=environment,
     )
     if runner.roots_at_share:
         sshfs = record.get("sshfs") or {}
@@ -253,24 +307,22 @@ def take_back(
         except HwschedError as exc:
             return f"the node agent restarted, and the session's cached trees were not: {exc}"
     if spec.kind == "command":
-        keeper = command.get("keeper") or {}
-        kept = AdoptedProcess(int(keeper.get("pid") or 0), float(keeper.get("started") or 0))
-        spooled = Path(str(command["spool"]))
-        if kept.poll() is not None and spool.ended(spooled) is None:
+        session.command = _kept(runner, container, command, spec.argv)
+        if session.command.keeper.poll() is not None and spool.ended(session.command.spool) is None:
             return "the node agent restarted, and the keeper of the command's output had stopped"
-        session.command = runner.spooled(
-            container,
-            int(command["pid"]),
-            str(command["exec_id"]),
-            spooled,
-            kept,
-            spec.argv,
-            float(command["started"]),
-        )
         return session, None
     kernel = record.get("kernel") or {}
-    process = AdoptedProcess(int(kernel.get("pid") or 0), float(kernel.get("started") or 0))
     connection = session.base / f"agent-kernel-{session.kernel_id}.json"
-    if not session.kernel_id or process.poll() is not None or not connection.exists():
-        return "the node agent restarted, and the session's kernel had stopped"
+    stopped = "the node agent restarted, and the session's kernel had stopped"
+    if not session.kernel_id or not connection.exists():
+        return stopped
+    if kernel.get("spool"):  # under a keeper, which has spooled what it wrote meanwhile
+        kept = _kept(runner, container, kernel, ["the kernel"])
+        if kept.keeper.poll() is not None or spool.ended(kept.spool) is not None:
+            return stopped
+        session.follow_kernel(kept)
+        return session, kept
+    process = AdoptedProcess(int(kernel.get("pid") or 0), float(kernel.get("started") or 0))
+    if process.poll() is not None:
+        return stopped
     return session, AdoptedExec(process, str(kernel.get("exec_id", "")))

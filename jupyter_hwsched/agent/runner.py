@@ -122,9 +122,17 @@ class Runner(LoggingConfigurable):
         config=True,
         help="Write a command's output to a spool on the node through a keeper process of "
         "its own (agent/spool.py), so that an agent that restarts takes the command back and "
-        "its client reads on (the Docker and bubblewrap runners). False: the output streams "
-        "to the agent alone, and a command ends with the agent.",
+        "its client reads on (the Docker and bubblewrap runners); on the bubblewrap runner, a "
+        "kernel runs under a keeper too, so that it outlives the agent. False: the output "
+        "streams to the agent alone, and a command (and a bubblewrap kernel) ends with the "
+        "agent.",
     )
+
+    @property
+    def keeps_kernels(self) -> bool:
+        """Whether a kernel runs under a keeper (``exec_spooled``), as a command does: where
+        it would otherwise die with the agent (bubblewrap's ``--die-with-parent``)."""
+        return False
 
     #: True: the session's root is the developer's share, mounted on the node. False: the
     #: session runs on the node's own root (the node is the developer's machine).
@@ -224,6 +232,10 @@ class Runner(LoggingConfigurable):
     ) -> SpooledExec:
         """The handle of a spooled command an earlier agent started (recovery.py)."""
         return SpooledExec(pid, exec_id, spool, keeper, started)
+
+    def take_back_environment(self, container_id: str, spec: ContainerSpec) -> None:
+        """An environment an earlier agent made, known to this runner again (recovery.py),
+        so that it can start more processes in it (a kernel's restart)."""
 
     def takes_back(self, kind: str) -> bool:
         """Whether a restarted agent can take back a session of this kind (``kernel`` or

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import threading
@@ -33,7 +34,7 @@ from jupyter_hwsched.agent.runner import (
     Runner,
     SpooledExec,
 )
-from jupyter_hwsched.agent.spool import SEGMENT_BYTES, SpoolReader, trim
+from jupyter_hwsched.agent.spool import SEGMENT_BYTES, SpoolReader, segments, trim
 from jupyter_hwsched.protocol.errors import RequestError
 from jupyter_hwsched.protocol.records import GpuRecord, StartSpec
 
@@ -123,6 +124,10 @@ class NodeSession:
     mount: SshfsMount | None = None
     kernel_id: str | None = None
     command: ExecProcess | None = None
+    #: what the session's container was made from (recovery.py keeps it)
+    environment: ContainerSpec | None = None
+    #: the kernel's process, where it runs under a keeper of its own (Runner.keeps_kernels)
+    kernel: SpooledExec | None = None
     started: float = field(default_factory=time.time)
     end_reason: str | None = None
     starting: asyncio.Future[None] | None = None  # done once the start path has finished
@@ -226,23 +231,22 @@ class NodeSession:
             )
         devices, binds = self._gpu_devices() if self.runner.roots_at_share else ([], {})
         shown = self._shown(root) if self.runner.roots_at_share else {}
-        self.container_id = self.runner.create(
-            ContainerSpec(
-                session_id=self.id,
-                node=self.node,
-                root=root,
-                scratch=scratch,
-                run_dir=self.run_dir,
-                uid=self.uid,
-                gid=self.gid,
-                groups=list(self.spec.user.groups),
-                devices=devices,
-                extra_binds=binds,
-                shown=shown,
-                cached=self.cached.binds if self.cached else {},
-                limits=self.limits,
-            )
+        self.environment = ContainerSpec(
+            session_id=self.id,
+            node=self.node,
+            root=root,
+            scratch=scratch,
+            run_dir=self.run_dir,
+            uid=self.uid,
+            gid=self.gid,
+            groups=list(self.spec.user.groups),
+            devices=devices,
+            extra_binds=binds,
+            shown=shown,
+            cached=self.cached.binds if self.cached else {},
+            limits=self.limits,
         )
+        self.container_id = self.runner.create(self.environment)
         self.counters = self.runner.limit_counters(self.container_id)
 
     def _attach_cache(self) -> None:
@@ -337,22 +341,44 @@ class NodeSession:
     def exec_kernel(self, argv: list[str]) -> ExecProcess:
         assert self.container_id is not None
         self.kernel_log = StartLog()
+        args = (self.container_id, argv, self.env(), self.spec.cwd, f"{self.uid}:{self.gid}")
+        if self.runner.keeps_kernels:
+            # a spool of its own per start (a restart's old kernel may still be ending)
+            spool = self.base / f"kernel-output-{secrets.token_hex(4)}"
+            kernel = self.runner.exec_spooled(*args, spool, KERNEL_SPOOL_BYTES)
+            if kernel is not None:
+                self.follow_kernel(kernel)
+                return kernel
+        return self.runner.exec(*args, self._kernel_output, lambda code: None)
 
-        def log(stream: str, data: bytes) -> None:
-            self.kernel_log.add(data)
-            self.runner.log.debug(
-                "[%s kernel %s] %s", self.id, stream, data.decode(errors="replace").rstrip()
-            )
-
-        return self.runner.exec(
-            self.container_id,
-            argv,
-            self.env(),
-            self.spec.cwd,
-            f"{self.uid}:{self.gid}",
-            log,
-            lambda code: None,
+    def _kernel_output(self, stream: str, data: bytes) -> None:
+        self.kernel_log.add(data)
+        self.runner.log.debug(
+            "[%s kernel %s] %s", self.id, stream, data.decode(errors="replace").rstrip()
         )
+
+    def follow_kernel(self, kernel: SpooledExec) -> None:
+        """Read a kept kernel's output (its first lines say why a start failed) from its
+        spool as its keeper writes it, dropping what was read, in a thread; its exit status
+        once it ended, then its spool goes. Also for a kernel an earlier agent started: its
+        output from what that agent had not read."""
+        self.kernel = kernel
+        found = segments(kernel.spool)
+        reader = SpoolReader(kernel.spool, found[0] if found else 0)
+        reader.POLL = 0.1  # a kernel's end need not be seen as soon as a command's
+
+        def relay() -> None:
+            dropped = [reader.offset]
+
+            def read(offset: int) -> None:
+                if offset - dropped[0] >= SEGMENT_BYTES:
+                    trim(kernel.spool, offset)
+                    dropped[0] = offset
+
+            _relay_spool(kernel, reader, self._kernel_output, lambda: False, read)
+            shutil.rmtree(kernel.spool, ignore_errors=True)
+
+        threading.Thread(target=relay, name=f"kernel-output-{self.id}", daemon=True).start()
 
     @property
     def spool(self) -> Path:
@@ -404,27 +430,15 @@ class NodeSession:
 
         dropped = [offset]
 
+        def handed_on(offset: int) -> None:
+            if unwanted() and offset - dropped[0] >= SEGMENT_BYTES:
+                trim(command.spool, offset)
+                dropped[0] = offset
+
         def relay() -> None:
-            frames = reader.frames(stopped)
-            while True:
-                try:
-                    stream, data = next(frames)
-                except StopIteration as stop:
-                    how = stop.value
-                    break
-                on_output(stream, data)
-                if unwanted() and reader.offset - dropped[0] >= SEGMENT_BYTES:
-                    trim(command.spool, reader.offset)
-                    dropped[0] = reader.offset
-            if how is None:
-                return  # taken over by a later connection
-            if command.keeper.poll() is None:  # it exits once it has written the end
-                with contextlib.suppress(Exception):
-                    command.keeper.wait(5)
-            command.broken = str(how.get("broken") or "")
-            code = how.get("code")
-            command.exit_code = 255 if code is None else int(code)
-            on_exit(command.exit_code)
+            if _relay_spool(command, reader, on_output, stopped, handed_on):
+                assert command.exit_code is not None
+                on_exit(command.exit_code)  # else taken over by a later connection
 
         threading.Thread(target=relay, name=f"relay-{self.id}", daemon=True).start()
 
@@ -460,8 +474,10 @@ class NodeSession:
                 self.runner.remove_session(self.home or self.id, self.node)  # made, then failed
         except Exception as exc:
             self.runner.log.error("session %s: removing its container failed: %s", self.id, exc)
-        if isinstance(self.command, SpooledExec):
-            self.command.stop_keeper()
+        for kept in (self.command, self.kernel):
+            if isinstance(kept, SpooledExec):
+                kept.stop_keeper()
+                shutil.rmtree(kept.spool, ignore_errors=True)
         shutil.rmtree(self.spool, ignore_errors=True)  # a warm lease's files stay: not this
         if self.cached is not None and self.cache is not None:
             try:
@@ -500,3 +516,37 @@ class NodeSession:
             "cache": self.cached.describe() if self.cached else None,
             "started": self.started,
         }
+
+
+#: what a kept kernel's keeper holds of its output while no agent reads it (the kernel then
+#: blocks on its next write to stdout or stderr until one does)
+KERNEL_SPOOL_BYTES = 4 * 2**20
+
+
+def _relay_spool(
+    process: SpooledExec,
+    reader: SpoolReader,
+    on_output: OutputCallback,
+    stopped: Callable[[], bool],
+    handed_on: Callable[[int], None],
+) -> bool:
+    """Hand the spool's output on as it comes (``handed_on(offset)`` after each piece), then
+    set how the process ended on it; False where ``stopped()`` stopped it first."""
+    frames = reader.frames(stopped)
+    while True:
+        try:
+            stream, data = next(frames)
+        except StopIteration as stop:
+            how = stop.value
+            break
+        on_output(stream, data)
+        handed_on(reader.offset)
+    if how is None:
+        return False
+    if process.keeper.poll() is None:  # it exits once it has written the end
+        with contextlib.suppress(Exception):
+            process.keeper.wait(5)
+    process.broken = str(how.get("broken") or "")
+    code = how.get("code")
+    process.exit_code = 255 if code is None else int(code)
+    return True

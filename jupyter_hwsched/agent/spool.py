@@ -5,6 +5,8 @@ upgrade) would take the output stream with it. So a command whose process outliv
 (the Docker runner's) does not write to the agent at all: its output goes to a *keeper*
 (``agent/keeper.py``), a small process of its own that writes it here, and the agent reads it
 from here and relays it. A restarted agent reads on from where its client says it got to.
+A bubblewrap kernel's stdout and stderr take the same way (its sandbox is its keeper's child,
+so that it outlives the agent); the agent is their only reader, and drops what it has read.
 
 The spool is a directory of *segments*, each named by the offset (in bytes of output, both
 streams counted) of its first byte. A segment holds frames, each one byte of stream (1

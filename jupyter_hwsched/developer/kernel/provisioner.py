@@ -19,11 +19,12 @@ import os
 import signal
 import typing as t
 from dataclasses import replace
+from datetime import datetime, timezone
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
-from traitlets import Any, Float
+from traitlets import Any, Float, HasTraits
 
 from jupyter_hwsched.developer.environment import caller_env
 from jupyter_hwsched.developer.kernel import registry
@@ -165,6 +166,7 @@ class RemoteGpuProvisioner(LocalProvisioner):
                 raise
             registry.save(str(self.kernel_id), self.remote.state())
         await self._attach()
+        _listable(self.parent)
         return self.connection_info
 
     async def _attach(self) -> None:
@@ -303,3 +305,16 @@ class RemoteGpuProvisioner(LocalProvisioner):
         if self.remote is not None:
             info["hwsched_session"] = self.remote.id
         return info
+
+
+def _listable(km: t.Any) -> None:
+    """jupyter_server lists a kernel (``GET /api/kernels``) from the moment its start returns,
+    and sets the kernel's ``last_activity`` a turn of its event loop later: a listing in
+    between failed with a 500 (seen while a restarted server took a remote kernel over, with
+    the page polling). Set it here first; jupyter_server sets it again."""
+    if not isinstance(km, HasTraits) or not km.has_trait("last_activity"):
+        return  # not jupyter_server's (jupyter console, papermill): nothing lists it
+    if not km.trait_has_value("last_activity"):  # reading it would raise a TraitError
+        km.set_trait("last_activity", datetime.now(timezone.utc))
+    if km.has_trait("execution_state") and getattr(km, "execution_state", None) is None:
+        km.set_trait("execution_state", "starting")

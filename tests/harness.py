@@ -535,6 +535,35 @@ def ctrl_c(proc: subprocess.Popen[str]) -> None:
     os.killpg(proc.pid, signal.SIGINT)
 
 
+def read_rest(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The rest of a process's stdout and stderr, once it has ended, read through the pipes'
+    own file objects: ``communicate()`` reads their descriptors and would skip what an
+    earlier ``readline()`` had already buffered. Past ``timeout`` seconds the process is
+    killed and ``subprocess.TimeoutExpired`` carries what had come."""
+    got: dict[str, str] = {"stdout": "", "stderr": ""}
+
+    def drain(name: str) -> None:
+        stream = getattr(proc, name)
+        if stream is not None:
+            got[name] = stream.read()
+            stream.close()
+
+    readers = [threading.Thread(target=drain, args=(name,), daemon=True) for name in got]
+    for reader in readers:
+        reader.start()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        for reader in readers:
+            reader.join(10)
+        raise subprocess.TimeoutExpired(proc.args, timeout, got["stdout"], got["stderr"]) from None
+    for reader in readers:
+        reader.join()
+    return got["stdout"], got["stderr"]
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str) -> None:
         super().__init__("share", timeout=30)

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from harness import POOL_KINDS, Pool, Service, wait_for
+from harness import POOL_KINDS, Pool, Service, read_rest, wait_for
 from jupyter_client.manager import AsyncKernelManager
 
 pytestmark = pytest.mark.e2e
@@ -169,7 +169,7 @@ def numbers(pool: Pool, workspace: Path, n: int, gap: float) -> subprocess.Popen
 
 def check_numbers(proc: subprocess.Popen[str], first: list[str], n: int) -> None:
     """The whole output came, once each and in order, and the exit status too."""
-    out, err = proc.communicate(timeout=180)
+    out, err = read_rest(proc, 180)
     assert proc.returncode == 3, err
     assert [int(x) for x in [*first, *out.split()]] == list(range(1, n + 1))
     assert err.split("\n")[:-1] == [f"e {i}" for i in range(10, n + 1, 10)], err
@@ -235,7 +235,7 @@ def test_a_command_whose_output_was_lost_ends_with_the_reason(pool: Pool, worksp
                 os.kill(pid, signal.SIGKILL)
 
         restart_agent(pool, kill_keeper)
-        _, said = proc.communicate(timeout=120)
+        _, said = read_rest(proc, 120)
         assert proc.returncode != 0
         last = said.strip().splitlines()[-1]
         assert "the keeper of the command's output had stopped" in last, said

@@ -53,7 +53,7 @@ from typing import Any
 
 import psutil
 import pytest
-from harness import Pool, Service, assert_nothing_left, ctrl_c, wait_for
+from harness import Pool, Service, assert_nothing_left, ctrl_c, read_rest, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -102,10 +102,10 @@ class Run:
     def finish(self, timeout: float = 180) -> str:
         """Wait for the run to end; its stderr's last line."""
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            out, err = read_rest(self.proc, timeout)
         except subprocess.TimeoutExpired as exc:
             self.kill()
-            more = (exc.output or b"").split()
+            more = (exc.output or "").split()
             raise AssertionError(
                 f"the run did not end within {timeout} s: {len(more)} more lines came after "
                 f"line {len(self.lines)} (the last: {more[-1:]}); it said {exc.stderr!r}"

@@ -1,7 +1,8 @@
-"""What spooling a command's output on the node costs: ``hwrun`` through the Docker runner
-with its output spooled by a keeper (the default: agent/spool.py, agent/keeper.py, so that a
-restarted agent takes the command back) beside the same pool with the output streamed to
-the agent alone (``--DockerRunner.spool_commands=False``), in the same invocation.
+"""What spooling a command's output on the node costs: ``hwrun`` through a runner (Docker by
+default, or ``--runner bwrap``) with its output spooled by a keeper (the default:
+agent/spool.py, agent/keeper.py, so that a restarted agent takes the command back) beside the
+same pool with the output streamed to the agent alone (``spool_commands=False``), in the same
+invocation.
 
 Measured on each pool, alternating between them run by run:
 
@@ -14,7 +15,7 @@ Measured on each pool, alternating between them run by run:
 Loopback, no modelled delay (the spool is on the node: the link does not enter into it).
 Run as root::
 
-    python benchmarks/command_spool.py [--runs 5] [--lines 200000]
+    python benchmarks/command_spool.py [--runner docker|bwrap] [--runs 5] [--lines 200000]
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ from report import fmt, note, ratio, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness import Pool
+from harness import RUNNER_ARGS, Pool
+
+#: the runner option that turns spooling off, per runner
+RUNNER_CLASS = {"docker": "DockerRunner", "bwrap": "BwrapRunner"}
 
 PER_LINE = "import sys\nfor i in range({n}): print(i, flush=True)"
 BULK = "import sys\nw = sys.stdout.write\nfor i in range({n}): w('%d\\n' % i)"
@@ -62,15 +66,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--runner", choices=sorted(RUNNER_CLASS), default="docker")
     args = parser.parse_args()
+    runner = RUNNER_ARGS[args.runner]
+    streamed = f"--{RUNNER_CLASS[args.runner]}.spool_commands=False"
     work = Path(tempfile.mkdtemp(prefix="hwsched-bench-"))
     (work / "direct").mkdir()
     (work / "spooled").mkdir()
     pools = {
-        "streamed to the agent": Pool(
-            work / "direct", agent_args=("--DockerRunner.spool_commands=False",)
-        ),
-        "spooled (default)": Pool(work / "spooled"),
+        "streamed to the agent": Pool(work / "direct", agent_args=(*runner, streamed)),
+        "spooled (default)": Pool(work / "spooled", agent_args=runner),
     }
     results: dict[str, dict[str, list[float]]] = {
         name: {"whole": [], "line": [], "bulk": []} for name in pools
@@ -101,7 +106,7 @@ def main() -> None:
         )
     print(
         note(
-            f"{platform.node()}, {platform.machine()}; Docker runner, loopback, no modelled "
+            f"{platform.node()}, {platform.machine()}; {args.runner} runner, loopback, no modelled "
             f"delay; medians of {args.runs} runs, alternating; {args.lines:,} lines a run"
         )
     )

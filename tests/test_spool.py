@@ -52,6 +52,27 @@ def test_output_comes_back_in_order_across_segments_with_its_end(tmp_path: Path)
     assert how == {"code": 3, "broken": ""}
 
 
+def test_a_line_at_a_time_is_handed_on_in_few_pieces_of_one_stream_each(tmp_path: Path) -> None:
+    """A command that writes a line at a time makes a frame a line; the reader joins those of
+    one stream in a row (the relay's cost is per piece), never across streams, and never
+    past ``MERGED`` bytes."""
+    writer = SpoolWriter(tmp_path / "out", limit=1 << 30)
+    lines = [f"{i}\n".encode() for i in range(20_000)]
+    for line in lines:
+        writer.write("stdout", line)
+    writer.write("stderr", b"oops\n")
+    writer.write("stdout", b"after\n")
+    writer.finish(0, "")
+    frames, how = read_all(tmp_path / "out")
+    assert b"".join(d for s, d in frames if s == "stdout") == b"".join(lines) + b"after\n"
+    assert [d for s, d in frames if s == "stderr"] == [b"oops\n"]
+    assert all(len(d) <= spool.MERGED for _, d in frames)
+    # 20,000 lines (about 110 KB) in a few pieces, not one a line
+    assert len(frames) < 10, [len(d) for _, d in frames]
+    assert frames[-2:] == [("stderr", b"oops\n"), ("stdout", b"after\n")]
+    assert how == {"code": 0, "broken": ""}
+
+
 @pytest.mark.parametrize("offset", [0, 1, 149, 150, 151, 1_000_000, 1_500_003])
 def test_reading_on_from_any_byte_gives_exactly_the_rest(tmp_path: Path, offset: int) -> None:
     writer = SpoolWriter(tmp_path / "out", limit=1 << 30)

@@ -34,6 +34,10 @@ from typing import Any
 
 #: a segment this long is closed, and the next frame starts another
 SEGMENT_BYTES = 1024 * 1024
+#: consecutive frames of one stream are handed on as one piece of at most this many bytes:
+#: a command that writes a line at a time makes a frame a line, and the relay's cost is per
+#: piece (a websocket message, a wake-up of its client)
+MERGED = 64 * 1024
 HEADER = struct.Struct(">BI")
 EXIT = "exit.json"
 STREAMS = {1: "stdout", 2: "stderr"}
@@ -163,14 +167,15 @@ class SpoolReader:
         return None
 
     def _read(self) -> list[tuple[str, bytes]]:
-        """Whole frames past the current position of the current segment."""
+        """Whole frames past the current position of the current segment, those of one stream
+        in a row joined into pieces of up to ``MERGED`` bytes."""
         try:
             with open(self.directory / segment_name(self._start), "rb") as segment:
                 segment.seek(self._position)
                 data = segment.read(4 * SEGMENT_BYTES)
         except FileNotFoundError:
             return []
-        out = []
+        out: list[tuple[str, list[bytes], int]] = []  # (stream, parts, their length)
         at = 0
         while len(data) - at >= HEADER.size:
             code, size = HEADER.unpack_from(data, at)
@@ -181,7 +186,12 @@ class SpoolReader:
             skip = max(0, self.offset - self._at)
             self._at += size
             if skip < size:
-                out.append((STREAMS.get(code, "stderr"), payload[skip:]))
+                stream, piece = STREAMS.get(code, "stderr"), payload[skip:]
+                if out and out[-1][0] == stream and out[-1][2] + len(piece) <= MERGED:
+                    out[-1][1].append(piece)
+                    out[-1] = (stream, out[-1][1], out[-1][2] + len(piece))
+                else:
+                    out.append((stream, [piece], len(piece)))
                 self.offset += size - skip
         self._position += at
-        return out
+        return [(stream, b"".join(parts)) for stream, parts, _ in out]

@@ -66,6 +66,14 @@ def restart_agent(pool: Pool, meanwhile: Callable[[], None] = lambda: None) -> S
     return again
 
 
+async def restart_agent_beside(pool: Pool, meanwhile: Callable[[], None] = lambda: None) -> Service:
+    """``restart_agent`` from inside a client's event loop, which goes on meanwhile: a Remote
+    GPU kernel's provisioner renews its session's lease on that loop, and a loop blocked for
+    the restart let the lease run out first (CI saw "lease expired" for "container was gone")."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, restart_agent, pool, meanwhile)
+
+
 def running_session(pool: Pool) -> dict[str, Any]:
     [session] = [s for s in pool.api("GET", "/api/sessions") if s["state"] == "running"]
     return dict(session)
@@ -120,7 +128,7 @@ def test_a_kernel_keeps_its_state_through_an_agent_restart(
             [container] = pool.containers()
             mounts = pool.mounts()
 
-            restart_agent(pool)
+            await restart_agent_beside(pool)
             # the same session, container, mount and GPU; the kernel's state is intact
             assert pool.containers() == [container]
             assert pool.mounts() == mounts
@@ -139,7 +147,7 @@ def test_a_kernel_keeps_its_state_through_an_agent_restart(
 
             # and a second kill -9 finds the restarted kernel's process in the record
             await run(kc, "import os\nz = 7\npid = os.getpid()")
-            restart_agent(pool)
+            await restart_agent_beside(pool)
             out = await run(kc, "print(z + 1, os.getpid() == pid)")
             assert out.split() == ["8", "True"]
             log = pool.services[1].log.read_text()
@@ -261,10 +269,39 @@ def test_a_kernel_whose_container_went_is_ended_with_the_reason(
             def remove_container() -> None:
                 subprocess.run(["docker", "rm", "-f", container], check=True, capture_output=True)
 
-            restart_agent(pool, remove_container)
+            await restart_agent_beside(pool, remove_container)
             return str(session["id"])
 
     session_id = asyncio.run(scenario())
     pool.assert_clean(timeout=60)
     [ended] = [s for s in pool.api("GET", "/api/sessions?all=1") if s["id"] == session_id]
     assert "container was gone" in (ended["end_reason"] or ""), ended
+
+
+def test_a_bubblewrap_kernel_whose_keeper_died_is_ended_with_the_reason(
+    bwrap_pool: Pool, workspace: Path
+) -> None:
+    """The keeper of a bubblewrap kernel is its sandbox's parent: killed while the agent is
+    down, it takes the kernel with it, and the restarted agent ends the session saying so,
+    leaving no cgroup, mount, keeper or held GPU."""
+    pool = bwrap_pool
+    pool.assert_clean()
+
+    async def scenario() -> str:
+        async with remote_kernel(pool, workspace, now=True) as (_, kc):
+            await run(kc, "x = 1")
+            session = running_session(pool)
+            assert keepers(pool), "a bubblewrap kernel runs under a keeper"
+
+            def kill_keeper() -> None:
+                for pid in keepers(pool):
+                    os.kill(pid, signal.SIGKILL)
+
+            await restart_agent_beside(pool, kill_keeper)
+            return str(session["id"])
+
+    session_id = asyncio.run(scenario())
+    pool.assert_clean(timeout=60)
+    assert not keepers(pool)
+    [ended] = [s for s in pool.api("GET", "/api/sessions?all=1") if s["id"] == session_id]
+    assert "the session's kernel had stopped" in (ended["end_reason"] or ""), ended

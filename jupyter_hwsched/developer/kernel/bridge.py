@@ -23,6 +23,17 @@ idle status (medians of 300 cells): kernel to agent 0.79 ms (a local client's ow
 takes as long), the agent's work 0.17, agent to bridge 0.37, the bridge's work 0.06, bridge
 to client 0.58. Each process on the way costs about half a millisecond of wake-up on this
 two-CPU machine, each way; a ratio of 1.2 needs one of them gone from the path.
+
+Later measurements (per-thread CPU from /proc, and py-spy) say the path is short of CPU rather
+than slow to wake: with every process pinned to one CPU the remote cell took longer, not less
+(7.45 ms beside 4.37), and per remote cell the agent's loop spends 1.3-1.9 ms of CPU on five
+messages. In a session's first seconds the node cache's copying threads share that CPU (the
+agent then used 7.6 ms a cell, and the round trip was 9.5 ms beside 5.9). Two ways to drop a
+hop were tried and measured: the bridge's sockets in its client's own ZMQ context (one I/O
+thread for both ends; 1.43-1.53 against 1.48-1.52, within the noise), and, for a front end
+that reaches the kernel through jupyter_server (JupyterLab), passing its websocket frames
+straight to the agent's websocket with no ZMQ hop in between (5.5-5.7 ms beside 5.7 ms through
+the bridge; the ratio moved mostly with the local figure). Neither was kept.
 """
 
 from __future__ import annotations

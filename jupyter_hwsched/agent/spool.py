@@ -175,7 +175,8 @@ class SpoolReader:
                 data = segment.read(4 * SEGMENT_BYTES)
         except FileNotFoundError:
             return []
-        out: list[tuple[str, list[bytes], int]] = []  # (stream, parts, their length)
+        out: list[tuple[str, list[bytes]]] = []  # pieces: a stream and its parts, in order
+        last = 0  # bytes in the last piece
         at = 0
         while len(data) - at >= HEADER.size:
             code, size = HEADER.unpack_from(data, at)
@@ -187,11 +188,12 @@ class SpoolReader:
             self._at += size
             if skip < size:
                 stream, piece = STREAMS.get(code, "stderr"), payload[skip:]
-                if out and out[-1][0] == stream and out[-1][2] + len(piece) <= MERGED:
+                if out and out[-1][0] == stream and last + len(piece) <= MERGED:
                     out[-1][1].append(piece)
-                    out[-1] = (stream, out[-1][1], out[-1][2] + len(piece))
+                    last += len(piece)
                 else:
-                    out.append((stream, [piece], len(piece)))
+                    out.append((stream, [piece]))
+                    last = len(piece)
                 self.offset += size - skip
         self._position += at
-        return [(stream, b"".join(parts)) for stream, parts, _ in out]
+        return [(stream, b"".join(parts)) for stream, parts in out]
